@@ -1,0 +1,226 @@
+"""The one configuration schema: every key with its type, default and help, plus YAML loading.
+
+Key names follow LLaMA-Factory's (and Hugging Face ``TrainingArguments``') where they mean the same,
+so an existing LLaMA-Factory SFT YAML runs here with at most the model path changed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+
+EMBEDDED_MODEL = "stories260K"
+
+
+class TrainConfig(BaseModel):
+    """Everything a `tunelab train` run reads. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- model -------------------------------------------------------------------------------
+    model_name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description="Hugging Face model id or local folder. 'stories260K' is the embedded offline model.",
+    )
+    adapter_name_or_path: str | None = Field(None, description="PEFT adapter to load on top of the model.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (ChatGLM, etc.).")
+    model_revision: str = Field("main", description="Branch, tag or commit of a hub model.")
+    cache_dir: str | None = Field(None, description="Where hub downloads are cached.")
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "eager"] = Field(
+        "auto", description="Attention implementation: auto (transformers' choice), sdpa, fa2, eager."
+    )
+    # --- method ------------------------------------------------------------------------------
+    stage: Literal["sft", "pt"] = Field("sft", description="Training stage: sft (supervised) or pt (pretraining).")
+    do_train: bool = Field(True, description="Run training (tunelab train requires true).")
+    finetuning_type: Literal["lora", "full", "freeze"] = Field("lora", description="lora, full or freeze.")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
+    lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x lora_rank.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    lora_target: str = Field(
+        "all", description="Comma-separated module names to adapt, or 'all' for every linear layer."
+    )
+    additional_target: str | None = Field(
+        None, description="Comma-separated extra modules trained in full next to LoRA (e.g. embed_tokens)."
+    )
+    freeze_trainable_layers: int = Field(
+        2, description="Freeze tuning: train the last N layers (negative: the first |N| layers)."
+    )
+    freeze_trainable_modules: str = Field(
+        "all", description="Freeze tuning: comma-separated module names inside the trained layers, or 'all'."
+    )
+    freeze_extra_modules: str | None = Field(
+        None, description="Freeze tuning: extra top-level modules to train (e.g. embed_tokens,lm_head)."
+    )
+    # --- dataset -----------------------------------------------------------------------------
+    dataset: str | list[str] | None = Field(
+        None, description="Comma-separated dataset names from dataset_info.json, or file paths."
+    )
+    eval_dataset: str | list[str] | None = Field(None, description="Datasets for evaluation.")
+    dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the data files.")
+    template: str | None = Field(
+        None, description="Chat template: none = the tokenizer's own; or alpaca, chatml, qwen, llama3, default."
+    )
+    cutoff_len: int = Field(2048, gt=0, description="Maximum tokens per sample after templating.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many records per dataset.")
+    val_size: float = Field(0.0, ge=0.0, description="Held-out fraction (<1) or count (>=1) for evaluation.")
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens (loss on every token).")
+    mask_history: bool = Field(False, description="Train only on the last assistant turn.")
+    packing: bool = Field(False, description="Pack several samples into one sequence of cutoff_len.")
+    overwrite_cache: bool = Field(False, description="Accepted for LLaMA-Factory compatibility (no cache).")
+    preprocessing_num_workers: int | None = Field(None, description="Processes for tokenization.")
+    # --- output ------------------------------------------------------------------------------
+    output_dir: str = Field("outputs/run", description="Run directory: config, metrics, checkpoints, model.")
+    overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty output_dir.")
+    logging_steps: int = Field(10, gt=0, description="Log (console and metrics.jsonl) every N steps.")
+    save_steps: int = Field(500, gt=0, description="Save a checkpoint every N steps.")
+    save_total_limit: int | None = Field(None, description="Keep at most this many checkpoints.")
+    save_only_model: bool = Field(False, description="Checkpoints without optimizer state (cannot resume).")
+    plot_loss: bool = Field(True, description="Write a loss-curve PNG at the end.")
+    report_to: str | list[str] = Field("none", description="none, tensorboard, wandb, ...")
+    # --- train -------------------------------------------------------------------------------
+    per_device_train_batch_size: int = Field(1, gt=0, description="Batch size per device.")
+    per_device_eval_batch_size: int = Field(1, gt=0, description="Eval batch size per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Steps to accumulate before an update.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, description="Gradient clipping norm.")
+    num_train_epochs: float = Field(3.0, gt=0, description="Epochs to train.")
+    max_steps: int = Field(-1, description="If > 0, stop after this many optimizer steps.")
+    lr_scheduler_type: str = Field("cosine", description="linear, cosine, constant, constant_with_warmup, ...")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of steps for linear warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0).")
+    optim: str = Field("adamw_torch", description="Optimizer name as in transformers.")
+    bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
+    fp16: bool = Field(False, description="Train in float16 mixed precision.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    seed: int = Field(42, description="Random seed (data split, shuffling, init).")
+    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+    ddp_timeout: int = Field(1800, description="Seconds before a distributed collective times out.")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config path (under accelerate/torchrun).")
+    fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap'.")
+    fsdp_config: str | dict[str, Any] | None = Field(None, description="FSDP config dict or JSON path.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="Checkpoint folder to resume from, or 'last' for the newest in output_dir."
+    )
+    # --- eval --------------------------------------------------------------------------------
+    eval_strategy: Literal["no", "steps", "epoch"] = Field("no", description="When to evaluate.")
+    eval_steps: int | None = Field(None, description="Evaluate every N steps (eval_strategy: steps).")
+
+    @field_validator("dataset", "eval_dataset", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_contradictions(self) -> TrainConfig:
+        problems = []
+        if self.bf16 and self.fp16:
+            problems.append("bf16 and fp16 are both true; choose one precision")
+        if self.train_on_prompt and self.mask_history:
+            problems.append("train_on_prompt and mask_history are both true; training on the prompt "
+                            "contradicts training only on the last turn")
+        if self.stage == "pt" and (self.train_on_prompt or self.mask_history):
+            problems.append("stage pt trains on every token; train_on_prompt/mask_history apply to sft only")
+        if self.eval_strategy != "no" and not self.val_size and not self.eval_dataset:
+            problems.append(f"eval_strategy is '{self.eval_strategy}' but there is nothing to evaluate "
+                            "on; set val_size or eval_dataset")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            problems.append("eval_strategy is 'steps' but eval_steps is not set")
+        if self.save_only_model and self.resume_from_checkpoint:
+            problems.append("save_only_model checkpoints hold no optimizer state; they cannot be resumed")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def loss_policy(self) -> str:
+        """Which tokens carry loss: 'all' (train_on_prompt), 'last' (mask_history) or 'assistant'."""
+        if self.train_on_prompt:
+            return "all"
+        return "last" if self.mask_history else "assistant"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``key=value`` strings into a dict; values are read as YAML (numbers, booleans, lists)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        result[key.strip()] = value
+    return result
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    matches = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean '{matches[0]}'?" if matches else "; run `tunelab config` to list every key"
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "config"
+        given = item.get("input")
+        if item["type"] == "value_error" and not item["loc"]:
+            lines.append(f"{source}: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{source}: key '{key}': {item['msg']} (got {given!r})")
+    return "\n".join(lines)
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a dict of settings; every problem becomes one readable ConfigError."""
+    known = list(TrainConfig.model_fields)
+    unknown = [key for key in values if key not in TrainConfig.model_fields]
+    if unknown:
+        raise ConfigError("\n".join(
+            f"{source}: unknown key '{key}'{_suggest(key, known)}" for key in unknown
+        ))
+    try:
+        return TrainConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (optional) and apply ``key=value`` overrides on top of it."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+        values.update(loaded or {})
+    values.update(parse_overrides(overrides or []))
+    return build_config(values, source)
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every setting, in schema order; used by `tunelab config`."""
+    rows = []
+    for name, field in TrainConfig.model_fields.items():
+        annotation = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        rows.append((name, annotation, repr(field.default), field.description or ""))
+    return rows

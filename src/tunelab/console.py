@@ -1,0 +1,5 @@
+"""One rich console for all user-facing output."""
+
+from rich.console import Console
+
+console = Console(highlight=False)

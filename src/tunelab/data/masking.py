@@ -1,0 +1,145 @@
+"""Which tokens carry loss: decided once, from the rendered conversation and a policy.
+
+Works for any chat template, with or without ``{% generation %}`` markers: each assistant turn is
+located in the rendered text by rendering the conversation up to it (with and without the
+generation prompt), the trained characters are the turn's content plus the template's end marker
+(e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``), and tokens are mapped to characters through the
+tokenizer's offsets. Tokenization is therefore identical to what the model sees at inference.
+
+Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn only), ``all``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.data.templates import render
+
+IGNORE_INDEX = -100
+POLICIES = ("assistant", "last", "all")
+
+
+class MaskingError(ValueError):
+    """The template does not render an assistant turn in a way that can be located."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+    offsets: list[tuple[int, int]]
+    truncated: bool = False
+
+    @property
+    def num_trained(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+def trained_char_spans(tokenizer: Any, messages: list[dict], tools: list | None,
+                       policy: str = "assistant") -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of it that carry loss."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown loss policy '{policy}'; expected one of {POLICIES}")
+    text = render(tokenizer, messages, tools)
+    if policy == "all":
+        return text, [(0, len(text))]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    selected = set(turns[-1:] if policy == "last" else turns)
+    spans, cursor = [], 0
+    for index in turns:
+        span = _locate_turn(tokenizer, messages, tools, index, text, cursor)
+        cursor = span[1]
+        if index in selected:
+            spans.append(span)
+    return text, spans
+
+
+def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index: int, text: str,
+                 cursor: int) -> tuple[int, int]:
+    """Character span of assistant turn ``index`` in ``text``: content (or tool call) plus end marker."""
+    prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
+    upto = render(tokenizer, messages[: index + 1], tools)
+    content = (messages[index].get("content") or "").strip()
+    if text.startswith(upto) and upto.startswith(prompt) and len(prompt) >= cursor:
+        # Prefix-stable template (the usual case): the turn is what rendering it appended.
+        start, end = len(prompt), len(upto.rstrip())
+        found = text.find(content, start, end) if content else -1
+        return (found if found >= 0 else start), end
+    # Templates that re-render history (e.g. Qwen3 drops earlier reasoning): find the content itself
+    # after the shared prefix, then the end marker this template writes after an assistant turn.
+    if not content:
+        raise MaskingError(f"cannot locate assistant turn {index} (no text content) in the rendered template")
+    start = text.find(content, max(cursor, _common_prefix_length(text, prompt)))
+    if start < 0:
+        raise MaskingError(f"the chat template does not render assistant turn {index} verbatim; "
+                           "its loss mask cannot be determined")
+    end = start + len(content)
+    at = upto.rfind(content)
+    marker = upto[at + len(content):].rstrip() if at >= 0 else ""
+    if marker and text.startswith(marker, end):
+        end += len(marker)
+    return start, end
+
+
+def _token_flags(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    flags = []
+    for start, end in offsets:
+        if end > start:
+            flags.append(any(start < s_end and end > s_start for s_start, s_end in spans))
+        else:
+            flags.append(any(s_start <= start < s_end for s_start, s_end in spans))
+    return flags
+
+
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict], tools: list | None = None,
+                        policy: str = "assistant", cutoff_len: int | None = None) -> Encoded:
+    """Token ids and labels (``-100`` where no loss) for one conversation, truncated to ``cutoff_len``."""
+    text, spans = trained_char_spans(tokenizer, messages, tools, policy)
+    input_ids, offsets = _tokenize(tokenizer, text)
+    labels = [tid if flag else IGNORE_INDEX for tid, flag in zip(input_ids, _token_flags(offsets, spans),
+                                                                  strict=True)]
+    truncated = cutoff_len is not None and len(input_ids) > cutoff_len
+    if truncated:
+        input_ids, labels, offsets = input_ids[:cutoff_len], labels[:cutoff_len], offsets[:cutoff_len]
+    return Encoded(input_ids, labels, text, offsets, truncated)
+
+
+def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:
+    """Pretraining text: bos + text + eos, every token trained, cut into cutoff_len chunks (nothing lost)."""
+    bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer.bos_token != tokenizer.eos_token else ""
+    full = f"{bos}{text}{tokenizer.eos_token or ''}"
+    input_ids, offsets = _tokenize(tokenizer, full)
+    chunks = []
+    for start in range(0, len(input_ids), cutoff_len):
+        ids = input_ids[start:start + cutoff_len]
+        if len(ids) > 1:
+            chunks.append(Encoded(ids, list(ids), full, offsets[start:start + cutoff_len]))
+    return chunks
+
+
+def segments(encoded: Encoded) -> list[dict[str, Any]]:
+    """The rendered text split into runs of trained / untrained characters (concatenates to the text)."""
+    text = encoded.text
+    trained = [False] * len(text)
+    for (start, end), label in zip(encoded.offsets, encoded.labels, strict=True):
+        if label != IGNORE_INDEX:
+            trained[start:end] = [True] * (end - start)
+    runs: list[dict[str, Any]] = []
+    for char, flag in zip(text, trained, strict=True):
+        if runs and runs[-1]["trained"] == flag:
+            runs[-1]["text"] += char
+        else:
+            runs.append({"text": char, "trained": flag})
+    return runs

@@ -1,0 +1,133 @@
+"""Chat templates: the tokenizer's own Jinja template by default, or a named built-in for base models.
+
+Built-ins are plain Jinja strings installed as ``tokenizer.chat_template``, so rendering always goes
+through transformers' ``apply_chat_template`` and training renders exactly what inference renders.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tunelab.errors import ConfigError
+
+# Newlines are written as Jinja expressions: transformers renders with trim_blocks/lstrip_blocks, which
+# would eat a literal newline next to a block tag.
+NL = "{{ '\\n' }}"
+
+# Tool calls and tool definitions are shown as JSON text by the built-ins.
+_TOOL_CALLS = (
+    "{% if m.tool_calls %}{% for call in m.tool_calls %}"
+    "{% if m.content or not loop.first %}" + NL + "{% endif %}"
+    "<tool_call>{{ (call.function or call) | tojson }}</tool_call>{% endfor %}{% endif %}"
+)
+_TOOLS_SYSTEM = (
+    "{% if tools %}{% if system %}" + NL + NL + "{% endif %}You can call these tools:"
+    "{% for tool in tools %}" + NL + "{{ tool | tojson }}{% endfor %}{% endif %}"
+)
+_SYSTEM = "{% set system = messages[0].content if messages[0].role == 'system' else '' %}"
+
+BUILTIN_TEMPLATES: dict[str, str] = {
+    # A plain Human/Assistant layout for base models (the demo's template).
+    "default": (
+        "{{ bos_token }}" + _SYSTEM + "{% if system or tools %}System: {{ system }}" + _TOOLS_SYSTEM + NL
+        + "{% endif %}{% for m in messages %}"
+        "{% if m.role == 'user' %}Human: {{ m.content }}" + NL
+        + "{% elif m.role == 'tool' %}Tool: {{ m.content }}" + NL
+        + "{% elif m.role == 'assistant' %}Assistant: {{ m.content }}" + _TOOL_CALLS + "{{ eos_token }}" + NL
+        + "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}Assistant:{% endif %}"
+    ),
+    "alpaca": (
+        "{{ bos_token }}{% set system = messages[0].content if messages[0].role == 'system' else "
+        "'Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.' %}{{ system }}" + _TOOLS_SYSTEM + NL + NL
+        + "{% for m in messages %}"
+        "{% if m.role == 'user' %}### Instruction:" + NL + "{{ m.content }}" + NL + NL
+        + "{% elif m.role == 'tool' %}### Observation:" + NL + "{{ m.content }}" + NL + NL
+        + "{% elif m.role == 'assistant' %}### Response:" + NL + "{{ m.content }}" + _TOOL_CALLS
+        + "{{ eos_token }}" + NL + NL + "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}### Response:" + NL + "{% endif %}"
+    ),
+    "chatml": (
+        _SYSTEM + "{% if system or tools %}<|im_start|>system" + NL + "{{ system }}" + _TOOLS_SYSTEM
+        + "<|im_end|>" + NL + "{% endif %}"
+        "{% for m in messages if m.role != 'system' %}"
+        "<|im_start|>{{ m.role }}" + NL + "{{ m.content }}" + _TOOL_CALLS + "<|im_end|>" + NL
+        + "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant" + NL + "{% endif %}"
+    ),
+    "qwen": (
+        "{% set system = messages[0].content if messages[0].role == 'system' else "
+        "'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' %}"
+        "<|im_start|>system" + NL + "{{ system }}" + _TOOLS_SYSTEM + "<|im_end|>" + NL
+        + "{% for m in messages if m.role != 'system' %}"
+        "{% if m.role == 'tool' %}<|im_start|>user" + NL + "<tool_response>" + NL + "{{ m.content }}" + NL
+        + "</tool_response><|im_end|>" + NL
+        + "{% else %}<|im_start|>{{ m.role }}" + NL + "{{ m.content }}" + _TOOL_CALLS + "<|im_end|>" + NL
+        + "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant" + NL + "{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}" + _SYSTEM + "{% if system or tools %}<|start_header_id|>system<|end_header_id|>"
+        + NL + NL + "{{ system }}" + _TOOLS_SYSTEM + "<|eot_id|>{% endif %}"
+        "{% for m in messages if m.role != 'system' %}"
+        "<|start_header_id|>{{ 'ipython' if m.role == 'tool' else m.role }}<|end_header_id|>" + NL + NL
+        + "{{ m.content | trim }}" + _TOOL_CALLS + "<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>" + NL + NL
+        + "{% endif %}"
+    ),
+}
+
+# Special tokens a built-in relies on; added to the tokenizer when it lacks them.
+_TEMPLATE_SPECIAL_TOKENS = {
+    "chatml": ["<|im_start|>", "<|im_end|>"],
+    "qwen": ["<|im_start|>", "<|im_end|>"],
+    "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+}
+# The token that ends an assistant turn, used as the generation stop token.
+_TEMPLATE_STOP = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+
+def apply_template(tokenizer: Any, name: str | None) -> str:
+    """Install the chat template on the tokenizer and return a short description of it.
+
+    ``name`` None keeps the tokenizer's own template; a name picks a built-in; a ``.jinja`` path
+    loads a template file. Base models with no template get a clear error.
+    """
+    if name is None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("the tokenizer has no chat template (a base model?); set template to one of "
+                              f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file")
+        return "tokenizer's own"
+    if name.endswith(".jinja"):
+        try:
+            with open(name, encoding="utf-8") as handle:
+                tokenizer.chat_template = handle.read()
+        except OSError as error:
+            raise ConfigError(f"template file '{name}' cannot be read: {error.strerror}") from None
+        return name
+    if name not in BUILTIN_TEMPLATES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"template '{name}' is not a built-in ({', '.join(BUILTIN_TEMPLATES)}){hint}; "
+                          "leave template unset to use the tokenizer's own")
+    missing = [t for t in _TEMPLATE_SPECIAL_TOKENS.get(name, []) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    if name in _TEMPLATE_STOP:
+        tokenizer.eos_token = _TEMPLATE_STOP[name]
+    tokenizer.chat_template = BUILTIN_TEMPLATES[name]
+    return name
+
+
+def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None,
+           add_generation_prompt: bool = False) -> str:
+    """The conversation as text, exactly as the model will see it."""
+    if tools is not None and not isinstance(tools, list):
+        tools = json.loads(tools)
+    return tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )

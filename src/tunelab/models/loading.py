@@ -1,0 +1,76 @@
+"""Load the tokenizer (with its chat template) and the model, with dtype and attention choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import EMBEDDED_MODEL
+from tunelab.data.templates import apply_template
+from tunelab.errors import TunelabError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+_ATTENTION = {"auto": None, "disabled": "eager", "eager": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
+
+
+def resolve_model_path(name: str) -> str:
+    """``stories260K`` means the embedded model unless a folder of that name exists here."""
+    if name == EMBEDDED_MODEL and not Path(name).exists():
+        return str(ASSETS / EMBEDDED_MODEL)
+    return name
+
+
+def _load_error(kind: str, name: str, error: Exception) -> TunelabError:
+    hint = "" if Path(name).exists() else " (no such local folder; the hub is unreachable when offline)"
+    return TunelabError(f"could not load {kind} '{name}'{hint}: {type(error).__name__}: {str(error)[:300]}")
+
+
+def load_tokenizer(model_name_or_path: str, template: str | None = None, *, trust_remote_code: bool = False,
+                   revision: str = "main", cache_dir: str | None = None) -> Any:
+    """Tokenizer with the chat template installed and a pad token (eos when the model has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
+                                                  cache_dir=cache_dir)
+    except Exception as error:  # OSError, ValueError, HTTP errors: report them the same way
+        raise _load_error("tokenizer", model_name_or_path, error) from None
+    if template is not None or getattr(tokenizer, "chat_template", None):
+        apply_template(tokenizer, template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def training_dtype(bf16: bool, fp16: bool, full: bool) -> torch.dtype:
+    """Adapters train on half-precision weights; full fine-tuning keeps fp32 master weights (AMP)."""
+    if full:
+        return torch.float32
+    if bf16:
+        return torch.bfloat16
+    return torch.float16 if fp16 else torch.float32
+
+
+def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = torch.float32,
+               flash_attn: str = "auto", trust_remote_code: bool = False, revision: str = "main",
+               cache_dir: str | None = None) -> Any:
+    """A causal LM; embeddings grow when the template added special tokens."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_name_or_path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, "revision": revision,
+                              "cache_dir": cache_dir}
+    if _ATTENTION[flash_attn]:
+        kwargs["attn_implementation"] = _ATTENTION[flash_attn]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as error:
+        raise _load_error("model", model_name_or_path, error) from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.generation_config is not None and tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

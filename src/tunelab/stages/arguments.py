@@ -1,0 +1,40 @@
+"""Translate tunelab's config into TRL's SFTConfig (the Hugging Face TrainingArguments underneath)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.config import TrainConfig
+
+# Keys whose names and meaning are the same in TrainingArguments: passed through unchanged.
+PASSTHROUGH = (
+    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs", "max_steps", "lr_scheduler_type",
+    "warmup_steps", "logging_steps", "save_steps", "save_total_limit", "save_only_model", "optim", "bf16",
+    "fp16", "gradient_checkpointing", "seed", "dataloader_num_workers", "ddp_timeout", "deepspeed",
+    "eval_strategy", "eval_steps", "report_to",
+)
+
+
+def make_sft_config(cfg: TrainConfig, **overrides: Any) -> Any:
+    """SFTConfig for a dataset that tunelab already tokenized, masked and truncated."""
+    from trl import SFTConfig
+
+    kwargs = {key: getattr(cfg, key) for key in PASSTHROUGH}
+    if cfg.warmup_ratio and not cfg.warmup_steps:
+        kwargs["warmup_steps"] = cfg.warmup_ratio  # transformers 5 reads a float < 1 as a ratio
+    if cfg.fsdp:
+        kwargs["fsdp"] = cfg.fsdp
+        kwargs["fsdp_config"] = cfg.fsdp_config
+    kwargs.update(
+        save_strategy="steps",
+        logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        max_length=cfg.cutoff_len if cfg.packing else None,  # truncation already done (and counted) by us
+        packing=cfg.packing,
+        dataset_num_proc=cfg.preprocessing_num_workers,
+        remove_unused_columns=True,
+        data_seed=cfg.seed,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
