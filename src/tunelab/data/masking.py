@@ -137,9 +137,9 @@ def segments(encoded: Encoded) -> list[dict[str, Any]]:
         if label != IGNORE_INDEX:
             trained[start:end] = [True] * (end - start)
     runs: list[dict[str, Any]] = []
-    for char, flag in zip(text, trained, strict=True):
-        if runs and runs[-1]["trained"] == flag:
-            runs[-1]["text"] += char
-        else:
-            runs.append({"text": char, "trained": flag})
+    start = 0
+    for position in range(1, len(text) + 1):
+        if position == len(text) or trained[position] != trained[start]:
+            runs.append({"text": text[start:position], "trained": trained[start]})
+            start = position
     return runs

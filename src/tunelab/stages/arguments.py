@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from tunelab.config import TrainConfig
 
 # Keys whose names and meaning are the same in TrainingArguments: passed through unchanged.
@@ -35,6 +37,7 @@ def make_sft_config(cfg: TrainConfig, **overrides: Any) -> Any:
         dataset_num_proc=cfg.preprocessing_num_workers,
         remove_unused_columns=True,
         data_seed=cfg.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)

@@ -27,6 +27,7 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     interrupted: bool = False
+    model: Any = None  # the trained model (PEFT-wrapped for lora), for callers that keep using it
 
 
 def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult:
@@ -72,7 +73,7 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     _print_outputs(cfg, plot, interrupted)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, losses[-1] if losses else None,
-                       interrupted)
+                       interrupted, trainer.model)
 
 
 def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool) -> None:

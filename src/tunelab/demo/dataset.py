@@ -1,0 +1,58 @@
+"""The demo's own dataset: short stories about a requested name and animal.
+
+The embedded model only knows simple English stories, so the task is one it can learn in seconds:
+"Write a story about NAME and a ANIMAL." answered by a story that uses both. Held-out prompts pair
+names and animals that never appear together in training, so the score measures following the
+request, not recall.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+NAMES = ["Lily", "Tim", "Ben", "Sue", "Tom", "Max", "Anna", "Mia", "Sam", "Lucy", "Jack", "Sara", "Bob",
+         "Amy", "Kate", "Joe", "Zoe", "Leo", "Ella", "Jane"]
+ANIMALS = ["dog", "cat", "bird", "fish", "frog", "bunny", "duck", "bear", "lion", "mouse", "horse", "cow"]
+STORIES = [
+    "Once upon a time, there was a kid named {name}. {name} had a little {animal}. "
+    "Every day, {name} and the {animal} played in the park. They were very happy.",
+    "One day, {name} went to the park and saw a {animal}. The {animal} was sad. "
+    "{name} gave the {animal} a hug. The {animal} was happy and they became friends.",
+    "{name} wanted to play with the {animal}. {name} ran to the {animal} and said, \"Let's play!\" "
+    "The {animal} said yes. {name} and the {animal} played all day.",
+]
+PROMPT = "Write a story about {name} and a {animal}."
+
+
+def _record(name: str, animal: str, rng: random.Random) -> dict[str, str]:
+    story = rng.choice(STORIES).format(name=name, animal=animal)
+    return {"instruction": PROMPT.format(name=name, animal=animal), "input": "", "output": story}
+
+
+def build(seed: int = 0, held_out: int = 24) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) alpaca records; held-out name/animal pairs never occur in train."""
+    rng = random.Random(seed)
+    pairs = [(name, animal) for name in NAMES for animal in ANIMALS]
+    rng.shuffle(pairs)
+    test_pairs, train_pairs = pairs[:held_out], pairs[held_out:]
+    return [_record(n, a, rng) for n, a in train_pairs], [_record(n, a, rng) for n, a in test_pairs]
+
+
+def write(folder: Path) -> None:
+    """Write the demo datasets (sft, held-out, plain text) and their dataset_info.json registry."""
+    train, test = build()
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, records in (("demo_stories.json", train), ("demo_stories_heldout.json", test)):
+        (folder / file_name).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    # The same stories as plain text, one per line, for continued pretraining (stage pt).
+    (folder / "demo_stories.txt").write_text("".join(r["output"] + "\n" for r in train), encoding="utf-8")
+    registry = {"demo_stories": {"file_name": "demo_stories.json"},
+                "demo_stories_heldout": {"file_name": "demo_stories_heldout.json"},
+                "demo_stories_text": {"file_name": "demo_stories.txt"}}
+    (folder / "dataset_info.json").write_text(json.dumps(registry, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write(Path(__file__).resolve().parents[3] / "examples" / "data")

@@ -1,0 +1,61 @@
+"""Terminal chat: one-shot answers or a multi-turn loop with streaming, /clear and /exit.
+
+Input and output are injectable so the loop runs the same under tests as in a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from tunelab.inference.predictor import Predictor
+
+CLEAR, EXIT = "/clear", "/exit"
+
+
+def _answer(predictor: Predictor, query: str, history: list[dict], system: str | None, output: TextIO) -> str:
+    """Stream one answer to ``output`` as it is generated and return it whole."""
+    pieces = []
+    for piece in predictor.stream(query, history, system):
+        pieces.append(piece)
+        output.write(piece)
+        output.flush()
+    output.write("\n")
+    output.flush()
+    return "".join(pieces)
+
+
+def run_chat(predictor: Predictor, query: str | None = None, system: str | None = None,
+             input_fn: Callable[[str], str] = input, output: TextIO = sys.stdout) -> list[dict]:
+    """Chat until /exit, EOF or Ctrl-C (or answer ``query`` once); return the conversation's messages."""
+    history: list[dict] = []
+    if query is not None:
+        answer = _answer(predictor, query, history, system, output)
+        return [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+
+    output.write(f"Chat with the model: {CLEAR} forgets the conversation, {EXIT} (or Ctrl-D) quits.\n")
+    while True:
+        try:
+            line = input_fn("User: ")
+        except (EOFError, KeyboardInterrupt):
+            output.write("\n")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == EXIT:
+            break
+        if text == CLEAR:
+            history = []
+            output.write("History cleared.\n")
+            continue
+        output.write("Assistant: ")
+        output.flush()
+        try:
+            answer = _answer(predictor, text, history, system, output)
+        except KeyboardInterrupt:  # stop this answer only; the turn is dropped from the history
+            output.write("\n[interrupted]\n")
+            continue
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+    return history

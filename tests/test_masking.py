@@ -1,0 +1,376 @@
+"""Loss masking on real chat templates and tokenizers.
+
+The contract: for every assistant turn, the tokens that carry loss are exactly the turn's content
+followed by the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``, ``</s>``); nothing of
+the system prompt, the user turns or the template's headers is trained. Labels are the input ids
+where trained and -100 elsewhere, and the text is what ``apply_chat_template`` renders for inference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunelab.data.masking import (
+    IGNORE_INDEX,
+    Encoded,
+    MaskingError,
+    encode_conversation,
+    encode_text,
+    segments,
+    trained_char_spans,
+)
+from tunelab.data.registry import load_dataset_rows
+from tunelab.data.templates import BUILTIN_TEMPLATES, apply_template, render
+
+BUILTIN_MARKERS = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>"}
+BUILTIN_SPECIAL_TOKENS = {
+    "chatml": ["<|im_start|>", "<|im_end|>"],
+    "qwen": ["<|im_start|>", "<|im_end|>"],
+    "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+}
+
+# (id, tokenizer, template passed to apply_template: None = the tokenizer's own, a built-in name or a
+#  .jinja path relative to ../shared, end-of-turn marker; None = the tokenizer's eos token)
+REAL_TEMPLATES = [
+    ("minimind-own", "minimind", None, "<|im_end|>"),
+    ("llama3-own", "llama3", None, "<|eot_id|>"),
+    ("llama3.1-file", "llama3", "tokenizers/llama3/chat_template_llama3.1.jinja", "<|eot_id|>"),
+    ("qwen3-file-on-minimind", "minimind", "templates/qwen3_chat_template.jinja", "<|im_end|>"),
+] + [
+    (f"builtin-{name}", "stories260K", name, BUILTIN_MARKERS.get(name)) for name in BUILTIN_TEMPLATES
+]
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def trained_runs(encoded: Encoded) -> list[list[int]]:
+    """Maximal runs of consecutive token ids that carry loss."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        if trained:
+            if previous:
+                runs[-1].append(token)
+            else:
+                runs.append([token])
+        previous = trained
+    return runs
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def trained_texts(encoded: Encoded) -> list[str]:
+    return [segment["text"] for segment in segments(encoded) if segment["trained"]]
+
+
+def assert_labels_consistent(encoded: Encoded) -> None:
+    assert len(encoded.labels) == len(encoded.input_ids) == len(encoded.offsets)
+    for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        assert label in (token, IGNORE_INDEX)
+
+
+def setup_template(load_tokenizer: Callable[[str], Any], shared_dir: Path, tokenizer_name: str,
+                   template: str | None, marker: str | None) -> tuple[Any, str]:
+    tokenizer = load_tokenizer(tokenizer_name)
+    if template is not None and template.endswith(".jinja"):
+        template = str(shared_dir / template)
+    apply_template(tokenizer, template)
+    return tokenizer, marker if marker is not None else tokenizer.eos_token
+
+
+@pytest.fixture(scope="module")
+def conversation(alpaca_records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """System + three user/assistant turns from alpaca_en_demo (one user turn with an input, one
+    multi-line answer with indentation)."""
+    records = alpaca_records
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    for index in (1, 5, 2):
+        record = records[index]
+        user = "\n".join(part for part in (record["instruction"], record["input"]) if part)
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    assert records[5]["input"] and "\n " in records[5]["output"]
+    return messages
+
+
+def assistant_contents(messages: list[dict]) -> list[str]:
+    return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+# --- the real templates ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [case[1:] for case in REAL_TEMPLATES], ids=[case[0] for case in REAL_TEMPLATES])
+def test_assistant_policy_trains_each_reply_and_marker(load_tokenizer, shared_dir, conversation,
+                                                       tokenizer_name, template, marker) -> None:
+    tokenizer, marker = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    encoded = encode_conversation(tokenizer, conversation, policy="assistant")
+    expected = [content + marker for content in assistant_contents(conversation)]
+
+    # What is trained is the rendered conversation, tokenized as at inference.
+    assert encoded.text == tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert encoded.input_ids == tokenizer(encoded.text, add_special_tokens=False)["input_ids"]
+    assert not encoded.truncated
+    assert_labels_consistent(encoded)
+
+    runs = trained_runs(encoded)
+    assert [decode(tokenizer, run) for run in runs] == expected
+    # The marker is one token and each run ends with it.
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    assert len(marker_ids) == 1
+    assert all(run[-1] == marker_ids[0] for run in runs)
+    assert encoded.num_trained == sum(len(run) for run in runs)
+
+    # Nothing of the system prompt or the user turns is trained.
+    trained = "\x00".join(trained_texts(encoded))
+    for message in conversation:
+        if message["role"] != "assistant":
+            assert message["content"] not in trained
+
+    # segments() re-assembles the text and its trained parts are the same strings.
+    parts = segments(encoded)
+    assert "".join(part["text"] for part in parts) == encoded.text
+    texts = trained_texts(encoded)
+    if template == "default":
+        # "Assistant: {content}": with SentencePiece the separator space can share the first content
+        # token ("▁The"), and segments() shows whole tokens.
+        assert [text.removeprefix(" ") for text in texts] == expected
+    else:
+        assert texts == expected
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [case[1:] for case in REAL_TEMPLATES], ids=[case[0] for case in REAL_TEMPLATES])
+def test_last_policy_trains_only_last_reply(load_tokenizer, shared_dir, conversation,
+                                            tokenizer_name, template, marker) -> None:
+    tokenizer, marker = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    every = encode_conversation(tokenizer, conversation, policy="assistant")
+    last = encode_conversation(tokenizer, conversation, policy="last")
+    assert last.input_ids == every.input_ids and last.text == every.text
+    assert_labels_consistent(last)
+
+    runs = trained_runs(last)
+    assert [decode(tokenizer, run) for run in runs] == [conversation[-1]["content"] + marker]
+    # The trained tokens are exactly the last run of the "assistant" policy, at the same positions.
+    last_run_positions = [i for i, label in enumerate(every.labels) if label != IGNORE_INDEX][-len(runs[0]):]
+    assert [i for i, label in enumerate(last.labels) if label != IGNORE_INDEX] == last_run_positions
+    for content in assistant_contents(conversation)[:-1]:
+        assert content not in "\x00".join(trained_texts(last))
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [case[1:] for case in REAL_TEMPLATES], ids=[case[0] for case in REAL_TEMPLATES])
+def test_all_policy_trains_every_token(load_tokenizer, shared_dir, conversation,
+                                       tokenizer_name, template, marker) -> None:
+    tokenizer, _ = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    encoded = encode_conversation(tokenizer, conversation, policy="all")
+    assert encoded.labels == encoded.input_ids
+    assert encoded.num_trained == len(encoded.input_ids) > 0
+    assert segments(encoded) == [{"text": encoded.text, "trained": True}]
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [case[1:] for case in REAL_TEMPLATES], ids=[case[0] for case in REAL_TEMPLATES])
+def test_truncation_keeps_prefix(load_tokenizer, shared_dir, conversation,
+                                 tokenizer_name, template, marker) -> None:
+    tokenizer, _ = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    full = encode_conversation(tokenizer, conversation)
+    trained = [label != IGNORE_INDEX for label in full.labels]
+    run_starts = [i for i, flag in enumerate(trained) if flag and (i == 0 or not trained[i - 1])]
+    assert len(run_starts) == 3
+    cutoff = run_starts[1] + 3  # a few tokens into the second assistant reply
+
+    cut = encode_conversation(tokenizer, conversation, cutoff_len=cutoff)
+    assert cut.truncated
+    assert len(cut.input_ids) == len(cut.labels) == len(cut.offsets) == cutoff
+    assert cut.input_ids == full.input_ids[:cutoff]
+    assert cut.labels == full.labels[:cutoff]
+    assert cut.offsets == full.offsets[:cutoff]
+    assert len(trained_runs(cut)) == 2 and len(trained_runs(cut)[1]) == 3
+    # segments() still covers the whole text; only the kept tokens can be trained.
+    assert "".join(part["text"] for part in segments(cut)) == cut.text
+    assert trained_texts(cut)[0] == trained_texts(full)[0]
+
+    exact = encode_conversation(tokenizer, conversation, cutoff_len=len(full.input_ids))
+    assert not exact.truncated and exact.input_ids == full.input_ids and exact.labels == full.labels
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_TEMPLATES))
+def test_builtin_template_tokens(load_tokenizer, name: str) -> None:
+    tokenizer = load_tokenizer("stories260K")
+    size = len(tokenizer)
+    assert not tokenizer.chat_template
+    assert apply_template(tokenizer, name) == name
+    assert tokenizer.chat_template == BUILTIN_TEMPLATES[name]
+    added = BUILTIN_SPECIAL_TOKENS.get(name, [])
+    assert len(tokenizer) == size + len(added)
+    for token in added:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [token_id]
+    assert tokenizer.eos_token == BUILTIN_MARKERS.get(name, "</s>")
+    # Installing twice adds nothing more.
+    apply_template(tokenizer, name)
+    assert len(tokenizer) == size + len(added)
+
+
+def test_factory_gives_independent_copies(load_tokenizer) -> None:
+    changed = load_tokenizer("stories260K")
+    apply_template(changed, "chatml")
+    fresh = load_tokenizer("stories260K")
+    assert "<|im_end|>" not in fresh.get_vocab() and not fresh.chat_template and fresh.eos_token == "</s>"
+
+
+def test_generation_prompt_matches_training_prefix(load_tokenizer, conversation) -> None:
+    """The prompt the model sees at inference is exactly the untrained text before the last reply."""
+    tokenizer = load_tokenizer("minimind")
+    encoded = encode_conversation(tokenizer, conversation, policy="last")
+    prompt = render(tokenizer, conversation[:-1], add_generation_prompt=True)
+    parts = segments(encoded)
+    assert parts[0]["trained"] is False and parts[1]["trained"] is True
+    assert parts[0]["text"] == prompt
+    assert encoded.text.startswith(parts[0]["text"] + conversation[-1]["content"])
+
+
+# --- tool calls ---------------------------------------------------------------------------------------
+
+TOOL_TEMPLATES = [
+    ("minimind", None), ("llama3", "tokenizers/llama3/chat_template_llama3.1.jinja"),
+    ("stories260K", "chatml"), ("stories260K", "qwen"), ("stories260K", "llama3"), ("stories260K", "alpaca"),
+    ("stories260K", "default"),
+]
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template"), TOOL_TEMPLATES,
+                         ids=[f"{t}-{p or 'own'}".replace("/", "_") for t, p in TOOL_TEMPLATES])
+def test_tool_call_turns_are_trained_and_observations_not(load_tokenizer, shared_dir, llamafactory_dir,
+                                                          tokenizer_name, template) -> None:
+    row = load_dataset_rows("glaive_toolcall_en_demo", llamafactory_dir, "sft", max_samples=1).rows[0]
+    tokenizer, _ = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, None)
+    marker = tokenizer.eos_token  # the built-ins set eos to their end-of-turn marker
+    assert marker in ("<|im_end|>", "<|eot_id|>", "</s>")
+    encoded = encode_conversation(tokenizer, row["messages"], row["tools"])
+    assert "search_recipes" in encoded.text and '"ingredients"' in encoded.text  # the tools are rendered
+    texts = trained_texts(encoded)
+    assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+    assert len(texts) == len(assistants)
+    for text, message in zip(texts, assistants, strict=True):
+        assert text.endswith(marker)
+        if message.get("tool_calls"):
+            assert "search_recipes" in text and "bell peppers" in text
+        else:
+            assert message["content"] in text
+    trained = "\x00".join(texts)
+    for message in row["messages"]:
+        if message["role"] in ("user", "tool"):
+            assert message["content"] not in trained
+    assert '"description": "Search for recipes' not in trained  # tool definitions are prompt
+
+
+# --- errors and pretraining text ----------------------------------------------------------------------
+
+def test_unknown_policy_is_rejected(minimind_tokenizer, conversation) -> None:
+    with pytest.raises(ValueError, match="unknown loss policy 'none'"):
+        encode_conversation(minimind_tokenizer, conversation, policy="none")
+
+
+def test_trained_char_spans_point_at_replies(minimind_tokenizer, conversation) -> None:
+    text, spans = trained_char_spans(minimind_tokenizer, conversation, None, "assistant")
+    expected = [content + "<|im_end|>" for content in assistant_contents(conversation)]
+    assert [text[start:end] for start, end in spans] == expected
+    assert spans == sorted(spans)
+
+
+def test_template_that_hides_replies_raises(load_tokenizer) -> None:
+    tokenizer = load_tokenizer("stories260K")
+    # Re-renders history without earlier answers: an earlier turn cannot be located.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role == 'user' %}U: {{ m.content }}\n"
+        "{% elif loop.last %}A: {{ m.content }}</s>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}A: {% endif %}")
+    messages = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "two"}, {"role": "assistant", "content": "second answer"}]
+    with pytest.raises(MaskingError, match="assistant turn 1"):
+        encode_conversation(tokenizer, messages)
+
+
+def test_base_tokenizer_without_template_is_a_config_error(load_tokenizer) -> None:
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no chat template"):
+        apply_template(load_tokenizer("stories260K"), None)
+    with pytest.raises(ConfigError, match="did you mean 'chatml'"):
+        apply_template(load_tokenizer("stories260K"), "chatm")
+
+
+@pytest.mark.parametrize("name", ["stories260K", "minimind"])
+def test_encode_text_chunks(load_tokenizer, llamafactory_dir, name: str) -> None:
+    tokenizer = load_tokenizer(name)
+    text = json.loads((llamafactory_dir / "c4_demo.jsonl").read_text("utf-8").split("\n", 1)[0])["text"]
+    bos = tokenizer.bos_token if tokenizer.bos_token != tokenizer.eos_token else ""
+    full_ids = tokenizer(f"{bos}{text}{tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+    cutoff = next(c for c in range(64, 80) if len(full_ids) % c != 1)  # no 1-token tail to drop
+    chunks = encode_text(tokenizer, text, cutoff)
+    assert len(chunks) == -(-len(full_ids) // cutoff)
+    assert all(len(chunk.input_ids) <= cutoff and chunk.labels == chunk.input_ids for chunk in chunks)
+    assert [t for chunk in chunks for t in chunk.input_ids] == full_ids
+    assert bos, "both tokenizers have a bos distinct from eos"
+    assert chunks[0].input_ids[0] == tokenizer.convert_tokens_to_ids(bos)
+    assert chunks[-1].input_ids[-1] == tokenizer.eos_token_id
+
+
+# --- every real Hugging Face template that renders this conversation ------------------------------------
+
+def test_hf_chat_templates_train_only_assistant_text(load_tokenizer, templates_dir, conversation) -> None:
+    entries = json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8"))
+    assert len(entries) == 37
+    messages = conversation[:5]  # system, user, assistant, user, assistant
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    tokenizer = load_tokenizer("llama3")
+    checked, skipped = [], []
+    for index, entry in enumerate(entries):
+        tokenizer.chat_template = entry["template"]
+        try:
+            tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # e.g. templates that reject a system role or require strict alternation
+            skipped.append(entry["name"])
+            continue
+        label = f"#{index} {entry['name']}"
+        encoded = encode_conversation(tokenizer, messages)
+        assert_labels_consistent(encoded)
+        texts = trained_texts(encoded)
+        assert len(texts) == 2, label
+        for text, content in zip(texts, assistant_contents(messages), strict=True):
+            assert content in text, label
+        trained = "\x00".join(texts)
+        for message in messages:
+            if message["role"] != "assistant":
+                assert message["content"] not in trained, label
+        assert "".join(part["text"] for part in segments(encoded)) == encoded.text
+        checked.append(entry["name"])
+    assert len(checked) >= 20, (checked, skipped)
+    assert {"chatml", "llama3-instruct", "phi-3", "zephyr", "command-r"} <= set(checked)
+
+
+# --- known defect (see the report): an end marker followed by a conversation-final eos ---------------------
+
+@pytest.mark.xfail(strict=True, reason="masking._locate_turn drops the end-of-turn marker of earlier turns "
+                                       "when the template appends eos_token after the last message")
+def test_end_marker_trained_when_template_appends_final_eos(load_tokenizer, templates_dir,
+                                                            conversation) -> None:
+    entries = json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8"))
+    # The real ChatML template that ends an assistant-final conversation with {{ eos_token }}.
+    template = next(e["template"] for e in entries
+                    if e["name"] == "chatml" and "elif messages[-1]['role'] == 'assistant'" in e["template"])
+    tokenizer = load_tokenizer("minimind")
+    tokenizer.chat_template = template
+    encoded = encode_conversation(tokenizer, conversation)
+    texts = trained_texts(encoded)
+    contents = assistant_contents(conversation)
+    assert texts[:-1] == [content + "<|im_end|>" for content in contents[:-1]]
