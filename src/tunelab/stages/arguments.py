@@ -38,6 +38,8 @@ def make_sft_config(cfg: TrainConfig, **overrides: Any) -> Any:
         remove_unused_columns=True,
         data_seed=cfg.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # A GPU YAML (bf16: true) still runs on a CPU-only machine, with CPU autocast.
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)

@@ -31,6 +31,7 @@ class TrainResult:
 
 
 def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult:
+    from transformers import set_seed
     from trl import SFTTrainer
 
     run = RunDir(cfg)
@@ -42,6 +43,7 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
     (run.path / "data_report.json").write_text(json.dumps(
         {**report.__dict__, "dropped": dict(report.dropped)}, indent=2, ensure_ascii=False), encoding="utf-8")
 
+    set_seed(cfg.seed)  # adapter initialisation draws random numbers: same seed, same run
     model = load_model(cfg.model_name_or_path, tokenizer,
                        dtype=training_dtype(cfg.bf16, cfg.fp16, cfg.finetuning_type == "full"),
                        flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code,
