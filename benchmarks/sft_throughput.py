@@ -26,6 +26,8 @@ What is compared, and why it is fair:
   loading, the final checkpoint and saving are outside that window. A callback is needed because
   tunelab's run_sft also loads, tokenizes and saves: a clock around the call would time those too.
   (tunelab's own ``metrics.jsonl`` is read as a cross-check of the token count.)
+* The process CPU time (all threads) is recorded next to the wall time: on a shared machine other
+  programs steal wall time unevenly, while the CPU seconds a side needs per token change much less.
 * Both sides see the same batches in the same order (same seed, same sampler), so their step times
   can also be compared pairwise, step by step; the median of those ratios is robust to a busy machine.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset when training begins); on CPU the
@@ -100,9 +102,11 @@ class SideResult:
 
     side: str
     tokens_per_second: float
+    cpu_tokens_per_second: float  # per second of process CPU time (all threads)
     window_tokens: int
     window_seconds: float
     step_seconds: list[float]  # every step, including warm-up ones
+    step_cpu_seconds: list[float]
     step_tokens: list[int]
     total_tokens: int
     steps: int
@@ -169,7 +173,7 @@ def make_step_clock(started: float) -> Any:
         the training steps, the logged losses and the training arguments actually in effect."""
 
         def __init__(self) -> None:
-            self.marks: list[tuple[float, int, int]] = []  # (perf_counter, global_step, tokens seen)
+            self.marks: list[tuple[float, float, int, int]] = []  # (wall, CPU time, step, tokens seen)
             self.losses: list[float] = []
             self.settings: dict[str, Any] = {}
             self.trainable_params = 0
@@ -199,14 +203,18 @@ def make_step_clock(started: float) -> Any:
                 self.memory_base = current_rss_bytes()
                 self._sampler = RssSampler()
                 self._sampler.start()
-            self.marks.append((time.perf_counter(), state.global_step, state.num_input_tokens_seen))
+            self._mark(state)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.cuda:
                 torch.cuda.synchronize()  # CUDA runs ahead of Python: time the finished work
-            self.marks.append((time.perf_counter(), state.global_step, state.num_input_tokens_seen))
+            self._mark(state)
             if state.global_step >= state.max_steps:  # stop before the final checkpoint is written
                 self._finish_memory()
+
+        def _mark(self, state: Any) -> None:
+            self.marks.append((time.perf_counter(), time.process_time(), state.global_step,
+                               state.num_input_tokens_seen))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                    **kwargs: Any) -> None:
@@ -240,17 +248,20 @@ def summarize(side: str, clock: Any, warmup: int, loss_tokens: str) -> SideResul
     """Tokens/s from the end of step ``warmup`` to the end of the last step: the first steps pay
     one-off costs (lazy kernel selection, optimizer state allocation) that a long run amortizes."""
     marks = clock.marks  # marks[0] is on_train_begin, marks[k] the end of step k
-    steps = marks[-1][1]
+    steps = marks[-1][2]
     start = min(warmup, max(steps - 1, 0))  # keep at least one step in the window
-    (t0, _, tok0), (t1, _, tok1) = marks[start], marks[-1]
+    (t0, c0, _, tok0), (t1, c1, _, tok1) = marks[start], marks[-1]
+    pairs = list(zip(marks, marks[1:], strict=False))
     return SideResult(
         side=side,
         tokens_per_second=(tok1 - tok0) / (t1 - t0) if t1 > t0 else 0.0,
+        cpu_tokens_per_second=(tok1 - tok0) / (c1 - c0) if c1 > c0 else 0.0,
         window_tokens=int(tok1 - tok0),
         window_seconds=t1 - t0,
-        step_seconds=[b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)],
-        step_tokens=[int(b[2] - a[2]) for a, b in zip(marks, marks[1:], strict=False)],
-        total_tokens=int(marks[-1][2]),
+        step_seconds=[b[0] - a[0] for a, b in pairs],
+        step_cpu_seconds=[b[1] - a[1] for a, b in pairs],
+        step_tokens=[int(b[3] - a[3]) for a, b in pairs],
+        total_tokens=int(marks[-1][3]),
         steps=steps,
         peak_memory_bytes=int(clock.memory_peak),
         memory_kind="CUDA max_memory_allocated" if clock.cuda else "RSS growth during training",
@@ -459,6 +470,7 @@ class Summary:
     """Medians over repeats for one side, plus the per-repeat throughputs."""
 
     tokens_per_second: float
+    cpu_tokens_per_second: float
     per_repeat: list[float]
     peak_memory_bytes: float
     median_step_seconds: float
@@ -476,6 +488,7 @@ def summarize_side(runs: list[SideResult], warmup: int) -> Summary:
     start = min(warmup, max(first.steps - 1, 0))
     return Summary(
         tokens_per_second=statistics.median(r.tokens_per_second for r in runs),
+        cpu_tokens_per_second=statistics.median(r.cpu_tokens_per_second for r in runs),
         per_repeat=[r.tokens_per_second for r in runs],
         peak_memory_bytes=statistics.median(r.peak_memory_bytes for r in runs),
         median_step_seconds=statistics.median(s for r in runs for s in r.step_seconds[start:]),
@@ -489,15 +502,18 @@ def summarize_side(runs: list[SideResult], warmup: int) -> Summary:
     )
 
 
-def paired_step_ratio(tunelab: list[SideResult], trl: list[SideResult], warmup: int) -> float | None:
-    """Median over (repeat, step) of tunelab's step time / TRL's for the same step. Valid only because
-    both sides train on the same batches in the same order (checked: identical tokens per step)."""
+def paired_step_ratio(tunelab: list[SideResult], trl: list[SideResult], warmup: int,
+                      clock: str = "step_seconds") -> float | None:
+    """Median over (repeat, step) of tunelab's step time / TRL's for the same step (``clock``: wall
+    ``step_seconds`` or ``step_cpu_seconds``). Valid only because both sides train on the same batches
+    in the same order, which is checked (identical tokens per step)."""
     ratios = []
     for a, b in zip(tunelab, trl, strict=False):
         if a.step_tokens != b.step_tokens:
             return None
         start = min(warmup, max(a.steps - 1, 0))
-        ratios += [x / y for x, y in zip(a.step_seconds[start:], b.step_seconds[start:], strict=True) if y > 0]
+        pairs = zip(getattr(a, clock)[start:], getattr(b, clock)[start:], strict=True)
+        ratios += [x / y for x, y in pairs if y > 0]
     return statistics.median(ratios) if ratios else None
 
 
@@ -517,7 +533,8 @@ def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def format_report(info: dict, model: dict, spec: Spec, repeats: int, results: dict[str, list[SideResult]]) -> str:
+def format_report(info: dict, model: dict, spec: Spec, repeats: int,
+                  results: dict[str, list[SideResult]]) -> str:
     """The human-readable table, the settings the two sides did not share, and the ratio line."""
     tl, tr = summarize_side(results["tunelab"], spec.warmup), summarize_side(results["trl"], spec.warmup)
     first_tl, first_tr = results["tunelab"][0], results["trl"][0]
@@ -526,9 +543,12 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int, results: di
     rows: list[tuple[str, str, str, str]] = [
         ("trained (non-padding) tokens/s", f"{tl.tokens_per_second:,.0f}", f"{tr.tokens_per_second:,.0f}",
          _ratio(tl.tokens_per_second, tr.tokens_per_second)),
+        ("trained tokens per CPU-second (all threads)", f"{tl.cpu_tokens_per_second:,.0f}",
+         f"{tr.cpu_tokens_per_second:,.0f}", _ratio(tl.cpu_tokens_per_second, tr.cpu_tokens_per_second)),
         (f"peak memory, MiB ({first_tl.memory_kind})", f"{tl.peak_memory_bytes / MIB:,.0f}",
          f"{tr.peak_memory_bytes / MIB:,.0f}", _ratio(tl.peak_memory_bytes, tr.peak_memory_bytes)),
-        ("final logged loss", _loss(tl.final_loss), _loss(tr.final_loss), _ratio(tl.final_loss, tr.final_loss)),
+        ("final logged loss", _loss(tl.final_loss), _loss(tr.final_loss),
+         _ratio(tl.final_loss, tr.final_loss)),
         ("median step time, s", f"{tl.median_step_seconds:.3f}", f"{tr.median_step_seconds:.3f}",
          _ratio(tl.median_step_seconds, tr.median_step_seconds)),
         ("tokens / steps in the timed window", f"{tl.window_tokens:,} / {tl.window_steps}",
@@ -538,7 +558,8 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int, results: di
         ("trainable parameters", f"{tl.trainable_params:,}", f"{tr.trainable_params:,}",
          _ratio(tl.trainable_params, tr.trainable_params)),
         ("process peak RSS, MiB (whole worker)", f"{tl.process_max_rss_bytes / MIB:,.0f}",
-         f"{tr.process_max_rss_bytes / MIB:,.0f}", _ratio(tl.process_max_rss_bytes, tr.process_max_rss_bytes)),
+         f"{tr.process_max_rss_bytes / MIB:,.0f}",
+         _ratio(tl.process_max_rss_bytes, tr.process_max_rss_bytes)),
         ("setup before training, s (not timed)", f"{tl.setup_seconds:.1f}", f"{tr.setup_seconds:.1f}",
          _ratio(tl.setup_seconds, tr.setup_seconds)),
     ]
@@ -554,7 +575,8 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int, results: di
         f"data      {spec.data}: first {spec.rows} records, cutoff {spec.cutoff_len} tokens",
         f"training  {method}; batch {spec.batch_size} x accumulation {spec.grad_accum}, "
         f"lr {spec.learning_rate}, {spec.steps} steps, seed {spec.seed}, {spec.device}, "
-        f"{'bf16' if spec.bf16 else 'fp32'}, gradient checkpointing {'on' if spec.gradient_checkpointing else 'off'}",
+        f"{'bf16' if spec.bf16 else 'fp32'}, "
+        f"gradient checkpointing {'on' if spec.gradient_checkpointing else 'off'}",
         f"timing    steps {spec.warmup + 1}-{spec.steps} of each run; {repeats} run(s) per side, "
         f"medians shown; load average at worker start: {loads}",
         "",
@@ -565,8 +587,10 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int, results: di
         lines.append(f"tokens/s per run: tunelab {[round(x) for x in tl.per_repeat]}, "
                      f"TRL {[round(x) for x in tr.per_repeat]}")
     paired = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup)
-    if paired is not None:
-        lines.append(f"paired step times (same batches): median tunelab/TRL step-time ratio {paired:.2f}")
+    paired_cpu = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup, "step_cpu_seconds")
+    if paired is not None and paired_cpu is not None:
+        lines.append(f"paired steps (same batches), median tunelab/TRL step-time ratio: wall {paired:.2f}, "
+                     f"CPU {paired_cpu:.2f}  (below 1: tunelab faster)")
     else:
         lines.append("note: the two sides saw different tokens per step; no paired comparison")
     lines.append("")
@@ -594,7 +618,10 @@ def json_report(info: dict, model: dict, spec: Spec, results: dict[str, list[Sid
         "ratio": {
             "tokens_per_second": tl.tokens_per_second / tr.tokens_per_second,
             "peak_memory": tl.peak_memory_bytes / tr.peak_memory_bytes if tr.peak_memory_bytes else None,
+            "cpu_tokens_per_second": tl.cpu_tokens_per_second / tr.cpu_tokens_per_second,
             "paired_step_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup),
+            "paired_step_cpu_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup,
+                                                      "step_cpu_seconds"),
         },
         "differing_settings": {k: list(v) for k, v in
                                differing_settings(results["tunelab"][0], results["trl"][0]).items()},

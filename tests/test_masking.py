@@ -360,8 +360,6 @@ def test_hf_chat_templates_train_only_assistant_text(load_tokenizer, templates_d
 
 # --- known defect (see the report): an end marker followed by a conversation-final eos ---------------------
 
-@pytest.mark.xfail(strict=True, reason="masking._locate_turn drops the end-of-turn marker of earlier turns "
-                                       "when the template appends eos_token after the last message")
 def test_end_marker_trained_when_template_appends_final_eos(load_tokenizer, templates_dir,
                                                             conversation) -> None:
     entries = json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8"))

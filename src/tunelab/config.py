@@ -21,7 +21,7 @@ EMBEDDED_MODEL = "stories260K"
 class TrainConfig(BaseModel):
     """Everything a `tunelab train` run reads. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
     # --- model -------------------------------------------------------------------------------
     model_name_or_path: str = Field(

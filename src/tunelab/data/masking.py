@@ -63,29 +63,40 @@ def trained_char_spans(tokenizer: Any, messages: list[dict], tools: list | None,
 
 def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index: int, text: str,
                  cursor: int) -> tuple[int, int]:
-    """Character span of assistant turn ``index`` in ``text``: content (or tool call) plus end marker."""
+    """Character span of assistant turn ``index`` in ``text``: content (or tool call) plus end marker.
+
+    The turn starts where the generation prompt for it ends (or, for templates that re-render
+    history, e.g. Qwen3 dropping earlier reasoning, where the text and that prompt stop agreeing);
+    within the turn, training starts at the content. The end marker is what rendering the
+    conversation up to this turn writes after the content, as far as the full text agrees with it
+    (a template that appends eos only after the final message must not hide earlier markers).
+    """
     prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
     upto = render(tokenizer, messages[: index + 1], tools)
     content = (messages[index].get("content") or "").strip()
-    if text.startswith(upto) and upto.startswith(prompt) and len(prompt) >= cursor:
-        # Prefix-stable template (the usual case): the turn is what rendering it appended.
-        start, end = len(prompt), len(upto.rstrip())
-        found = text.find(content, start, end) if content else -1
-        return (found if found >= 0 else start), end
-    # Templates that re-render history (e.g. Qwen3 drops earlier reasoning): find the content itself
-    # after the shared prefix, then the end marker this template writes after an assistant turn.
-    if not content:
+    turn_start = max(cursor, len(prompt) if text.startswith(prompt) else _common_prefix_length(text, prompt))
+    if content:
+        start = text.find(content, turn_start)
+        at = upto.rfind(content)
+        if start < 0 or at < 0:
+            raise MaskingError(f"the chat template does not render assistant turn {index} verbatim; "
+                               "its loss mask cannot be determined")
+        content_end, after = start + len(content), upto[at + len(content):]
+    elif text.startswith(prompt) and upto.startswith(prompt):  # a tool call with no text
+        start = content_end = turn_start
+        after = upto[len(prompt):]
+    else:
         raise MaskingError(f"cannot locate assistant turn {index} (no text content) in the rendered template")
-    start = text.find(content, max(cursor, _common_prefix_length(text, prompt)))
-    if start < 0:
-        raise MaskingError(f"the chat template does not render assistant turn {index} verbatim; "
-                           "its loss mask cannot be determined")
-    end = start + len(content)
-    at = upto.rfind(content)
-    marker = upto[at + len(content):].rstrip() if at >= 0 else ""
-    if marker and text.startswith(marker, end):
-        end += len(marker)
-    return start, end
+    return start, content_end + len(_end_marker(after, text, content_end))
+
+
+def _end_marker(after: str, text: str, position: int) -> str:
+    """The longest whitespace-delimited prefix of ``after`` that ``text`` also has at ``position``."""
+    cuts = [i for i in range(1, len(after)) if after[i].isspace() and not after[i - 1].isspace()]
+    for candidate in sorted({after[:i] for i in cuts} | {after.rstrip()}, key=len, reverse=True):
+        if candidate and text.startswith(candidate, position):
+            return candidate
+    return ""
 
 
 def _token_flags(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
