@@ -29,6 +29,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the per-load 'Loading weights' bar; training bars stay
 
 
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
