@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tunelab.data.formats import FORMATS, ColumnSpec, FieldError, detect_format
-from tunelab.data.readers import read_records
+from tunelab.data.readers import InvalidRecord, read_records
 from tunelab.data.registry import load_dataset_rows, resolve_dataset, split_rows
 from tunelab.errors import DataError
 
@@ -106,12 +106,13 @@ def test_unclosed_json_array_names_last_line(tmp_path: Path) -> None:
     assert "open.json, line 4" in str(info.value)
 
 
-def test_invalid_jsonl_line_is_named(tmp_path: Path) -> None:
+def test_invalid_jsonl_line_is_named_and_reading_goes_on(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.jsonl", '{"a": 1}\n\n{"a": 2}\n{"a": 3,\n{"a": 4}\n')
-    with pytest.raises(DataError, match="not valid JSON") as info:
-        list(read_records(path))
-    assert info.value.line == 4
-    assert "bad.jsonl, line 4" in str(info.value)
+    records = records_of(path)
+    assert [line for line, _ in records] == [1, 3, 4, 5]
+    invalid = records[2][1]
+    assert isinstance(invalid, InvalidRecord) and invalid.reason == "invalid JSON"
+    assert records[3] == (5, {"a": 4})
 
 
 def test_line_separator_inside_strings_does_not_split(tmp_path: Path) -> None:
@@ -146,16 +147,11 @@ def test_bom_is_ignored(tmp_path: Path) -> None:
     assert records_of(path) == [(1, {"a": 1})]
 
 
-def test_non_utf8_file_names_line(shared_dir: Path, tmp_path: Path) -> None:
+def test_wrong_explicit_encoding_names_line(shared_dir: Path) -> None:
     medical = next((shared_dir / "data" / "medical").glob("*.txt"))  # GB18030-encoded
-    with pytest.raises(DataError, match="not UTF-8") as info:
-        list(read_records(medical))
-    assert info.value.file == str(medical) and info.value.line == 1
-    path = tmp_path / "latin.jsonl"
-    path.write_bytes(b'{"a": "ok"}\n{"a": "caf\xe9"}\n')
-    with pytest.raises(DataError, match="not UTF-8") as info:
-        list(read_records(path))
-    assert info.value.line == 2
+    with pytest.raises(DataError) as info:
+        list(read_records(medical, encoding="utf-8"))
+    assert info.value.file == str(medical) and info.value.line == 1 and "encoding" in str(info.value)
 
 
 def test_folder_reads_data_files_in_order(tmp_path: Path) -> None:
@@ -172,8 +168,8 @@ def test_folder_reads_data_files_in_order(tmp_path: Path) -> None:
 def test_reader_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         list(read_records(tmp_path / "missing.json"))
-    with pytest.raises(DataError, match="unsupported file type '.csv'"):
-        list(read_records(write(tmp_path / "x.csv", "a,b\n")))
+    with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
+        list(read_records(write(tmp_path / "x.xlsx", "a,b\n")))
     with pytest.raises(DataError, match="file is empty"):
         list(read_records(write(tmp_path / "empty.json", "  \n")))
     (tmp_path / "nothing").mkdir()
@@ -201,18 +197,17 @@ def test_detect_format_errors() -> None:
     with pytest.raises(FieldError, match="use stage: pt"):
         detect_format({"text": "x"}, ColumnSpec(), "sft")
     with pytest.raises(FieldError, match="cannot tell the format") as info:
-        detect_format({"question": "q", "answer": "a"}, ColumnSpec(), "sft")
-    assert info.value.field == "answer, question"
+        detect_format({"foo": "q", "bar": "a"}, ColumnSpec(), "sft")
+    assert info.value.field == "bar, foo"
     with pytest.raises(FieldError, match="unknown formatting"):
         detect_format({"a": 1}, ColumnSpec(formatting="openai"), "sft")
-    with pytest.raises(FieldError, match="bare list"):
-        detect_format([{"role": "user", "content": "x"}], ColumnSpec(), "sft")
+    assert detect_format([{"role": "user", "content": "x"}], ColumnSpec(), "sft").name == "message_list"
 
 
 def test_alpaca_with_system_and_history() -> None:
     record = {"instruction": "Add them.", "input": "2 and 3", "output": "5", "system": "Be terse.",
               "history": [["Hi", "Hello."]]}
-    row = FORMATS["alpaca"].convert(record, ColumnSpec())
+    [row] = FORMATS["alpaca"].convert(record, ColumnSpec())
     assert row["messages"] == [
         {"role": "system", "content": "Be terse."},
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
@@ -327,7 +322,7 @@ def test_resolve_by_registry_and_by_path(llamafactory_dir: Path, tmp_path: Path)
     source = resolve_dataset("glaive_toolcall_en_demo", llamafactory_dir)
     assert source.path == llamafactory_dir / "glaive_toolcall_en_demo.json"
     assert source.spec.formatting == "sharegpt" and source.spec.columns["tools"] == "tools"
-    assert resolve_dataset("dpo_en_demo", llamafactory_dir).ranking is True
+    assert resolve_dataset("dpo_en_demo", llamafactory_dir).spec.ranking is True
     # A file name relative to dataset_dir that is not a registry name.
     assert resolve_dataset("c4_demo.jsonl", llamafactory_dir).path == llamafactory_dir / "c4_demo.jsonl"
     # An absolute path, and a dataset_dir without a registry.

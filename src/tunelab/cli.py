@@ -98,23 +98,54 @@ def data_inspect(
     model: Annotated[str, typer.Option(help="Model or tokenizer folder for tokens and template.")]
     = "stories260K",
     template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own).")] = None,
-    stage: Annotated[str, typer.Option(help="sft or pt.")] = "sft",
+    stage: Annotated[str, typer.Option(help="sft, pt, rm, dpo, orpo, kto, ppo or grpo: which rows to build.")]
+    = "sft",
     cutoff_len: Annotated[int, typer.Option(help="Count samples longer than this.")] = 2048,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Records to render.")] = 2,
     train_on_prompt: Annotated[bool, typer.Option(help="Show the mask for train_on_prompt.")] = False,
     mask_history: Annotated[bool, typer.Option(help="Show the mask for mask_history.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Skip and count unusable records instead of stopping.")]
+    = False,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
+    plot_dir: Annotated[str, typer.Option(help="Where the token-length histogram PNG goes.")]
+    = "outputs/inspect",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show a dataset's format, size, token lengths and trained/untrained segments."""
+    """Show a dataset's format, size, skipped records, token lengths and trained/untrained segments."""
+    from tunelab.data.formats import STAGE_KINDS
     from tunelab.data.inspect import inspect_dataset, print_inspection
 
+    if stage not in STAGE_KINDS:
+        raise TunelabError(f"--stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
     policy = "all" if train_on_prompt else "last" if mask_history else "assistant"
     result = inspect_dataset(dataset, dataset_dir=dataset_dir, model=model, template=template, stage=stage,
-                             cutoff_len=cutoff_len, num_samples=num_samples, policy=policy)
+                             cutoff_len=cutoff_len, num_samples=num_samples, policy=policy,
+                             skip_invalid=skip_invalid, encoding=encoding, plot_dir=plot_dir)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         print_inspection(result)
+
+
+@data_app.command("convert")
+@_friendly_errors
+def data_convert(
+    source: Annotated[str, typer.Argument(help="Registry name, file, folder or hub id to convert.")],
+    output: Annotated[str, typer.Argument(help="Output file (.jsonl).")],
+    to: Annotated[str, typer.Option("--to", help="Output format.")] = "jsonl",
+    dataset_dir: Annotated[str, typer.Option(help="Folder with dataset_info.json.")] = "data",
+    stage: Annotated[str, typer.Option(help="Which canonical rows: sft, pt, dpo, kto, grpo, ...")] = "sft",
+    skip_invalid: Annotated[bool, typer.Option(help="Skip and count unusable records instead of stopping.")]
+    = False,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
+) -> None:
+    """Write a dataset's canonical rows (TRL's standard types) as JSON Lines, streaming."""
+    from tunelab.data.convert import convert_dataset
+
+    if to != "jsonl":
+        raise TunelabError(f"--to '{to}' is not supported; only jsonl")
+    convert_dataset(source, output, dataset_dir=dataset_dir, stage=stage, skip_invalid=skip_invalid,
+                    encoding=encoding)
 
 
 @app.command()

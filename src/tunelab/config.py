@@ -71,6 +71,20 @@ class TrainConfig(BaseModel):
     val_size: float = Field(0.0, ge=0.0, description="Held-out fraction (<1) or count (>=1) for evaluation.")
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens (loss on every token).")
     mask_history: bool = Field(False, description="Train only on the last assistant turn.")
+    cutoff_policy: Literal["truncate", "drop"] = Field(
+        "truncate", description="A sample longer than cutoff_len: truncate it, or drop it (counted either way)."
+    )
+    skip_invalid: bool = Field(
+        False, description="Skip unusable records (counted and reported with examples) instead of stopping."
+    )
+    dedup: bool = Field(False, description="Drop exact duplicate records (counted and reported).")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "concat", description="Combine several datasets: concat, or interleave until the first (under) / "
+        "last (over) one runs out."
+    )
+    interleave_probs: str | list[float] | None = Field(
+        None, description="Sampling ratio per dataset for interleave_*, e.g. '0.7,0.3'."
+    )
     packing: bool = Field(False, description="Pack several samples into one sequence of cutoff_len.")
     overwrite_cache: bool = Field(False, description="Accepted for LLaMA-Factory compatibility (no cache).")
     preprocessing_num_workers: int | None = Field(None, description="Processes for tokenization.")
@@ -119,6 +133,16 @@ class TrainConfig(BaseModel):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
+    @field_validator("interleave_probs", mode="before")
+    @classmethod
+    def _split_probs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+        return value
+
     @model_validator(mode="after")
     def _check_contradictions(self) -> TrainConfig:
         problems = []
@@ -136,6 +160,15 @@ class TrainConfig(BaseModel):
             problems.append("eval_strategy is 'steps' but eval_steps is not set")
         if self.save_only_model and self.resume_from_checkpoint:
             problems.append("save_only_model checkpoints hold no optimizer state; they cannot be resumed")
+        if self.interleave_probs is not None:
+            if self.mix_strategy == "concat":
+                problems.append("interleave_probs is set but mix_strategy is 'concat'; use interleave_under or "
+                                "interleave_over")
+            elif self.dataset and len(self.interleave_probs) != len(self.dataset):
+                problems.append(f"interleave_probs has {len(self.interleave_probs)} values for "
+                                f"{len(self.dataset)} datasets")
+            elif any(p < 0 for p in self.interleave_probs) or not sum(self.interleave_probs):
+                problems.append("interleave_probs must be non-negative and not all zero")
         if problems:
             raise ValueError("; ".join(problems))
         return self

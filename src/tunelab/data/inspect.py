@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import re
 import statistics
+from pathlib import Path
 from typing import Any
 
 from tunelab.console import console
-from tunelab.data.masking import segments
-from tunelab.data.pipeline import encode_row
-from tunelab.data.registry import iter_rows, resolve_dataset
+from tunelab.data.formats import STAGE_KINDS
+from tunelab.data.masking import Encoded, encode_conversation, encode_text, segments
+from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
+from tunelab.data.templates import render
 from tunelab.models.loading import load_tokenizer
+
+
+def _encode(row: dict, kind: str, tokenizer: Any, policy: str) -> tuple[list[Encoded], dict[str, Any]]:
+    """Encodings whose lengths count, and the sample fields to show, for one canonical row of any kind."""
+    tools = row.get("tools")
+    if kind == "pt":
+        encoded = encode_text(tokenizer, row["text"], cutoff_len=10**9)
+        return encoded, {"segments": [s for item in encoded for s in segments(item)]}
+    if kind == "sft":
+        encoded = encode_conversation(tokenizer, row["messages"], tools, policy)
+        return [encoded], {"segments": segments(encoded)}
+    prompt = row["prompt"]
+    if kind == "preference":
+        chosen = encode_conversation(tokenizer, prompt + row["chosen"], tools, train_from=len(prompt))
+        rejected = encode_conversation(tokenizer, prompt + row["rejected"], tools, train_from=len(prompt))
+        return [chosen, rejected], {"segments": segments(chosen), "rejected_segments": segments(rejected)}
+    if kind == "kto":
+        encoded = encode_conversation(tokenizer, prompt + row["completion"], tools, train_from=len(prompt))
+        return [encoded], {"segments": segments(encoded), "label": row["label"]}
+    text = render(tokenizer, prompt, tools, add_generation_prompt=True)  # rl: the prompt is all there is
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    extra = {key: value for key, value in row.items() if key not in ("prompt", "tools")}
+    return [Encoded(ids, [-100] * len(ids), text, [])], {"segments": [{"text": text, "trained": False}],
+                                                         "extra": extra}
 
 
 def _length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
@@ -25,46 +52,106 @@ def _length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
     }
 
 
+def _histogram(lengths: list[int], bins: int = 10) -> list[dict[str, int]]:
+    low, high = min(lengths), max(lengths)
+    width = max(1, -(-(high - low + 1) // bins))
+    counts = [0] * bins
+    for length in lengths:
+        counts[min(bins - 1, (length - low) // width)] += 1
+    return [{"from": low + i * width, "to": low + (i + 1) * width - 1, "count": c} for i, c in enumerate(counts)]
+
+
+def _plot_histogram(lengths: list[int], cutoff_len: int, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.hist(lengths, bins=40, color="#4c72b0")
+    if cutoff_len <= max(lengths):
+        axes.axvline(cutoff_len, color="#c44e52", linestyle="--", label=f"cutoff_len {cutoff_len}")
+        axes.legend()
+    axes.set_xlabel("tokens per sample")
+    axes.set_ylabel("samples")
+    axes.set_title(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "stories260K",
                     template: str | None = None, stage: str = "sft", cutoff_len: int = 2048,
-                    num_samples: int = 2, policy: str = "assistant") -> dict[str, Any]:
-    """Format, row count, token-length statistics and rendered samples split into trained segments."""
+                    num_samples: int = 2, policy: str = "assistant", skip_invalid: bool = False,
+                    encoding: str | None = None, plot_dir: str | None = None) -> dict[str, Any]:
+    """Format, mapping, counts, skipped records, token lengths and rendered samples of one dataset."""
+    kind = STAGE_KINDS[stage]
     source = resolve_dataset(dataset, dataset_dir)
+    if encoding:
+        source.read_options["encoding"] = encoding
     if template is None and model == "stories260K":
         template = "default"  # the embedded base model has no template of its own
     tokenizer = load_tokenizer(model, template)
+    skipped = Skipped()
     fmt_name, lengths, samples = "?", [], []
-    for fmt, line, row in iter_rows(source, stage):
+    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped):
         fmt_name = fmt.name
-        encoded = encode_row(row, tokenizer, stage, policy, cutoff_len=10**9)
-        lengths.append(sum(len(item.input_ids) for item in encoded))
+        encoded, shown = _encode(row, kind, tokenizer, policy)
+        # pt chunks add up; a preference pair is as long as its longer side
+        pick = sum if kind == "pt" else max
+        lengths.append(pick(len(e.input_ids) for e in encoded))
         if len(samples) < num_samples:
-            samples.append({"line": line, "segments": [s for item in encoded for s in segments(item)],
-                            "num_tokens": lengths[-1],
-                            "num_trained_tokens": sum(item.num_trained for item in encoded)})
-    return {
-        "dataset": dataset,
-        "source": str(source.path or source.hub_id),
-        "format": fmt_name,
-        "num_rows": len(lengths),
+            trained = sum(e.num_trained for e in encoded) if kind == "pt" else encoded[0].num_trained
+            samples.append({"line": line, **shown, "num_tokens": lengths[-1], "num_trained_tokens": trained})
+    result: dict[str, Any] = {
+        "dataset": dataset, "source": source.location, "format": fmt_name, "kind": kind,
+        "column_mapping": source.spec.columns, "tags": source.spec.tags, "num_rows": len(lengths),
+        "skipped": skipped.as_dict(), "num_skipped": skipped.total, "samples": samples,
         "token_lengths": _length_stats(lengths, cutoff_len) if lengths else None,
-        "samples": samples,
+        "histogram": _histogram(lengths) if lengths else [], "histogram_png": None,
     }
+    if lengths and plot_dir:
+        name = re.sub(r"[^\w.-]+", "_", Path(dataset).name)
+        result["histogram_png"] = str(_plot_histogram(lengths, cutoff_len, dataset, Path(plot_dir) / f"{name}.png"))
+    return result
 
 
 def print_inspection(result: dict[str, Any]) -> None:
     console.print(f"[bold]{result['dataset']}[/bold]  {result['source']}")
-    console.print(f"format: {result['format']}   rows: {result['num_rows']}")
+    mapping = f"  columns {result['column_mapping']}" if result["column_mapping"] else ""
+    console.print(f"format: {result['format']} ({result['kind']} rows){mapping}")
+    console.print(f"rows: {result['num_rows']} usable, {result['num_skipped']} skipped")
+    for reason, info in result["skipped"].items():
+        console.print(f"  skipped {info['count']}: {reason}", markup=False)
+        for example in info["examples"]:
+            console.print(f"    e.g. {example}", markup=False, style="dim")
     stats = result["token_lengths"]
     if stats:
         console.print(f"tokens per sample: min {stats['min']}  mean {stats['mean']}  p50 {stats['p50']}  "
-                      f"p95 {stats['p95']}  max {stats['max']}  (over cutoff_len {stats['cutoff_len']}: "
-                      f"{stats['over_cutoff']})")
+                      f"p95 {stats['p95']}  max {stats['max']}; longer than cutoff_len {stats['cutoff_len']} "
+                      f"(truncated in training): {stats['over_cutoff']}")
+        peak = max(bucket["count"] for bucket in result["histogram"]) or 1
+        for bucket in result["histogram"]:
+            bar = "█" * round(30 * bucket["count"] / peak)
+            console.print(f"  {bucket['from']:>7}-{bucket['to']:<7} {bar} {bucket['count']}", markup=False)
+    if result["histogram_png"]:
+        console.print(f"histogram: {result['histogram_png']}")
     for sample in result["samples"]:
+        label = f", label {sample['label']}" if "label" in sample else ""
         console.print(f"\n[bold]record at line {sample['line']}[/bold] ({sample['num_tokens']} tokens, "
-                      f"{sample['num_trained_tokens']} trained; [green]green = trained[/green], "
+                      f"{sample['num_trained_tokens']} trained{label}; [green]green = trained[/green], "
                       "[dim]dim = context[/dim])")
-        for segment in sample["segments"]:
-            console.print(segment["text"], style="green" if segment["trained"] else "dim", end="",
-                          markup=False)
-        console.print()
+        _print_segments(sample["segments"])
+        if "rejected_segments" in sample:
+            console.print("[bold]rejected:[/bold]")
+            _print_segments(sample["rejected_segments"])
+        if sample.get("extra"):
+            console.print(f"extra columns: {sample['extra']}", markup=False)
+
+
+def _print_segments(parts: list[dict[str, Any]]) -> None:
+    for segment in parts:
+        console.print(segment["text"], style="green" if segment["trained"] else "dim", end="", markup=False)
+    console.print()

@@ -32,6 +32,7 @@ class Encoded:
     text: str
     offsets: list[tuple[int, int]]
     truncated: bool = False
+    full_length: int = 0  # tokens before truncation
 
     @property
     def num_trained(self) -> int:
@@ -42,16 +43,21 @@ def _common_prefix_length(a: str, b: str) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
-def trained_char_spans(tokenizer: Any, messages: list[dict], tools: list | None,
-                       policy: str = "assistant") -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of it that carry loss."""
+def trained_char_spans(tokenizer: Any, messages: list[dict], tools: list | None, policy: str = "assistant",
+                       train_from: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of it that carry loss.
+
+    ``train_from`` excludes assistant turns before that message index (a preference or KTO prompt's
+    own history is context, not a target).
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown loss policy '{policy}'; expected one of {POLICIES}")
     text = render(tokenizer, messages, tools)
     if policy == "all":
         return text, [(0, len(text))]
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    selected = set(turns[-1:] if policy == "last" else turns)
+    targets = [i for i in turns if i >= train_from]
+    selected = set(targets[-1:] if policy == "last" else targets)
     spans, cursor = [], 0
     for index in turns:
         span = _locate_turn(tokenizer, messages, tools, index, text, cursor)
@@ -115,16 +121,17 @@ def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict], tools: list | None = None,
-                        policy: str = "assistant", cutoff_len: int | None = None) -> Encoded:
+                        policy: str = "assistant", cutoff_len: int | None = None, train_from: int = 0) -> Encoded:
     """Token ids and labels (``-100`` where no loss) for one conversation, truncated to ``cutoff_len``."""
-    text, spans = trained_char_spans(tokenizer, messages, tools, policy)
+    text, spans = trained_char_spans(tokenizer, messages, tools, policy, train_from)
     input_ids, offsets = _tokenize(tokenizer, text)
     labels = [tid if flag else IGNORE_INDEX for tid, flag in zip(input_ids, _token_flags(offsets, spans),
                                                                   strict=True)]
-    truncated = cutoff_len is not None and len(input_ids) > cutoff_len
+    full_length = len(input_ids)
+    truncated = cutoff_len is not None and full_length > cutoff_len
     if truncated:
         input_ids, labels, offsets = input_ids[:cutoff_len], labels[:cutoff_len], offsets[:cutoff_len]
-    return Encoded(input_ids, labels, text, offsets, truncated)
+    return Encoded(input_ids, labels, text, offsets, truncated, full_length)
 
 
 def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:

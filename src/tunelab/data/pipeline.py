@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import TrainConfig
+from tunelab.data.formats import STAGE_KINDS
 from tunelab.data.masking import Encoded, MaskingError, encode_conversation, encode_text
-from tunelab.data.registry import load_dataset_rows, split_rows
+from tunelab.data.mixing import mix_rows, split_rows
+from tunelab.data.registry import Skipped, load_dataset_rows
 from tunelab.errors import ConfigError, DataError
 
 
@@ -20,35 +21,47 @@ class DataReport:
     train_samples: int = 0
     eval_samples: int = 0
     truncated: int = 0
-    dropped: Counter = field(default_factory=Counter)
     trained_tokens: int = 0
+    skipped: Skipped = field(default_factory=Skipped)
 
     def lines(self) -> list[str]:
         out = [f"dataset {d['name']}: {d['rows']} records ({d['format']} format) from {d['source']}"
-               for d in self.datasets]
+               + (f", {d['skipped']} skipped" if d["skipped"] else "") for d in self.datasets]
         out.append(f"train samples: {self.train_samples}, eval samples: {self.eval_samples}, "
                    f"trained tokens: {self.trained_tokens}")
         if self.truncated:
             out.append(f"truncated to cutoff_len: {self.truncated} samples")
-        for reason, count in self.dropped.items():
-            out.append(f"dropped {count} samples: {reason}")
+        for reason, info in self.skipped.as_dict().items():
+            out.append(f"skipped {info['count']}: {reason} (e.g. {info['examples'][0]})")
         return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"datasets": self.datasets, "train_samples": self.train_samples, "eval_samples": self.eval_samples,
+                "truncated": self.truncated, "trained_tokens": self.trained_tokens,
+                "skipped": self.skipped.as_dict()}
+
+
+def _load(names: list[str], cfg: TrainConfig, report: DataReport) -> list[list[dict]]:
+    parts = []
+    for name in names:
+        loaded = load_dataset_rows(name, cfg.dataset_dir, STAGE_KINDS[cfg.stage], cfg.max_samples,
+                                   skip_invalid=cfg.skip_invalid, dedup=cfg.dedup)
+        report.datasets.append({"name": name, "rows": len(loaded.rows), "format": loaded.format,
+                                "source": loaded.source.location, "skipped": loaded.skipped.total})
+        report.skipped.merge(loaded.skipped)
+        parts.append(loaded.rows)
+    return parts
 
 
 def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], DataReport]:
-    """Canonical rows of every configured dataset, split into train and eval."""
+    """Canonical rows of every configured dataset, mixed, then split into train and eval."""
     if not cfg.dataset:
         raise ConfigError("key 'dataset' is not set; name a dataset from dataset_info.json or a file path")
     report = DataReport()
-    rows: list[dict] = []
-    for name in cfg.dataset:
-        loaded = load_dataset_rows(name, cfg.dataset_dir, cfg.stage, cfg.max_samples)
-        report.datasets.append({"name": name, "rows": len(loaded.rows), "format": loaded.format,
-                                "source": loaded.source})
-        rows += loaded.rows
+    rows = mix_rows(_load(cfg.dataset, cfg, report), cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
     train, held_out = split_rows(rows, cfg.val_size, cfg.seed)
-    for name in cfg.eval_dataset or []:
-        held_out += load_dataset_rows(name, cfg.dataset_dir, cfg.stage, cfg.max_samples).rows
+    for part in _load(cfg.eval_dataset or [], cfg, report):
+        held_out += part
     return train, held_out, report
 
 
@@ -60,7 +73,7 @@ def encode_row(row: dict, tokenizer: Any, stage: str, policy: str, cutoff_len: i
 
 def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
                   split: str) -> list[dict[str, list[int]]]:
-    """input_ids/labels per sample; a sample left with no trained token is dropped and counted."""
+    """input_ids/labels per sample; over-long samples are truncated or dropped, and counted either way."""
     samples = []
     for index, row in enumerate(rows):
         try:
@@ -68,18 +81,20 @@ def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: Da
         except MaskingError as error:
             raise DataError(f"{split} sample {index + 1}: {error}") from None
         for item in encoded:
-            if item.truncated:
-                report.truncated += 1
-            if item.num_trained == 0:
-                report.dropped[f"no trained token left after truncation to cutoff_len {cfg.cutoff_len}"] += 1
+            if item.truncated and cfg.cutoff_policy == "drop":
+                report.skipped.add(f"longer than cutoff_len {cfg.cutoff_len} (cutoff_policy: drop)",
+                                   f"{split} sample {index + 1}: {item.full_length} tokens")
                 continue
+            if item.num_trained == 0:
+                report.skipped.add(f"no trained token left after truncation to cutoff_len {cfg.cutoff_len}",
+                                   f"{split} sample {index + 1}")
+                continue
+            report.truncated += item.truncated
             report.trained_tokens += item.num_trained if split == "train" else 0
             samples.append({"input_ids": item.input_ids, "labels": item.labels})
     if not samples and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
     return samples
-
-
 def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
     """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing)."""
     from datasets import Dataset

@@ -40,8 +40,8 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
     train_dataset, eval_dataset, report = build_datasets(cfg, tokenizer)
     for line in report.lines():
         console.print(f"[bold]data[/bold] {line}")
-    (run.path / "data_report.json").write_text(json.dumps(
-        {**report.__dict__, "dropped": dict(report.dropped)}, indent=2, ensure_ascii=False), encoding="utf-8")
+    (run.path / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False),
+                                               encoding="utf-8")
 
     set_seed(cfg.seed)  # adapter initialisation draws random numbers: same seed, same run
     model = load_model(cfg.model_name_or_path, tokenizer,

@@ -1,0 +1,37 @@
+"""`tunelab data convert`: canonical rows to JSON Lines, one record at a time (memory stays flat)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunelab.console import console
+from tunelab.data.formats import STAGE_KINDS
+from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
+from tunelab.errors import TunelabError
+
+
+def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = "data", stage: str = "sft",
+                    skip_invalid: bool = False, encoding: str | None = None) -> tuple[int, Skipped]:
+    """Stream every usable row of a dataset into ``output``; returns (rows written, skipped records)."""
+    if stage not in STAGE_KINDS:
+        raise TunelabError(f"stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
+    source = resolve_dataset(source_name, dataset_dir)
+    if encoding:
+        source.read_options["encoding"] = encoding
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")  # an interrupted convert leaves no half file behind
+    skipped, written, fmt_name = Skipped(), 0, "?"
+    with partial.open("w", encoding="utf-8") as handle:
+        for fmt, _line, row in iter_rows(source, STAGE_KINDS[stage], skip_invalid=skip_invalid, skipped=skipped):
+            fmt_name = fmt.name
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += 1
+            if written % 100_000 == 0:
+                console.print(f"  {written:,} rows ...")
+    partial.replace(output)
+    console.print(f"converted {written:,} rows ({fmt_name} format → {STAGE_KINDS[stage]} rows) to {output}")
+    for reason, info in skipped.as_dict().items():
+        console.print(f"  skipped {info['count']}: {reason} (e.g. {info['examples'][0]})", markup=False)
+    return written, skipped
