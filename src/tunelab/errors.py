@@ -15,13 +15,14 @@ class DataError(TunelabError):
     """A data file or record cannot be used; names the file, the record and the field."""
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 field: str | None = None):
+                 field: str | None = None, record: int | None = None):
         where = []
         if file:
             where.append(str(file))
         if line is not None:
-            where.append(f"line {line}")
+            # several records can share a line (a one-line JSON array): then the record number tells which
+            where.append(f"line {line}" + (f" (record {record})" if record is not None and record != line else ""))
         if field:
             where.append(f"field '{field}'")
-        self.file, self.line, self.field = file, line, field
+        self.file, self.line, self.field, self.record = file, line, field, record
         super().__init__(f"{', '.join(where)}: {message}" if where else message)

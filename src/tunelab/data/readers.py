@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -287,12 +288,17 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+# A dataset folder's own documentation (README.txt, LICENSE, SOURCE_COMMIT.txt ...) is not data.
+_DOCUMENTATION = re.compile(r"(?i)^(readme|license|licence|notice|disclaimer|changelog|source_commit|data_license)\b")
+
+
 def list_data_files(path: Path) -> list[Path]:
-    """The file itself, or every readable file of a folder (recursively, sorted, hidden ones left out)."""
+    """The file itself, or every data file of a folder (recursively, sorted; hidden files and the folder's
+    documentation such as README/LICENSE/SOURCE_COMMIT left out)."""
     kinds = ", ".join(READERS) + " (optionally .gz)"
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*")
-                       if p.is_file() and data_suffix(p) in READERS and not _hidden(p, path))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and data_suffix(p) in READERS
+                       and not _hidden(p, path) and not _DOCUMENTATION.match(p.name))
         if not files:
             raise DataError(f"folder has no data files ({kinds})", file=str(path))
         return files

@@ -157,7 +157,10 @@ def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False,
     """
     skipped = skipped if skipped is not None else Skipped()
     fmt: Format | None = None
+    number, current_file = 0, None
     for file, line, record in _records(source):
+        number = number + 1 if file == current_file else 1
+        current_file = file
         if isinstance(record, InvalidRecord):
             problem, reason, field_name = record.detail, record.reason, None
         else:
@@ -172,12 +175,12 @@ def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False,
                 if fmt is not None:
                     problem = f"{problem} ({fmt.name} format)"
                 if error.dataset_level:  # the whole dataset is wrong for this stage: skipping cannot help
-                    raise DataError(problem, file=file, line=line, field=field_name) from None
+                    raise DataError(problem, file=file, line=line, field=field_name, record=number) from None
         if not skip_invalid:
-            hint = "; set skip_invalid: true to skip and count such records" if reason else ""
-            raise DataError(f"{problem}{hint}", file=file, line=line, field=field_name)
-        where = f"{file}, line {line}" + (f", field '{field_name}'" if field_name else "")
-        skipped.add(reason or "invalid record", f"{where}: {problem}")
+            raise DataError(f"{problem}; set skip_invalid: true to skip and count such records", file=file,
+                            line=line, field=field_name, record=number)
+        skipped.add(reason or "invalid record", str(DataError(problem, file=file, line=line, field=field_name,
+                                                              record=number)))
 
 
 def _row_key(row: dict[str, Any]) -> str:
