@@ -2,4 +2,4 @@
 
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # long paths and messages stay on one line

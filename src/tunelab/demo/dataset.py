@@ -48,10 +48,12 @@ def write(folder: Path) -> None:
         (folder / file_name).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     # The same stories as plain text, one per line, for continued pretraining (stage pt).
     (folder / "demo_stories.txt").write_text("".join(r["output"] + "\n" for r in train), encoding="utf-8")
-    registry = {"demo_stories": {"file_name": "demo_stories.json"},
-                "demo_stories_heldout": {"file_name": "demo_stories_heldout.json"},
-                "demo_stories_text": {"file_name": "demo_stories.txt"}}
-    (folder / "dataset_info.json").write_text(json.dumps(registry, indent=2) + "\n", encoding="utf-8")
+    registry_path = folder / "dataset_info.json"
+    registry = json.loads(registry_path.read_text(encoding="utf-8")) if registry_path.exists() else {}
+    registry.update({"demo_stories": {"file_name": "demo_stories.json"},
+                     "demo_stories_heldout": {"file_name": "demo_stories_heldout.json"},
+                     "demo_stories_text": {"file_name": "demo_stories.txt"}})
+    registry_path.write_text(json.dumps(registry, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
