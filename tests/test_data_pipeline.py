@@ -239,3 +239,11 @@ def test_convert_writes_canonical_rows(tmp_path):
     # canonical rows read back as the messages-based preference format
     again = load_dataset_rows(str(out), tmp_path, "preference")
     assert again.rows == rows
+
+
+def test_hub_dataset_without_network_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # `make test` sets it too; the hub is unreachable here anyway
+    with pytest.raises(DataError) as error:
+        load_dataset_rows("tatsu-lab/alpaca", tmp_path, "sft")
+    message = str(error.value)
+    assert "could not load 'tatsu-lab/alpaca' from the Hugging Face hub" in message and "local copy" in message
