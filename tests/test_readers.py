@@ -422,3 +422,30 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path, array: bool) -> Non
     print(f"{path.name}: {size / 2**20:.0f} MiB file, peak RSS {baseline / 2**20:.0f} MiB after imports, "
           f"growth while reading {growth / 2**20:.1f} MiB")
     assert size > 200 << 20 and growth < 50 << 20
+
+
+_MEASURE_CONVERT = """
+import sys
+from tunelab.data.convert import convert_dataset
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+before = peak()
+written, skipped = convert_dataset(sys.argv[1], sys.argv[2], stage="sft")
+print(written, before, peak() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from Linux's /proc")
+def test_convert_to_canonical_jsonl_streams(tmp_path: Path) -> None:
+    """`tunelab data convert` on a large JSONL: canonical rows out, memory flat (reader + converter + writer)."""
+    source, out = tmp_path / "big.jsonl", tmp_path / "rows.jsonl"
+    count = _write_big(source, 120 << 20, array=False)
+    result = subprocess.run([sys.executable, "-c", _MEASURE_CONVERT, str(source), str(out)], capture_output=True,
+                            text=True, check=True)
+    written, _baseline, growth = map(int, result.stdout.splitlines()[-1].split())  # after convert's own report
+    assert written == count and out.stat().st_size > 100 << 20
+    with out.open(encoding="utf-8") as rows:
+        first = json.loads(rows.readline())
+    assert first["messages"][0]["role"] == "user" and first["messages"][1]["content"].startswith("中文回答")
+    assert growth < 50 << 20
