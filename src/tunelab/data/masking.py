@@ -78,7 +78,7 @@ def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index
     (a template that appends eos only after the final message must not hide earlier markers).
     """
     prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
-    upto = render(tokenizer, messages[: index + 1], tools)
+    upto = text if index == len(messages) - 1 else render(tokenizer, messages[: index + 1], tools)
     content = (messages[index].get("content") or "").strip()
     turn_start = max(cursor, len(prompt) if text.startswith(prompt) else _common_prefix_length(text, prompt))
     if content:
@@ -106,12 +106,16 @@ def _end_marker(after: str, text: str, position: int) -> str:
 
 
 def _token_flags(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    flags = []
+    """Whether each token overlaps a trained span; one sweep, since both run left to right."""
+    flags, ordered, current = [], sorted(spans), 0
     for start, end in offsets:
-        if end > start:
-            flags.append(any(start < s_end and end > s_start for s_start, s_end in spans))
-        else:
-            flags.append(any(s_start <= start < s_end for s_start, s_end in spans))
+        while current < len(ordered) and ordered[current][1] <= start:
+            current += 1
+        if current == len(ordered):
+            flags.append(False)
+            continue
+        span_start, span_end = ordered[current]
+        flags.append(start < span_end and end > span_start if end > start else span_start <= start < span_end)
     return flags
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,10 +72,10 @@ def encode_row(row: dict, tokenizer: Any, stage: str, policy: str, cutoff_len: i
     return [encode_conversation(tokenizer, row["messages"], row.get("tools"), policy, cutoff_len)]
 
 
-def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
-                  split: str) -> list[dict[str, list[int]]]:
+def iter_samples(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
+                 split: str) -> Iterator[dict[str, list[int]]]:
     """input_ids/labels per sample; over-long samples are truncated or dropped, and counted either way."""
-    samples = []
+    kept = 0
     for index, row in enumerate(rows):
         try:
             encoded = encode_row(row, tokenizer, cfg.stage, cfg.loss_policy, cfg.cutoff_len)
@@ -85,22 +86,53 @@ def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: Da
                 report.skipped.add(f"longer than cutoff_len {cfg.cutoff_len} (cutoff_policy: drop)",
                                    f"{split} sample {index + 1}: {item.full_length} tokens")
                 continue
-            if item.num_trained == 0:
+            trained = item.num_trained
+            if trained == 0:
                 report.skipped.add(f"no trained token left after truncation to cutoff_len {cfg.cutoff_len}",
                                    f"{split} sample {index + 1}")
                 continue
             report.truncated += item.truncated
-            report.trained_tokens += item.num_trained if split == "train" else 0
-            samples.append({"input_ids": item.input_ids, "labels": item.labels})
-    if not samples and rows:
+            report.trained_tokens += trained if split == "train" else 0
+            kept += 1
+            yield {"input_ids": item.input_ids, "labels": item.labels}
+    if not kept and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
-    return samples
-def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
-    """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing)."""
+
+
+def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
+                  split: str) -> list[dict[str, list[int]]]:
+    return list(iter_samples(rows, tokenizer, cfg, report, split))
+
+
+def _to_dataset(samples: Iterator[dict[str, list[int]]], batch_size: int = 2000) -> Any:
+    """Samples into an Arrow-backed Dataset in batches of int32 lists: a few bytes per token, not a
+    Python int object per token, so large datasets fit."""
+    import pyarrow as pa
     from datasets import Dataset
 
+    token_lists = pa.list_(pa.int32())
+    tables, batch = [], []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            tables.append(_batch_table(batch, token_lists))
+            batch = []
+    if batch:
+        tables.append(_batch_table(batch, token_lists))
+    return Dataset(pa.concat_tables(tables)) if tables else None
+
+
+def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.table({key: pa.array([sample[key] for sample in batch], type=token_lists)
+                     for key in ("input_ids", "labels")})
+
+
+def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
+    """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing)."""
     train_rows, eval_rows, report = load_rows(cfg)
-    train = tokenize_rows(train_rows, tokenizer, cfg, report, "train")
-    evaluation = tokenize_rows(eval_rows, tokenizer, cfg, report, "eval")
-    report.train_samples, report.eval_samples = len(train), len(evaluation)
-    return (Dataset.from_list(train), Dataset.from_list(evaluation) if evaluation else None, report)
+    train = _to_dataset(iter_samples(train_rows, tokenizer, cfg, report, "train"))
+    evaluation = _to_dataset(iter_samples(eval_rows, tokenizer, cfg, report, "eval"))
+    report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0
+    return train, evaluation, report
