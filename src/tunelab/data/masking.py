@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tunelab.data.templates import render
 
 IGNORE_INDEX = -100
@@ -30,13 +32,13 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     text: str
-    offsets: list[tuple[int, int]]
+    offsets: list[list[int]]  # (start, end) character offsets per token
     truncated: bool = False
     full_length: int = 0  # tokens before truncation
 
     @property
     def num_trained(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def _common_prefix_length(a: str, b: str) -> int:
@@ -105,32 +107,36 @@ def _end_marker(after: str, text: str, position: int) -> str:
     return ""
 
 
-def _token_flags(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """Whether each token overlaps a trained span; one sweep, since both run left to right."""
-    flags, ordered, current = [], sorted(spans), 0
-    for start, end in offsets:
-        while current < len(ordered) and ordered[current][1] <= start:
-            current += 1
-        if current == len(ordered):
-            flags.append(False)
-            continue
-        span_start, span_end = ordered[current]
-        flags.append(start < span_end and end > span_start if end > start else span_start <= start < span_end)
+def _token_flags(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Whether each token overlaps a trained span (a token of zero width counts where it sits)."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    flags = np.zeros(len(offsets), dtype=bool)
+    for span_start, span_end in spans:
+        overlaps = (starts < span_end) & (ends > span_start)
+        inside = (ends == starts) & (starts >= span_start) & (starts < span_end)
+        flags |= overlaps | inside
     return flags
 
 
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], np.ndarray]:
+    """Ids and character offsets; straight from the Rust tokenizer when there is one (the hot path)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encoding = backend.encode(text, add_special_tokens=False)
+        ids, offsets = encoding.ids, encoding.offsets
+    else:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    return ids, np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict], tools: list | None = None,
                         policy: str = "assistant", cutoff_len: int | None = None, train_from: int = 0) -> Encoded:
     """Token ids and labels (``-100`` where no loss) for one conversation, truncated to ``cutoff_len``."""
     text, spans = trained_char_spans(tokenizer, messages, tools, policy, train_from)
-    input_ids, offsets = _tokenize(tokenizer, text)
-    labels = [tid if flag else IGNORE_INDEX for tid, flag in zip(input_ids, _token_flags(offsets, spans),
-                                                                  strict=True)]
+    input_ids, offset_array = _tokenize(tokenizer, text)
+    labels = np.where(_token_flags(offset_array, spans), input_ids, IGNORE_INDEX).tolist()
+    offsets = offset_array.tolist()
     full_length = len(input_ids)
     truncated = cutoff_len is not None and full_length > cutoff_len
     if truncated:
@@ -142,7 +148,8 @@ def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:
     """Pretraining text: bos + text + eos, every token trained, cut into cutoff_len chunks (nothing lost)."""
     bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer.bos_token != tokenizer.eos_token else ""
     full = f"{bos}{text}{tokenizer.eos_token or ''}"
-    input_ids, offsets = _tokenize(tokenizer, full)
+    input_ids, offset_array = _tokenize(tokenizer, full)
+    offsets = offset_array.tolist()
     chunks = []
     for start in range(0, len(input_ids), cutoff_len):
         ids = input_ids[start:start + cutoff_len]
