@@ -26,8 +26,13 @@ What is compared, and why it is fair:
   loading, the final checkpoint and saving are outside that window. A callback is needed because
   tunelab's run_sft also loads, tokenizes and saves: a clock around the call would time those too.
   (tunelab's own ``metrics.jsonl`` is read as a cross-check of the token count.)
-* The process CPU time (all threads) is recorded next to the wall time: on a shared machine other
-  programs steal wall time unevenly, while the CPU seconds a side needs per token change much less.
+* Shared machines: on a 2-core machine one busy neighbour makes a 2-thread torch step several times
+  slower, so the CPU time used by everything else (``/proc/stat`` minus this process) is recorded per
+  step. Besides the plain tokens/s (median over runs) the table shows two estimates of the speed on an
+  idle machine: best of runs (the fastest time of each step over a side's runs, valid because all
+  runs train on identical batches; needs ``--repeats`` >= 2) and undisturbed steps only (steps during
+  which other processes used no more than the cores torch leaves free, see ``undisturbed``). With
+  ``--threads 1`` on 2 cores one busy neighbour costs little, which makes runs far more repeatable.
 * Both sides see the same batches in the same order (same seed, same sampler), so their step times
   can also be compared pairwise, step by step; the median of those ratios is robust to a busy machine.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset when training begins); on CPU the
@@ -59,6 +64,7 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_e
 DEFAULT_TOKENIZER = REPO_ROOT.parent / "shared" / "tokenizers" / "minimind"
 SIDES = ("tunelab", "trl")
 MIB = 1024 * 1024
+QUIET_CORES = 0.1  # undisturbed: other processes used less than this beyond the cores torch leaves free
 
 # Training arguments recorded from each trainer, so that settings the two sides do NOT share are shown
 # next to the numbers instead of being discovered later.
@@ -68,6 +74,7 @@ RECORDED_ARGS = (
     "fp16", "gradient_checkpointing", "max_length", "packing", "padding_free", "logging_steps",
     "logging_first_step", "save_strategy", "save_steps", "dataloader_num_workers", "torch_compile",
     "group_by_length", "assistant_only_loss", "completion_only_loss", "report_to", "disable_tqdm",
+    "dataloader_pin_memory", "use_cpu",
 )
 
 
@@ -93,6 +100,7 @@ class Spec:
     device: str
     bf16: bool
     gradient_checkpointing: bool
+    threads: int | None
     workdir: str
 
 
@@ -107,6 +115,8 @@ class SideResult:
     window_seconds: float
     step_seconds: list[float]  # every step, including warm-up ones
     step_cpu_seconds: list[float]
+    other_cpu_cores: float  # average CPU cores used by other processes (and the host) in the window
+    step_other_cores: list[float]  # the same, per step
     step_tokens: list[int]
     total_tokens: int
     steps: int
@@ -134,6 +144,18 @@ def current_rss_bytes() -> int:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (user, nice, system, irq, softirq, steal),
+    from /proc/stat; 0 where it is missing. Minus this process's CPU time: what others used."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
@@ -173,7 +195,8 @@ def make_step_clock(started: float) -> Any:
         the training steps, the logged losses and the training arguments actually in effect."""
 
         def __init__(self) -> None:
-            self.marks: list[tuple[float, float, int, int]] = []  # (wall, CPU time, step, tokens seen)
+            # (wall, process CPU time, machine busy CPU time, step, tokens seen)
+            self.marks: list[tuple[float, float, float, int, int]] = []
             self.losses: list[float] = []
             self.settings: dict[str, Any] = {}
             self.trainable_params = 0
@@ -191,6 +214,9 @@ def make_step_clock(started: float) -> Any:
                 self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 self.settings["total_params"] = sum(p.numel() for p in model.parameters())
                 self.settings["model_dtype"] = str(next(model.parameters()).dtype)
+                self.settings["attention"] = getattr(model.config, "_attn_implementation", None)
+            self.settings["torch_threads"] = torch.get_num_threads()
+            self.settings["cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             if optimizer is not None:
                 inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
                 self.settings["optimizer_class"] = type(inner).__name__
@@ -213,8 +239,8 @@ def make_step_clock(started: float) -> Any:
                 self._finish_memory()
 
         def _mark(self, state: Any) -> None:
-            self.marks.append((time.perf_counter(), time.process_time(), state.global_step,
-                               state.num_input_tokens_seen))
+            self.marks.append((time.perf_counter(), time.process_time(), machine_busy_seconds(),
+                               state.global_step, state.num_input_tokens_seen))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                    **kwargs: Any) -> None:
@@ -248,9 +274,9 @@ def summarize(side: str, clock: Any, warmup: int, loss_tokens: str) -> SideResul
     """Tokens/s from the end of step ``warmup`` to the end of the last step: the first steps pay
     one-off costs (lazy kernel selection, optimizer state allocation) that a long run amortizes."""
     marks = clock.marks  # marks[0] is on_train_begin, marks[k] the end of step k
-    steps = marks[-1][2]
+    steps = marks[-1][3]
     start = min(warmup, max(steps - 1, 0))  # keep at least one step in the window
-    (t0, c0, _, tok0), (t1, c1, _, tok1) = marks[start], marks[-1]
+    (t0, c0, b0, _, tok0), (t1, c1, b1, _, tok1) = marks[start], marks[-1]
     pairs = list(zip(marks, marks[1:], strict=False))
     return SideResult(
         side=side,
@@ -260,8 +286,11 @@ def summarize(side: str, clock: Any, warmup: int, loss_tokens: str) -> SideResul
         window_seconds=t1 - t0,
         step_seconds=[b[0] - a[0] for a, b in pairs],
         step_cpu_seconds=[b[1] - a[1] for a, b in pairs],
-        step_tokens=[int(b[3] - a[3]) for a, b in pairs],
-        total_tokens=int(marks[-1][3]),
+        other_cpu_cores=max((b1 - b0) - (c1 - c0), 0.0) / (t1 - t0) if t1 > t0 else 0.0,
+        step_other_cores=[max((b[2] - a[2]) - (b[1] - a[1]), 0.0) / (b[0] - a[0]) if b[0] > a[0] else 0.0
+                          for a, b in pairs],
+        step_tokens=[int(b[4] - a[4]) for a, b in pairs],
+        total_tokens=int(marks[-1][4]),
         steps=steps,
         peak_memory_bytes=int(clock.memory_peak),
         memory_kind="CUDA max_memory_allocated" if clock.cuda else "RSS growth during training",
@@ -344,10 +373,11 @@ def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
         logging_steps=spec.logging_steps,
         save_steps=max(spec.steps, 500),
         # TRL defaults to bf16=True and gradient_checkpointing=True. Both change speed and memory far more
-        # than any framework overhead (and bf16=True is refused on CPU), so both are shared settings.
+        # than any framework overhead, so both are shared (tunelab's defaults: fp32, no checkpointing).
         bf16=spec.bf16,
         gradient_checkpointing=spec.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
+        use_cpu=spec.device == "cpu",  # TrainingArguments refuses bf16 on CPU without it
     )
     peft_config = None
     if not spec.full:
@@ -410,7 +440,7 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def machine_description(device: str) -> dict[str, str]:
+def machine_description(device: str, threads: int | None) -> dict[str, str]:
     """CPU model and cores (or GPU name), library versions and date, for the report header."""
     import peft
     import torch
@@ -426,7 +456,8 @@ def machine_description(device: str) -> dict[str, str]:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": f"{cpu}, {cores} cores (torch threads {torch.get_num_threads()})", "device": device,
+    info = {"cpu": f"{cpu}, {cores} cores (torch threads {threads or torch.get_num_threads()})",
+            "device": device,
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
             "peft": peft.__version__, "python": platform.python_version(),
             "date": datetime.date.today().isoformat()}
@@ -440,8 +471,10 @@ def run_worker(side: str, index: int, spec: Spec, spec_path: Path, verbose: bool
     result_path = Path(spec.workdir) / f"{side}-{index}.json"
     log_path = result_path.with_suffix(".log")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if spec.threads:  # before torch starts its thread pools
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
     if spec.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # tunelab has no use_cpu key; hiding GPUs treats both sides alike
+        env["CUDA_VISIBLE_DEVICES"] = ""  # tunelab has no device key; hiding GPUs treats both sides alike
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path),
                "--result", str(result_path)]
     with log_path.open("w") as log:
@@ -471,7 +504,11 @@ class Summary:
 
     tokens_per_second: float
     cpu_tokens_per_second: float
+    best_tokens_per_second: float | None
+    quiet_tokens_per_second: float | None
+    quiet_steps: int
     per_repeat: list[float]
+    other_cpu_cores: list[float]
     peak_memory_bytes: float
     median_step_seconds: float
     final_loss: float | None
@@ -489,7 +526,11 @@ def summarize_side(runs: list[SideResult], warmup: int) -> Summary:
     return Summary(
         tokens_per_second=statistics.median(r.tokens_per_second for r in runs),
         cpu_tokens_per_second=statistics.median(r.cpu_tokens_per_second for r in runs),
+        best_tokens_per_second=best_of_runs(runs, start),
+        quiet_tokens_per_second=quiet_rate(runs, start)[0],
+        quiet_steps=quiet_rate(runs, start)[1],
         per_repeat=[r.tokens_per_second for r in runs],
+        other_cpu_cores=[r.other_cpu_cores for r in runs],
         peak_memory_bytes=statistics.median(r.peak_memory_bytes for r in runs),
         median_step_seconds=statistics.median(s for r in runs for s in r.step_seconds[start:]),
         final_loss=first.final_loss,
@@ -502,19 +543,56 @@ def summarize_side(runs: list[SideResult], warmup: int) -> Summary:
     )
 
 
+def best_of_runs(runs: list[SideResult], start: int) -> float | None:
+    """Window tokens over the sum of each step's fastest time across runs: an estimate of the speed
+    on a quiet machine. Needs two runs or more, all on identical batches."""
+    if len(runs) < 2 or any(r.step_tokens != runs[0].step_tokens for r in runs):
+        return None
+    fastest = [min(times) for times in zip(*(r.step_seconds[start:] for r in runs), strict=True)]
+    return sum(runs[0].step_tokens[start:]) / sum(fastest) if sum(fastest) > 0 else None
+
+
+def undisturbed(run: SideResult, step: int) -> bool:
+    """Whether other processes left torch's threads alone during ``step``: they used at most the cores
+    torch does not use (none with one thread per core), plus QUIET_CORES."""
+    cpus, threads = run.settings.get("cpus"), run.settings.get("torch_threads")
+    free = max(cpus - threads, 0) if cpus and threads else 0
+    return run.step_other_cores[step] < free + QUIET_CORES
+
+
+def quiet_rate(runs: list[SideResult], start: int) -> tuple[float | None, int]:
+    """Tokens/s over only the timed steps that were undisturbed (all runs of a side pooled), and how
+    many such steps there were."""
+    tokens = seconds = 0.0
+    count = 0
+    for run in runs:
+        for k in range(start, run.steps):
+            if undisturbed(run, k):
+                tokens, seconds, count = tokens + run.step_tokens[k], seconds + run.step_seconds[k], count + 1
+    return (tokens / seconds if seconds else None), count
+
+
 def paired_step_ratio(tunelab: list[SideResult], trl: list[SideResult], warmup: int,
-                      clock: str = "step_seconds") -> float | None:
-    """Median over (repeat, step) of tunelab's step time / TRL's for the same step (``clock``: wall
-    ``step_seconds`` or ``step_cpu_seconds``). Valid only because both sides train on the same batches
-    in the same order, which is checked (identical tokens per step)."""
+                      only_undisturbed: bool = False) -> tuple[float | None, int]:
+    """Median over steps of tunelab's time for a step / TRL's time for the same step, and how many steps
+    were compared. Each side's time for a step is the median over its runs (with ``only_undisturbed``,
+    over the runs in which that step was undisturbed). Valid because both sides train on the same
+    batches in the same order, which is checked (identical tokens per step)."""
+    runs = [*tunelab, *trl]
+    if any(r.step_tokens != runs[0].step_tokens for r in runs):
+        return None, 0
+    start = min(warmup, max(runs[0].steps - 1, 0))
+
+    def step_time(side_runs: list[SideResult], k: int) -> float | None:
+        times = [r.step_seconds[k] for r in side_runs if not only_undisturbed or undisturbed(r, k)]
+        return statistics.median(times) if times else None
+
     ratios = []
-    for a, b in zip(tunelab, trl, strict=False):
-        if a.step_tokens != b.step_tokens:
-            return None
-        start = min(warmup, max(a.steps - 1, 0))
-        pairs = zip(getattr(a, clock)[start:], getattr(b, clock)[start:], strict=True)
-        ratios += [x / y for x, y in pairs if y > 0]
-    return statistics.median(ratios) if ratios else None
+    for k in range(start, runs[0].steps):
+        a, b = step_time(tunelab, k), step_time(trl, k)
+        if a is not None and b:
+            ratios.append(a / b)
+    return (statistics.median(ratios) if ratios else None), len(ratios)
 
 
 def differing_settings(a: SideResult, b: SideResult) -> dict[str, tuple[Any, Any]]:
@@ -527,6 +605,10 @@ def differing_settings(a: SideResult, b: SideResult) -> dict[str, tuple[Any, Any
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _loss(value: float | None) -> str:
@@ -543,12 +625,16 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int,
     rows: list[tuple[str, str, str, str]] = [
         ("trained (non-padding) tokens/s", f"{tl.tokens_per_second:,.0f}", f"{tr.tokens_per_second:,.0f}",
          _ratio(tl.tokens_per_second, tr.tokens_per_second)),
-        ("trained tokens per CPU-second (all threads)", f"{tl.cpu_tokens_per_second:,.0f}",
-         f"{tr.cpu_tokens_per_second:,.0f}", _ratio(tl.cpu_tokens_per_second, tr.cpu_tokens_per_second)),
+        ("  best of runs (fastest time per step)", _rate(tl.best_tokens_per_second),
+         _rate(tr.best_tokens_per_second), _ratio(tl.best_tokens_per_second, tr.best_tokens_per_second)),
+        (f"  undisturbed steps only ({tl.quiet_steps} vs {tr.quiet_steps} steps)",
+         _rate(tl.quiet_tokens_per_second), _rate(tr.quiet_tokens_per_second),
+         _ratio(tl.quiet_tokens_per_second, tr.quiet_tokens_per_second)),
         (f"peak memory, MiB ({first_tl.memory_kind})", f"{tl.peak_memory_bytes / MIB:,.0f}",
          f"{tr.peak_memory_bytes / MIB:,.0f}", _ratio(tl.peak_memory_bytes, tr.peak_memory_bytes)),
         ("final logged loss", _loss(tl.final_loss), _loss(tr.final_loss),
-         _ratio(tl.final_loss, tr.final_loss)),
+         _ratio(tl.final_loss, tr.final_loss) if first_tl.loss_tokens == first_tr.loss_tokens
+         else "n/a"),  # a mean over different tokens: not comparable
         ("median step time, s", f"{tl.median_step_seconds:.3f}", f"{tr.median_step_seconds:.3f}",
          _ratio(tl.median_step_seconds, tr.median_step_seconds)),
         ("tokens / steps in the timed window", f"{tl.window_tokens:,} / {tl.window_steps}",
@@ -564,7 +650,8 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int,
          _ratio(tl.setup_seconds, tr.setup_seconds)),
     ]
     width = max(len(r[0]) for r in rows)
-    loads = ", ".join(f"{r.side} {r.load_average:.1f}" for side in SIDES for r in results[side])
+    others = ", ".join(f"{side} {[round(c, 2) for c in s.other_cpu_cores]}"
+                       for side, s in (("tunelab", tl), ("TRL", tr)))
     lines = [
         "SFT throughput: tunelab run_sft vs plain TRL SFTTrainer",
         f"machine   {info['cpu']}" + (f"; GPU {info['gpu']}" if "gpu" in info else ""),
@@ -578,7 +665,8 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int,
         f"{'bf16' if spec.bf16 else 'fp32'}, "
         f"gradient checkpointing {'on' if spec.gradient_checkpointing else 'off'}",
         f"timing    steps {spec.warmup + 1}-{spec.steps} of each run; {repeats} run(s) per side, "
-        f"medians shown; load average at worker start: {loads}",
+        f"medians shown",
+        f"busy      CPU cores used by other processes while timing, per run: {others}",
         "",
         f"{'':<{width}}  {'tunelab':>16}  {'TRL':>16}  {'tunelab/TRL':>11}",
     ]
@@ -586,11 +674,12 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int,
     if repeats > 1:
         lines.append(f"tokens/s per run: tunelab {[round(x) for x in tl.per_repeat]}, "
                      f"TRL {[round(x) for x in tr.per_repeat]}")
-    paired = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup)
-    paired_cpu = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup, "step_cpu_seconds")
-    if paired is not None and paired_cpu is not None:
-        lines.append(f"paired steps (same batches), median tunelab/TRL step-time ratio: wall {paired:.2f}, "
-                     f"CPU {paired_cpu:.2f}  (below 1: tunelab faster)")
+    paired, _ = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup)
+    quiet, count = paired_step_ratio(results["tunelab"], results["trl"], spec.warmup, only_undisturbed=True)
+    if paired is not None:
+        lines.append(f"step by step (same batches), median tunelab/TRL step-time ratio: {paired:.2f} over "
+                     f"all timed steps, {'-' if quiet is None else f'{quiet:.2f}'} over {count} steps "
+                     "undisturbed on both sides (below 1: tunelab faster)")
     else:
         lines.append("note: the two sides saw different tokens per step; no paired comparison")
     lines.append("")
@@ -601,6 +690,11 @@ def format_report(info: dict, model: dict, spec: Spec, repeats: int,
     losses = {side: {r.final_loss for r in results[side]} for side in SIDES}
     if any(len(v) > 1 for v in losses.values()):
         lines.append(f"note: final loss differs between runs of one side: {losses}")
+    timed = sum(r.steps - min(spec.warmup, max(r.steps - 1, 0)) for side in SIDES for r in results[side])
+    if tl.quiet_steps + tr.quiet_steps < 0.8 * timed:
+        lines.append(f"warning: only {tl.quiet_steps + tr.quiet_steps} of {timed} timed steps ran "
+                     "undisturbed by other processes; plain tokens/s is unreliable: prefer the step-by-step "
+                     "ratio and best of runs, rerun with --threads 1, or on an idle machine")
     lines.append("")
     lines.append(f"ratio: tunelab/TRL trained tokens per second = "
                  f"{tl.tokens_per_second / tr.tokens_per_second:.2f} "
@@ -619,9 +713,14 @@ def json_report(info: dict, model: dict, spec: Spec, results: dict[str, list[Sid
             "tokens_per_second": tl.tokens_per_second / tr.tokens_per_second,
             "peak_memory": tl.peak_memory_bytes / tr.peak_memory_bytes if tr.peak_memory_bytes else None,
             "cpu_tokens_per_second": tl.cpu_tokens_per_second / tr.cpu_tokens_per_second,
-            "paired_step_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup),
-            "paired_step_cpu_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup,
-                                                      "step_cpu_seconds"),
+            "quiet_tokens_per_second": (tl.quiet_tokens_per_second / tr.quiet_tokens_per_second
+                                        if tl.quiet_tokens_per_second and tr.quiet_tokens_per_second
+                                        else None),
+            "best_tokens_per_second": (tl.best_tokens_per_second / tr.best_tokens_per_second
+                                       if tl.best_tokens_per_second and tr.best_tokens_per_second else None),
+            "paired_step_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup)[0],
+            "paired_undisturbed_step_time": paired_step_ratio(results["tunelab"], results["trl"], spec.warmup,
+                                                              only_undisturbed=True)[0],
         },
         "differing_settings": {k: list(v) for k, v in
                                differing_settings(results["tunelab"][0], results["trl"][0]).items()},
@@ -645,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=200, help="records used (the first N)")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per side, order alternating")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, order alternating")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -657,8 +756,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-target", default="all", help="'all' (every linear layer) or a comma list")
     parser.add_argument("--logging-steps", type=int, default=5)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both sides (CUDA)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both sides")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per worker (default: torch's choice, one per core); 1 is "
+                             "slower but far less disturbed by other processes on a shared machine")
     parser.add_argument("--first", choices=SIDES, default="trl", help="side that runs first")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the workers' own output")
@@ -674,9 +776,6 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(args.worker, Path(args.spec), Path(args.result))
         return 0
     device = resolve_device(args.device)
-    if args.bf16 and device == "cpu":
-        raise SystemExit("--bf16 needs CUDA: TrainingArguments refuses bf16 on CPU without use_cpu, "
-                         "a key tunelab's config does not have")
     first = [args.first, *(s for s in SIDES if s != args.first)]
     with tempfile.TemporaryDirectory(prefix="sft-bench-") as workdir:
         if args.model:
@@ -686,15 +785,18 @@ def main(argv: list[str] | None = None) -> int:
             model_path = str(Path(workdir) / "model")
             model = build_random_model(Path(args.tokenizer), Path(model_path), args.hidden_size, args.layers,
                                        args.seed)
-        spec = Spec(model=model_path, data=str(Path(args.data).resolve()), rows=args.rows, steps=args.steps,
-                    batch_size=args.batch_size, grad_accum=args.grad_accum, learning_rate=args.lr,
-                    cutoff_len=args.cutoff, seed=args.seed, full=args.full, lora_rank=args.lora_rank,
-                    lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
-                    logging_steps=args.logging_steps, warmup=args.warmup, device=device, bf16=args.bf16,
-                    gradient_checkpointing=args.gradient_checkpointing, workdir=workdir)
+        spec = Spec(
+            model=model_path, data=str(Path(args.data).resolve()), rows=args.rows, steps=args.steps,
+            batch_size=args.batch_size, grad_accum=args.grad_accum, learning_rate=args.lr,
+            cutoff_len=args.cutoff, seed=args.seed, full=args.full, lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
+            logging_steps=min(args.logging_steps, args.steps), warmup=args.warmup, device=device,
+            bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, threads=args.threads,
+            workdir=workdir,
+        )
         spec_path = Path(workdir) / "spec.json"
         spec_path.write_text(json.dumps(asdict(spec)))
-        info = machine_description(device)
+        info = machine_description(device, args.threads)
         results: dict[str, list[SideResult]] = {side: [] for side in SIDES}
         for index, side in enumerate(run_order(first, args.repeats)):
             print(f"[{index + 1}/{2 * args.repeats}] training with {side} ...", file=sys.stderr, flush=True)

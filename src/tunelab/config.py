@@ -109,7 +109,7 @@ class TrainConfig(BaseModel):
     lr_scheduler_type: str = Field("cosine", description="linear, cosine, constant, constant_with_warmup, ...")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of steps for linear warmup.")
     warmup_steps: int = Field(0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0).")
-    optim: str = Field("adamw_torch", description="Optimizer name as in transformers.")
+    optim: str = Field("adamw_torch_fused", description="Optimizer name as in transformers (fused AdamW by default).")
     bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
     fp16: bool = Field(False, description="Train in float16 mixed precision.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")

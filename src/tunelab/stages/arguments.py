@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ PASSTHROUGH = (
     "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs", "max_steps", "lr_scheduler_type",
     "warmup_steps", "logging_steps", "save_steps", "save_total_limit", "save_only_model", "optim", "bf16",
-    "fp16", "gradient_checkpointing", "seed", "dataloader_num_workers", "ddp_timeout", "deepspeed",
+    "fp16", "seed", "dataloader_num_workers", "ddp_timeout", "deepspeed",
     "eval_strategy", "eval_steps", "report_to",
 )
 
@@ -25,6 +26,11 @@ def make_sft_config(cfg: TrainConfig, **overrides: Any) -> Any:
     kwargs = {key: getattr(cfg, key) for key in PASSTHROUGH}
     if cfg.warmup_ratio and not cfg.warmup_steps:
         kwargs["warmup_steps"] = cfg.warmup_ratio  # transformers 5 reads a float < 1 as a ratio
+    # transformers 5.2x renamed gradient_checkpointing (our LLaMA-Factory-compatible key) to activation_checkpointing
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    kwargs["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = (
+        cfg.gradient_checkpointing
+    )
     if cfg.fsdp:
         kwargs["fsdp"] = cfg.fsdp
         kwargs["fsdp_config"] = cfg.fsdp_config
