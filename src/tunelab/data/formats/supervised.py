@@ -38,26 +38,24 @@ def _sft_row(messages: list[dict], column: str, tools: list | None) -> list[Row]
 
 # --- conversations ------------------------------------------------------------------------------------
 
-def _sharegpt_detect(columns: set[str], spec: ColumnSpec) -> bool:
-    return spec.column("messages", "conversations") in columns
+def _conversation_format(default_column: str) -> tuple[Any, Any]:
+    """detect/convert for a column of turns (ShareGPT ``conversations`` or OpenAI ``messages``): the
+    turns reader understands both from/value and role/content, so only the default column differs."""
+
+    def detect(columns: set[str], spec: ColumnSpec) -> bool:
+        return spec.column("messages", default_column) in columns
+
+    @object_record
+    def convert(record: dict, spec: ColumnSpec) -> list[Row]:
+        column = spec.column("messages", default_column)
+        messages = with_system(turns_to_messages(record.get(column), column, spec), record, spec)
+        return _sft_row(messages, column, parse_tools(record, spec.column("tools", "tools")))
+
+    return detect, convert
 
 
-@object_record
-def _sharegpt_convert(record: dict, spec: ColumnSpec) -> list[Row]:
-    column = spec.column("messages", "conversations")
-    messages = with_system(turns_to_messages(record.get(column), column, spec), record, spec)
-    return _sft_row(messages, column, parse_tools(record, spec.column("tools", "tools")))
-
-
-def _messages_detect(columns: set[str], spec: ColumnSpec) -> bool:
-    return spec.column("messages", "messages") in columns
-
-
-@object_record
-def _messages_convert(record: dict, spec: ColumnSpec) -> list[Row]:
-    column = spec.column("messages", "messages")
-    messages = with_system(turns_to_messages(record.get(column), column, spec), record, spec)
-    return _sft_row(messages, column, parse_tools(record, spec.column("tools", "tools")))
+_sharegpt_detect, _sharegpt_convert = _conversation_format("conversations")
+_messages_detect, _messages_convert = _conversation_format("messages")
 
 
 def _message_list_convert(record: Any, spec: ColumnSpec) -> list[Row]:
