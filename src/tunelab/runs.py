@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,33 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (and the only process otherwise)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class RunDir:
-    """Owns ``output_dir``: checks it before any model loads, snapshots config, resolves resume."""
+    """Owns ``output_dir``: checks it before any model loads, snapshots config, resolves resume.
+
+    Only the main process checks and writes; under a launcher the other ranks would otherwise find
+    rank 0's fresh config.yaml and refuse the directory.
+    """
 
     def __init__(self, cfg: TrainConfig):
         self.path = Path(cfg.output_dir)
+        self.metrics_path = self.path / METRICS_FILE
+        self.is_main = is_main_process()
         self.resume: str | None = None
         if cfg.resume_from_checkpoint:
             self.resume = str(self._resolve_resume(cfg.resume_from_checkpoint))
-        elif self.path.is_dir() and any(self.path.iterdir()) and not cfg.overwrite_output_dir:
+        if not self.is_main:
+            return
+        if not cfg.resume_from_checkpoint and self.path.is_dir() and any(self.path.iterdir()) \
+                and not cfg.overwrite_output_dir:
             raise ConfigError(f"output_dir '{self.path}' already holds files; set overwrite_output_dir: true, "
                               "resume with resume_from_checkpoint: last, or pick another output_dir")
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-        self.metrics_path = self.path / METRICS_FILE
         if self.resume:
             self._trim_metrics(self._checkpoint_step(Path(self.resume)))
         elif self.metrics_path.exists():

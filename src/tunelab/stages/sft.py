@@ -38,10 +38,11 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
     tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.template, trust_remote_code=cfg.trust_remote_code,
                                revision=cfg.model_revision, cache_dir=cfg.cache_dir)
     train_dataset, eval_dataset, report = build_datasets(cfg, tokenizer)
-    for line in report.lines():
-        console.print(f"[bold]data[/bold] {line}")
-    (run.path / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False),
-                                               encoding="utf-8")
+    if run.is_main:
+        for line in report.lines():
+            console.print(f"[bold]data[/bold] {line}")
+        (run.path / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False),
+                                                   encoding="utf-8")
 
     set_seed(cfg.seed)  # adapter initialisation draws random numbers: same seed, same run
     model = load_model(cfg.model_name_or_path, tokenizer,
@@ -50,8 +51,9 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
                        revision=cfg.model_revision, cache_dir=cfg.cache_dir)
     model = apply_finetuning(model, cfg)
     trainable, total = count_parameters(model)
-    console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): "
-                  f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    if run.is_main:
+        console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): "
+                      f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
 
     trainer = SFTTrainer(
         model=model,
@@ -69,11 +71,12 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult
         console.print("[yellow]interrupted[/yellow]: checkpoints saved so far are kept; continue with "
                       "resume_from_checkpoint=last")
     if not interrupted:
-        trainer.save_model(cfg.output_dir)
-        tokenizer.save_pretrained(cfg.output_dir)
-    plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
+        trainer.save_model(cfg.output_dir)  # collective under DeepSpeed/FSDP: every rank calls it
+        if run.is_main:
+            tokenizer.save_pretrained(cfg.output_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    _print_outputs(cfg, plot, interrupted)
+    if run.is_main:
+        _print_outputs(cfg, plot_loss(cfg.output_dir) if cfg.plot_loss else None, interrupted)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, losses[-1] if losses else None,
                        interrupted, trainer.model)
 
