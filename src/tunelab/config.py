@@ -87,7 +87,9 @@ class TrainConfig(BaseModel):
     )
     packing: bool = Field(False, description="Pack several samples into one sequence of cutoff_len.")
     overwrite_cache: bool = Field(False, description="Accepted for LLaMA-Factory compatibility (no cache).")
-    preprocessing_num_workers: int | None = Field(None, description="Processes for tokenization.")
+    preprocessing_num_workers: int | None = Field(
+        None, description="Processes for TRL's dataset packing (tunelab tokenizes in one process)."
+    )
     # --- output ------------------------------------------------------------------------------
     output_dir: str = Field("outputs/run", description="Run directory: config, metrics, checkpoints, model.")
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty output_dir.")
