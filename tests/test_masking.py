@@ -372,3 +372,23 @@ def test_end_marker_trained_when_template_appends_final_eos(load_tokenizer, temp
     texts = trained_texts(encoded)
     contents = assistant_contents(conversation)
     assert texts[:-1] == [content + "<|im_end|>" for content in contents[:-1]]
+
+
+# GLM-4's chat layout (THUDM/glm-4-9b-chat): no end-of-turn marker; the model stops by emitting the next
+# role header (<|user|>, one of its eos ids), and its fine-tuning appends eos after the final answer.
+GLM4_LAYOUT = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_template_without_end_marker_still_teaches_the_model_to_stop(load_tokenizer, conversation) -> None:
+    tokenizer = load_tokenizer("minimind")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[gMASK]", "<sop>", "<|system|>", "<|user|>",
+                                                                "<|assistant|>"]})
+    tokenizer.chat_template = GLM4_LAYOUT
+    encoded = encode_conversation(tokenizer, conversation)
+    contents = assistant_contents(conversation)
+    assert trained_texts(encoded) == [c + "<|user|>" for c in contents[:-1]] + [contents[-1] + tokenizer.eos_token]
+    assert encoded.text.endswith(contents[-1] + tokenizer.eos_token)
+    assert_labels_consistent(encoded)

@@ -62,16 +62,32 @@ def trained_char_spans(tokenizer: Any, messages: list[dict], tools: list | None,
     selected = set(targets[-1:] if policy == "last" else targets)
     spans, cursor = [], 0
     for index in turns:
-        span = _locate_turn(tokenizer, messages, tools, index, text, cursor)
-        cursor = span[1]
+        start, end, marked = _locate_turn(tokenizer, messages, tools, index, text, cursor)
+        if not marked:
+            text, end = _stop_without_marker(tokenizer, text, end)
+        cursor = end
         if index in selected:
-            spans.append(span)
+            spans.append((start, end))
     return text, spans
 
 
+def _stop_without_marker(tokenizer: Any, text: str, end: int) -> tuple[str, int]:
+    """Templates that close no assistant turn (ChatGLM/GLM-4: the model stops by emitting the next header
+    such as ``<|user|>``): train that special token, or, after the final turn, an appended eos, so that
+    the model still learns to stop."""
+    rest = text[end:]
+    if not rest.strip():
+        eos = tokenizer.eos_token or ""
+        return text[:end] + eos + rest, end + len(eos)
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    following = next((token for token in sorted(special, key=len, reverse=True) if rest.startswith(token)), "")
+    return text, end + len(following)
+
+
 def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index: int, text: str,
-                 cursor: int) -> tuple[int, int]:
-    """Character span of assistant turn ``index`` in ``text``: content (or tool call) plus end marker.
+                 cursor: int) -> tuple[int, int, bool]:
+    """Character span of assistant turn ``index`` in ``text``: content (or tool call) plus end marker,
+    and whether the template wrote an end marker at all.
 
     The turn starts where the generation prompt for it ends (or, for templates that re-render
     history, e.g. Qwen3 dropping earlier reasoning, where the text and that prompt stop agreeing);
@@ -95,7 +111,8 @@ def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index
         after = upto[len(prompt):]
     else:
         raise MaskingError(f"cannot locate assistant turn {index} (no text content) in the rendered template")
-    return start, content_end + len(_end_marker(after, text, content_end))
+    marker = _end_marker(after, text, content_end)
+    return start, content_end + len(marker), bool(marker)
 
 
 def _end_marker(after: str, text: str, position: int) -> str:
