@@ -191,3 +191,24 @@ def test_predict_writes_jsonl(tmp_path: Path, predictor: Predictor) -> None:
         assert record["instruction"] in line["prompt"] and record["input"] in line["prompt"]
         assert line["messages"] == [{"role": "user", "content": line["prompt"]}]
         assert line["prediction"] == predictor(line["prompt"])
+
+
+def test_predict_on_question_answer_and_prompt_only_data(tmp_path: Path, predictor: Predictor) -> None:
+    """Prompt-only data (GSM8K questions, and a file with no answer at all) still predicts; the
+    reference is the answer column where there is one."""
+    lines = (SHARED / "data" / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    questions = tmp_path / "gsm8k.jsonl"
+    questions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = run_predict(predictor, str(questions), dataset_dir=str(tmp_path), output=str(tmp_path / "p.jsonl"),
+                      batch_size=2)
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in lines]
+    assert [w["prompt"] for w in written] == [r["question"] for r in records]
+    assert [w["reference"] for w in written] == [r["answer"] for r in records]
+    assert all(w["prediction"] for w in written)
+
+    bare = tmp_path / "prompts.jsonl"
+    bare.write_text(json.dumps({"prompt": "Write a story about a cat."}) + "\n", encoding="utf-8")
+    [row] = [json.loads(line) for line in run_predict(predictor, str(bare), dataset_dir=str(tmp_path),
+                                                      output=str(tmp_path / "b.jsonl")).read_text().splitlines()]
+    assert row["prompt"] == "Write a story about a cat." and row["reference"] == "" and row["prediction"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from tunelab.console import console
 from tunelab.data.registry import load_dataset_rows
+from tunelab.errors import DataError, TunelabError
 from tunelab.inference.predictor import Predictor
 
 
@@ -17,6 +18,29 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
         if messages[index]["role"] == "assistant":
             return messages[:index], messages[index].get("content") or ""
     return list(messages), ""
+
+
+# Columns of a prompt-only (RL-style) record that hold the expected answer, in order of preference.
+REFERENCE_COLUMNS = ("answer", "output", "response", "completion", "solution", "target", "summary")
+
+
+def _load_samples(dataset: str, dataset_dir: str, max_samples: int | None) -> list[tuple[list[dict], str, Any]]:
+    """(prompt messages, reference, tools) per record. Conversations give their last answer as the
+    reference; data without answers (prompts only, e.g. GSM8K questions) is read as prompt rows."""
+    try:
+        rows = load_dataset_rows(dataset, dataset_dir, "sft", max_samples).rows
+        return [(*split_prompt(row["messages"]), row.get("tools")) for row in rows]
+    except DataError as sft_error:
+        try:
+            rows = load_dataset_rows(dataset, dataset_dir, "rl", max_samples).rows
+        except DataError:
+            raise sft_error from None
+    return [(row["prompt"], _reference(row), row.get("tools")) for row in rows]
+
+
+def _reference(row: dict[str, Any]) -> str:
+    value = next((row[c] for c in REFERENCE_COLUMNS if row.get(c) not in (None, "")), "")
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _last_user_text(messages: list[dict]) -> str:
@@ -30,10 +54,8 @@ def run_predict(predictor: Predictor, dataset: str, *, dataset_dir: str = "data"
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    rows = load_dataset_rows(dataset, dataset_dir, "sft", max_samples).rows
-    samples: list[tuple[list[dict], str, Any]] = [(*split_prompt(row["messages"]), row.get("tools"))
-                                                  for row in rows]
+        raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
+    samples = _load_samples(dataset, dataset_dir, max_samples)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
