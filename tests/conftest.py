@@ -1,4 +1,7 @@
-"""Shared fixtures: the real data, templates and tokenizers under ``../shared`` and the embedded model.
+"""Shared fixtures: the real data, templates and tokenizers in ``tests/fixtures`` and the embedded model.
+
+``tests/fixtures`` holds real public material (subsets of the team's ``../shared``, each folder with its
+licence and source; see its README), so the suite runs in a plain clone.
 
 Tokenizers are loaded once per session (the Llama-3 one takes about a second) and handed out as deep
 copies by ``load_tokenizer``, so a test may install a template or add special tokens without
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import lzma
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,20 +21,37 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 STORIES_DIR = REPO_ROOT / "src" / "tunelab" / "assets" / "stories260K"
 
+
+def _unpacked_llama3() -> Path:
+    """The Llama-3 tokenizer ships xz-compressed (17 MB -> 1.7 MB); unpack it once, beside the repository's
+    ignored build outputs, and reuse it while the archive is unchanged."""
+    packed = FIXTURES_DIR / "tokenizers" / "llama3"
+    target = REPO_ROOT / ".pytest_cache" / "llama3_tokenizer"
+    archive = packed / "tokenizer.json.xz"
+    stamp = target / ".source_size"
+    if not (stamp.is_file() and stamp.read_text() == str(archive.stat().st_size)):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(packed, target, ignore=shutil.ignore_patterns("*.xz"))
+        (target / "tokenizer.json").write_bytes(lzma.decompress(archive.read_bytes()))
+        stamp.write_text(str(archive.stat().st_size))
+    return target
+
+
 TOKENIZER_DIRS = {
-    "minimind": SHARED_DIR / "tokenizers" / "minimind",
-    "llama3": SHARED_DIR / "tokenizers" / "llama3",
-    "stories260K": STORIES_DIR,
+    "minimind": lambda: FIXTURES_DIR / "tokenizers" / "minimind",
+    "llama3": _unpacked_llama3,
+    "stories260K": lambda: STORIES_DIR,
 }
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    assert SHARED_DIR.is_dir(), f"the shared material is missing: {SHARED_DIR} (see ../shared/README.md)"
-    return SHARED_DIR
+    """The real public material the tests use (named after ``../shared``, of which it is a subset)."""
+    assert FIXTURES_DIR.is_dir(), f"the test fixtures are missing: {FIXTURES_DIR}"
+    return FIXTURES_DIR
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +81,7 @@ def _load(cache: dict[str, Any], name: str) -> Any:
     from transformers import AutoTokenizer
 
     if name not in cache:
-        path = TOKENIZER_DIRS[name]
+        path = TOKENIZER_DIRS[name]()
         assert path.is_dir(), f"tokenizer folder missing: {path}"
         cache[name] = AutoTokenizer.from_pretrained(str(path))
     return cache[name]

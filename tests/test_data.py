@@ -148,7 +148,7 @@ def test_bom_is_ignored(tmp_path: Path) -> None:
 
 
 def test_wrong_explicit_encoding_names_line(shared_dir: Path) -> None:
-    medical = next((shared_dir / "data" / "medical").glob("*.txt"))  # GB18030-encoded
+    medical = (shared_dir / "data" / "medical" / "medical_sample.txt")  # GB18030-encoded
     with pytest.raises(DataError) as info:
         list(read_records(medical, encoding="utf-8"))
     assert info.value.file == str(medical) and info.value.line == 1 and "encoding" in str(info.value)

@@ -16,7 +16,7 @@ from tunelab.data.registry import load_dataset_rows
 from tunelab.errors import DataError
 from tunelab.models.loading import load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parent / "fixtures"
 DATA = SHARED / "data"
 
 
@@ -25,7 +25,7 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in raw.split(b"\n") if line.strip())
 
 
-# Every folder of ../shared/data, each in the format it really has: (entry, kind, expected rows, check).
+# Every folder of the real data in tests/fixtures/data, each in the format it really has: (entry, kind, expected rows, check).
 REGISTRY = {
     "alpaca_5000": {"file_name": str(DATA / "alpaca" / "alpaca_5000.json")},
     "advertisegen": {"file_name": str(DATA / "advertisegen" / "dev.json")},
@@ -36,9 +36,9 @@ REGISTRY = {
     "gsm8k_sft": {"file_name": str(DATA / "gsm8k" / "train.jsonl")},
     "gsm8k_rl": {"file_name": str(DATA / "gsm8k" / "test.jsonl"), "options": {"extract_answer": "gsm8k"}},
     "hh_rlhf": {"file_name": str(DATA / "hh-rlhf" / "test.jsonl.gz"), "ranking": True},
-    "medical_csv": {"file_name": str(next((DATA / "medical").glob("*.csv"))),
+    "medical_csv": {"file_name": str((DATA / "medical" / "medical_sample.csv")),
                     "columns": {"prompt": "title", "query": "ask", "response": "answer"}},
-    "medical_txt": {"file_name": str(next((DATA / "medical").glob("*.txt"))), "text_split": "paragraph"},
+    "medical_txt": {"file_name": str((DATA / "medical" / "medical_sample.txt")), "text_split": "paragraph"},
     "limo_math": {"file_name": str(DATA / "limo" / "math" / "test.jsonl")},
     "limo_all": {"file_name": str(DATA / "limo")},
     "lf_alpaca": {"file_name": str(DATA / "llamafactory" / "alpaca_en_demo.json")},
@@ -60,11 +60,11 @@ def registry_dir(tmp_path_factory) -> Path:
     ("advertisegen", "sft", 1070),
     ("chatglm6b", "sft", 100),
     ("belle_seed", "sft", 175),
-    ("gsm8k_sft", "sft", 7473),
+    ("gsm8k_sft", "sft", 1000),
     ("gsm8k_rl", "rl", 1319),
     ("hh_rlhf", "preference", 2312),
-    ("medical_csv", "sft", 7644),
-    ("medical_txt", "pt", 4048),
+    ("medical_csv", "sft", 1000),
+    ("medical_txt", "pt", 1000),
     ("limo_math", "rl", None),
     ("lf_alpaca", "sft", 999),
     ("lf_dpo", "preference", 300),

@@ -175,16 +175,16 @@ def test_belle_seed_tasks_one_row_per_instance(data_dir: Path) -> None:
 def test_gsm8k_as_sft(data_dir: Path) -> None:
     records = read_jsonl(data_dir / "gsm8k" / "train.jsonl")
     name, rows, skipped = convert_all(records, "sft")
-    assert (name, len(rows), skipped) == ("question_answer", 7473, Counter())
+    assert (name, len(rows), skipped) == ("question_answer", 1000, Counter())
     assert rows[0]["messages"] == [user(records[0]["question"]), assistant(records[0]["answer"])]
 
 
 def test_medical_csv_by_mapping(data_dir: Path) -> None:
-    raw = next((data_dir / "medical").glob("*.csv")).read_bytes().decode("gb18030")
+    raw = (data_dir / "medical" / "medical_sample.csv").read_bytes().decode("gb18030")
     records = list(csv.DictReader(io.StringIO(raw)))
     spec = ColumnSpec(columns={"prompt": "title", "query": "ask", "response": "answer"})
     name, rows, skipped = convert_all(records, "sft", spec)
-    assert (name, len(rows), skipped) == ("alpaca", 7644, Counter())
+    assert (name, len(rows), skipped) == ("alpaca", 1000, Counter())
     assert rows[0]["messages"] == [
         user("高血压患者能吃党参吗？\n我有高血压这两天女婿来的时候给我拿了些党参泡水喝，您好高血压可以吃党参吗？"),
         assistant(records[0]["answer"]),

@@ -17,7 +17,7 @@ from tunelab.inference.predictor import Predictor
 from tunelab.models.loading import load_model, load_tokenizer
 
 MODEL = "stories260K"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parent / "fixtures"
 ALPACA_DEMO = SHARED / "data" / "llamafactory" / "alpaca_en_demo.json"
 PROMPTS = [
     "Once upon a time, there was a little girl named Lily.",

@@ -23,8 +23,9 @@ from tunelab.data.encoding import detect_encoding, resolve_encoding
 from tunelab.data.readers import READERS, InvalidRecord, list_data_files, read_records, read_text
 from tunelab.errors import ConfigError, DataError
 
-MEDICAL_CSV = "样例_内科5000-6000.csv"
-MEDICAL_TXT = "内科.txt"
+# The first 1000 records of the shared 内科 files (see fixtures/README.md), still GB18030-encoded.
+MEDICAL_CSV = "medical_sample.csv"
+MEDICAL_TXT = "medical_sample.txt"
 
 
 def records_of(path: Path, **options: Any) -> list[tuple[int, Any]]:
@@ -54,11 +55,11 @@ def data_dir(shared_dir: Path) -> Path:
 
 # --- real files ---------------------------------------------------------------------------------------
 
-def test_medical_csv_is_gb18030_with_7644_rows(data_dir: Path) -> None:
+def test_medical_csv_is_gb18030_with_1000_rows(data_dir: Path) -> None:
     path = data_dir / "medical" / MEDICAL_CSV
     assert resolve_encoding(path).codec == "gb18030"
     records = records_of(path)
-    assert len(records) == 7644
+    assert len(records) == 1000
     assert all(set(record) == {"department", "title", "ask", "answer"} for _, record in records)
     first_line, first = records[0]
     assert first_line == 2 and first["title"] == "高血压患者能吃党参吗？" and first["department"] == "心血管科"
@@ -81,7 +82,7 @@ def test_medical_csv_line_numbers_match_csv_module(data_dir: Path) -> None:
 def test_medical_txt_paragraphs(data_dir: Path) -> None:
     path = data_dir / "medical" / MEDICAL_TXT
     blocks = records_of(path, text_split="paragraph")
-    assert len(blocks) == 4048
+    assert len(blocks) == 1000
     line, first = blocks[0]
     assert line == 1 and first["text"].startswith("高血压患者能吃党参吗？,")
     assert "\n高血压病人可以口服党参的" in first["text"]  # the answer line stays in its question's block
@@ -92,7 +93,7 @@ def test_medical_txt_paragraphs(data_dir: Path) -> None:
 
 @pytest.mark.parametrize(("relative", "count"), [
     ("hh-rlhf/test.jsonl.gz", 2312),
-    ("gsm8k/train.jsonl", 7473),
+    ("gsm8k/train.jsonl", 1000),
     ("gsm8k/test.jsonl", 1319),
     ("belle/eval_set.json", 1000),  # JSON Lines named .json
     ("advertisegen/dev.json", 1070),

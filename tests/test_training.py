@@ -16,7 +16,7 @@ from tunelab.runs import read_metrics
 from tunelab.stages.sft import run_sft
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = REPO / "tests" / "fixtures"
 DEMO_DATA = REPO / "examples" / "data"
 
 pytestmark = pytest.mark.slow
