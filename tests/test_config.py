@@ -283,7 +283,7 @@ def test_describe_keys_covers_schema() -> None:
     names = [row[0] for row in rows]
     assert names == list(TrainConfig.model_fields)
     lora_rank = rows[names.index("lora_rank")]
-    assert lora_rank[1] == "int" and lora_rank[2] == "8" and lora_rank[3]
+    assert lora_rank[1] == "int" and lora_rank[2] == 8 and lora_rank[3]
     assert all(help_text for *_, help_text in rows)
 
 

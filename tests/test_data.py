@@ -279,13 +279,29 @@ def test_glaive_toolcall(llamafactory_dir: Path) -> None:
         assert (row["tools"] or []) == [{"type": "function", "function": t} for t in tools]
 
 
-def test_kto_en_demo_uses_tags(llamafactory_dir: Path) -> None:
+def test_kto_en_demo_is_refused_for_sft_and_read_for_kto(llamafactory_dir: Path, tmp_path: Path) -> None:
+    """SFT on KTO data would learn the answers labelled false as targets: refused, naming the stage it suits,
+    whether it comes through its registry mapping or as a bare file."""
+    for name in ("kto_en_demo", str(llamafactory_dir / "kto_en_demo.json")):
+        with pytest.raises(DataError) as info:
+            load_dataset_rows(name, llamafactory_dir, "sft")
+        assert "kto_en_demo.json" in str(info.value) and "use stage: kto" in str(info.value)
     raw = json.loads((llamafactory_dir / "kto_en_demo.json").read_text(encoding="utf-8"))
-    loaded = load_dataset_rows("kto_en_demo", llamafactory_dir, "sft")
-    assert len(loaded.rows) == 300
-    for row, record in zip(loaded.rows, raw, strict=True):
-        assert row["messages"] == [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-        assert "label" not in row
+    loaded = load_dataset_rows("kto_en_demo", llamafactory_dir, "kto")
+    assert [row["label"] for row in loaded.rows] == [record["label"] for record in raw]
+    assert loaded.rows[0]["completion"][0]["content"] == raw[0]["messages"][-1]["content"]
+    # Mapped explicitly as a conversation (no kto_tag), the user chose SFT rows: allowed.
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"kto_as_sft": {
+        "file_name": str(llamafactory_dir / "kto_en_demo.json"), "formatting": "sharegpt",
+        "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content",
+                                                       "user_tag": "user", "assistant_tag": "assistant"}}}))
+    assert len(load_dataset_rows("kto_as_sft", tmp_path, "sft").rows) == 300
+
+
+def test_sft_data_is_refused_for_preference_stages(llamafactory_dir: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_dataset_rows("alpaca_en_demo", llamafactory_dir, "preference")
+    assert "alpaca_en_demo.json" in str(info.value) and "use stage: sft" in str(info.value)
 
 
 def test_dpo_en_demo_is_rejected_for_sft(llamafactory_dir: Path) -> None:

@@ -25,7 +25,7 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in raw.split(b"\n") if line.strip())
 
 
-# Every folder of the real data in tests/fixtures/data, each in the format it really has: (entry, kind, expected rows, check).
+# Every folder of tests/fixtures/data, each in the format it really has: (entry, kind, expected rows).
 REGISTRY = {
     "alpaca_5000": {"file_name": str(DATA / "alpaca" / "alpaca_5000.json")},
     "advertisegen": {"file_name": str(DATA / "advertisegen" / "dev.json")},
@@ -36,9 +36,9 @@ REGISTRY = {
     "gsm8k_sft": {"file_name": str(DATA / "gsm8k" / "train.jsonl")},
     "gsm8k_rl": {"file_name": str(DATA / "gsm8k" / "test.jsonl"), "options": {"extract_answer": "gsm8k"}},
     "hh_rlhf": {"file_name": str(DATA / "hh-rlhf" / "test.jsonl.gz"), "ranking": True},
-    "medical_csv": {"file_name": str((DATA / "medical" / "medical_sample.csv")),
+    "medical_csv": {"file_name": str(DATA / "medical" / "medical_sample.csv"),
                     "columns": {"prompt": "title", "query": "ask", "response": "answer"}},
-    "medical_txt": {"file_name": str((DATA / "medical" / "medical_sample.txt")), "text_split": "paragraph"},
+    "medical_txt": {"file_name": str(DATA / "medical" / "medical_sample.txt"), "text_split": "paragraph"},
     "limo_math": {"file_name": str(DATA / "limo" / "math" / "test.jsonl")},
     "limo_all": {"file_name": str(DATA / "limo")},
     "lf_alpaca": {"file_name": str(DATA / "llamafactory" / "alpaca_en_demo.json")},

@@ -470,7 +470,8 @@ def test_formatting_family_picks_the_kind() -> None:
     assert detect_format({"instruction": "q", "a": "x", "b": "y"}, spec, "preference").name == "preference"
     kto = ColumnSpec(formatting="sharegpt", columns={"messages": "messages", "kto_tag": "label"})
     assert detect_format({"messages": [], "label": True}, kto, "kto").name == "kto_conversation"
-    assert detect_format({"messages": []}, kto, "sft").name == "sharegpt"
+    with pytest.raises(FieldError, match="use stage: kto"):  # KTO-mapped data is not SFT data
+        detect_format({"messages": []}, kto, "sft")
     assert detect_format({"content": "c", "summary": "s"}, ColumnSpec(formatting="alpaca"), "sft").name == \
         "content_summary"
     assert detect_format({"a": 1}, ColumnSpec(formatting="dolly"), "sft").name == "dolly"

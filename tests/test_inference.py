@@ -79,9 +79,17 @@ def test_generate_batch_equals_single_calls(predictor: Predictor) -> None:
     assert predictor.generate_batch([]) == []
 
 
-def test_missing_template_is_a_clear_error() -> None:
+def test_missing_template_is_a_clear_error(tmp_path: Path) -> None:
+    """A base model without a chat template (a copy of the embedded one, which alone defaults to the
+    built-in 'default' template) says what to pass."""
+    import shutil
+
+    from tunelab.models.sources import resolve_model_path
+
+    base = shutil.copytree(resolve_model_path(MODEL), tmp_path / "base-model")
     with pytest.raises(TunelabError, match="--template default"):
-        Predictor(MODEL, device="cpu")
+        Predictor(str(base), device="cpu")
+    assert Predictor(MODEL, max_new_tokens=2, device="cpu").tokenizer.chat_template  # embedded: 'default'
 
 
 def test_template_end_of_turn_token_stops_generation() -> None:

@@ -148,8 +148,9 @@ def test_bad_record_fails_before_the_model_loads(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model must not be loaded for bad data")
 
-    monkeypatch.setattr("tunelab.stages.sft.load_model", fail)
+    monkeypatch.setattr("tunelab.models.loading.load_model", fail)
     with pytest.raises(DataError) as error:
         run_sft(_config(tmp_path, f"dataset={data_file}"))
     message = str(error.value)
     assert "broken.json" in message and "line 17" in message and "'output'" in message
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started

@@ -1,35 +1,41 @@
-"""The command line: train, config, data inspect, chat, predict, demo.
+"""The command line: train, config, data inspect/convert, chat, predict, demo.
 
-Every command turns a TunelabError into one red line and exit code 2, never a traceback.
+Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
+never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
+`--help` and config mistakes answer at once.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import shlex
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from tunelab import __version__
 from tunelab.console import console
 from tunelab.errors import TunelabError
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="tunelab: fine-tune large language models end to end.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Look at datasets before training.", no_args_is_help=True)
+                  pretty_exceptions_enable=False, context_settings=CONTEXT)
+data_app = typer.Typer(help="Look at datasets before training.", no_args_is_help=True, context_settings=CONTEXT)
 app.add_typer(data_app, name="data")
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def _quiet_libraries() -> None:
     """Deprecation chatter from the libraries underneath says nothing a tunelab user can act on."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # the per-load 'Loading weights' bar; training bars stay
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,35 +45,68 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except TunelabError as error:
-            console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(INTERRUPTED) from None
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tunelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """tunelab: fine-tune large language models end to end."""
 
 
 def _keys_epilog() -> str:
     from tunelab.config import describe_keys
 
-    return "Config keys (YAML or key=value):\n\n" + "\n\n".join(
-        f"{name} ({kind}, default {default}): {help_text}" for name, kind, default, help_text in describe_keys()
+    return "Config keys (YAML, key=value or --key value):\n\n" + "\n\n".join(
+        f"{name} ({kind}, default {_shown(default)}): {help_text}" for name, kind, default, help_text in describe_keys()
     )
 
 
-@app.command(epilog=_keys_epilog())
+def _shown(value: Any) -> str:
+    return "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+@app.command(epilog=_keys_epilog(), context_settings={**CONTEXT, "ignore_unknown_options": True,
+                                                      "allow_extra_args": True})
 @_friendly_errors
 def train(
     config: Annotated[str, typer.Argument(help="YAML config file (see examples/).")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings that win over the file.")]
-    = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value (or --key value) settings that win over the file.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check config, data, tokenizer and template; report "
+                                          "tokens, steps and a memory estimate; train nothing, write nothing.")]
+    = False,
 ) -> None:
     """Train: stage sft (supervised) or pt (continued pretraining), with lora, full or freeze tuning."""
     from tunelab.config import load_config
+    from tunelab.errors import ConfigError
 
     cfg = load_config(config, overrides or [])
     if not cfg.do_train:
-        raise TunelabError("do_train is false: `tunelab train` only trains; use `tunelab predict` to generate")
+        raise ConfigError("do_train is false: `tunelab train` only trains; use `tunelab predict` to generate")
+    if dry_run:
+        from tunelab.stages.dry_run import dry_run as check
+
+        check(cfg)
+        return
     from tunelab.stages.sft import run_sft
 
-    run_sft(cfg)
+    command = " ".join(shlex.quote(arg) for arg in ["tunelab", *sys.argv[1:]])
+    if run_sft(cfg, command=command).interrupted:
+        raise typer.Exit(INTERRUPTED)
 
 
 @app.command("config")
@@ -75,8 +114,6 @@ def config_keys(
     as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
 ) -> None:
     """List every config key with its type, default and help."""
-    from rich.table import Table
-
     from tunelab.config import describe_keys
 
     rows = describe_keys()
@@ -84,17 +121,53 @@ def config_keys(
         print(json.dumps([dict(zip(("key", "type", "default", "help"), row, strict=True)) for row in rows],
                          indent=2))
         return
-    table = Table("key", "type", "default", "help")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    for name, kind, default, help_text in rows:
+        console.print(f"[bold]{name}[/bold] [dim]{kind} = {_shown(default)}[/dim]")
+        console.print(f"    {help_text}", markup=False, soft_wrap=False)
+
+
+# --- options shared by the commands that load a model to generate ----------------------------------
+
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", help="Model id or folder (default: the adapter's base model, else the embedded stories260K).")]
+AdapterOption = Annotated[str | None, typer.Option("--adapter", help="PEFT adapter folder (a training output_dir).")]
+TemplateOption = Annotated[str | None, typer.Option("--template", help="Chat template (default: the saved one).")]
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate per answer.")]
+TemperatureOption = Annotated[float, typer.Option("--temperature", help="0 = greedy; above 0 samples.")]
+TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with temperature > 0).")]
+DatasetDirOption = Annotated[str, typer.Option(
+    "--dataset-dir", help="Folder with dataset_info.json (default: ./data).")]
+SkipInvalidOption = Annotated[bool, typer.Option(
+    "--skip-invalid", help="Skip and count unusable records instead of stopping.")]
+SKIP_HINT = "pass --skip-invalid to skip and count such records"
+
+
+def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
+               temperature: float, top_p: float) -> Any:
+    from tunelab.inference.predictor import Predictor, base_model_for, check_generation_settings
+
+    check_generation_settings(max_new_tokens, temperature, top_p, 1.0)
+    console.print(f"[bold]model[/bold] loading {base_model_for(model, adapter)}"
+                  + (f" with adapter {adapter}" if adapter else "") + " ...")
+    return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p)
+
+
+def _output_file(path: str, flag: str) -> Path:
+    """An output path must be a file: a folder there is an error before any work starts."""
+    target = Path(path)
+    if target.is_dir():
+        raise TunelabError(f"{flag} '{path}' is a folder; give a file path, e.g. {target / 'out.jsonl'}")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise TunelabError(f"{flag} '{path}': '{target.parent}' is a file, not a folder")
+    return target
 
 
 @data_app.command("inspect")
 @_friendly_errors
 def data_inspect(
     dataset: Annotated[str, typer.Argument(help="Registry name (dataset_info.json) or file path.")],
-    dataset_dir: Annotated[str, typer.Option(help="Folder with dataset_info.json.")] = "data",
+    dataset_dir: DatasetDirOption = "data",
     model: Annotated[str, typer.Option(help="Model or tokenizer folder for tokens and template.")]
     = "stories260K",
     template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own).")] = None,
@@ -104,8 +177,7 @@ def data_inspect(
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Records to render.")] = 2,
     train_on_prompt: Annotated[bool, typer.Option(help="Show the mask for train_on_prompt.")] = False,
     mask_history: Annotated[bool, typer.Option(help="Show the mask for mask_history.")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Skip and count unusable records instead of stopping.")]
-    = False,
+    skip_invalid: SkipInvalidOption = False,
     encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
     plot_dir: Annotated[str, typer.Option(help="Where the token-length histogram PNG goes.")]
     = "outputs/inspect",
@@ -117,10 +189,15 @@ def data_inspect(
 
     if stage not in STAGE_KINDS:
         raise TunelabError(f"--stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
+    if cutoff_len < 1 or num_samples < 0:
+        raise TunelabError("--cutoff-len must be at least 1 and --num-samples at least 0")
+    if Path(plot_dir).is_file():
+        raise TunelabError(f"--plot-dir '{plot_dir}' is a file; give a folder")
     policy = "all" if train_on_prompt else "last" if mask_history else "assistant"
     result = inspect_dataset(dataset, dataset_dir=dataset_dir, model=model, template=template, stage=stage,
                              cutoff_len=cutoff_len, num_samples=num_samples, policy=policy,
-                             skip_invalid=skip_invalid, encoding=encoding, plot_dir=plot_dir)
+                             skip_invalid=skip_invalid, encoding=encoding, plot_dir=plot_dir,
+                             skip_hint=SKIP_HINT)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -133,10 +210,9 @@ def data_convert(
     source: Annotated[str, typer.Argument(help="Registry name, file, folder or hub id to convert.")],
     output: Annotated[str, typer.Argument(help="Output file (.jsonl).")],
     to: Annotated[str, typer.Option("--to", help="Output format.")] = "jsonl",
-    dataset_dir: Annotated[str, typer.Option(help="Folder with dataset_info.json.")] = "data",
+    dataset_dir: DatasetDirOption = "data",
     stage: Annotated[str, typer.Option(help="Which canonical rows: sft, pt, dpo, kto, grpo, ...")] = "sft",
-    skip_invalid: Annotated[bool, typer.Option(help="Skip and count unusable records instead of stopping.")]
-    = False,
+    skip_invalid: SkipInvalidOption = False,
     encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
 ) -> None:
     """Write a dataset's canonical rows (TRL's standard types) as JSON Lines, streaming."""
@@ -144,29 +220,26 @@ def data_convert(
 
     if to != "jsonl":
         raise TunelabError(f"--to '{to}' is not supported; only jsonl")
-    convert_dataset(source, output, dataset_dir=dataset_dir, stage=stage, skip_invalid=skip_invalid,
-                    encoding=encoding)
+    convert_dataset(source, _output_file(output, "OUTPUT"), dataset_dir=dataset_dir, stage=stage,
+                    skip_invalid=skip_invalid, encoding=encoding, skip_hint=SKIP_HINT)
 
 
 @app.command()
 @_friendly_errors
 def chat(
-    model: Annotated[str, typer.Option(help="Model id or folder.")] = "stories260K",
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder (e.g. a training output_dir).")]
-    = None,
-    template: Annotated[str | None, typer.Option(help="Chat template (default: the saved one).")] = None,
+    model: ModelOption = None,
+    adapter: AdapterOption = None,
+    template: TemplateOption = None,
     query: Annotated[str | None, typer.Option(help="One-shot: answer this and exit.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_new_tokens: MaxNewTokensOption = 256,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
 ) -> None:
     """Chat with a model (streaming, history, /clear, /exit), or answer one --query."""
     from tunelab.inference.chat import run_chat
-    from tunelab.inference.predictor import Predictor
 
-    predictor = Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
-                          temperature=temperature)
-    run_chat(predictor, query=query, system=system)
+    run_chat(_predictor(model, adapter, template, max_new_tokens, temperature, top_p), query=query, system=system)
 
 
 @app.command()
@@ -174,23 +247,28 @@ def chat(
 def predict(
     dataset: Annotated[str, typer.Argument(help="Registry name or file path of the prompts.")],
     output: Annotated[str, typer.Option(help="JSONL file to write.")] = "predictions.jsonl",
-    dataset_dir: Annotated[str, typer.Option(help="Folder with dataset_info.json.")] = "data",
-    model: Annotated[str, typer.Option(help="Model id or folder.")] = "stories260K",
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder.")] = None,
-    template: Annotated[str | None, typer.Option(help="Chat template (default: the saved one).")] = None,
+    dataset_dir: DatasetDirOption = "data",
+    model: ModelOption = None,
+    adapter: AdapterOption = None,
+    template: TemplateOption = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
     max_samples: Annotated[int | None, typer.Option(help="Use at most this many records.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    skip_invalid: SkipInvalidOption = False,
+    max_new_tokens: MaxNewTokensOption = 256,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
 ) -> None:
     """Generate for every prompt of a dataset and write JSONL (prompt, prediction, reference)."""
-    from tunelab.inference.predict import run_predict
-    from tunelab.inference.predictor import Predictor
+    from tunelab.inference.predict import load_samples, run_predict
 
-    predictor = Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
-                          temperature=temperature)
-    run_predict(predictor, dataset, dataset_dir=dataset_dir, output=output, batch_size=batch_size,
-                max_samples=max_samples)
+    target = _output_file(output, "--output")
+    if batch_size < 1:
+        raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
+    samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
+    predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p)
+    run_predict(predictor, samples, output=target, batch_size=batch_size)
 
 
 @app.command()
@@ -201,4 +279,5 @@ def demo(
     """Offline CPU demo: LoRA SFT of the embedded model, with a before/after score on held-out prompts."""
     from tunelab.demo.run import run_demo
 
-    run_demo(output_dir)
+    if run_demo(output_dir) is None:
+        raise typer.Exit(INTERRUPTED)

@@ -14,8 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
-
-EMBEDDED_MODEL = "stories260K"
+from tunelab.models.sources import EMBEDDED_MODEL
 
 
 class TrainConfig(BaseModel):
@@ -186,10 +185,35 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+# Keys a resumed run may set differently from the run it continues: they change how long it trains or
+# what it reports, not what the saved state means. Any other difference makes a resume refuse.
+RESUME_MAY_CHANGE = frozenset({
+    "max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
+    "eval_strategy", "per_device_eval_batch_size", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
+    "report_to", "plot_loss", "dataloader_num_workers", "ddp_timeout", "preprocessing_num_workers",
+    "overwrite_cache", "cache_dir", "do_train",
+})
+
+
+def _split_flag_pairs(args: list[str]) -> list[str]:
+    """Hugging Face-style ``--key value`` and ``--key=value`` become ``key=value``."""
+    pairs, index = [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("--") and "=" not in arg:
+            if index + 1 >= len(args) or args[index + 1].startswith("--"):
+                raise ConfigError(f"override '{arg}' has no value; write {arg} VALUE or {arg[2:]}=VALUE")
+            arg, index = f"{arg[2:]}={args[index + 1]}", index + 1
+        pairs.append(arg.removeprefix("--"))
+        index += 1
+    return pairs
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``key=value`` strings into a dict; values are read as YAML (numbers, booleans, lists)."""
+    """Turn ``key=value`` (or ``--key value``, ``--key=value``) strings into a dict; values are read as
+    YAML (numbers, booleans, lists)."""
     result: dict[str, Any] = {}
-    for pair in pairs:
+    for pair in _split_flag_pairs(pairs):
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{pair}' is not of the form key=value")
@@ -206,30 +230,34 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean '{matches[0]}'?" if matches else "; run `tunelab config` to list every key"
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def _format_validation_error(error: ValidationError, sources: dict[str, str], default: str) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "config"
+        source = sources.get(str(item["loc"][0]) if item["loc"] else "", default)
         given = item.get("input")
         if item["type"] == "value_error" and not item["loc"]:
-            lines.append(f"{source}: {item['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{default}: {item['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{source}: key '{key}': {item['msg']} (got {given!r})")
     return "\n".join(lines)
 
 
-def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Validate a dict of settings; every problem becomes one readable ConfigError."""
+def build_config(values: dict[str, Any], source: str = "config",
+                 sources: dict[str, str] | None = None) -> TrainConfig:
+    """Validate a dict of settings; every problem becomes one readable ConfigError naming where the key
+    came from (``sources``: key -> the file or "command line"; ``source`` for the rest)."""
+    sources = sources or {}
     known = list(TrainConfig.model_fields)
     unknown = [key for key in values if key not in TrainConfig.model_fields]
     if unknown:
         raise ConfigError("\n".join(
-            f"{source}: unknown key '{key}'{_suggest(key, known)}" for key in unknown
+            f"{sources.get(key, source)}: unknown key '{key}'{_suggest(key, known)}" for key in unknown
         ))
     try:
         return TrainConfig(**values)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(_format_validation_error(error, sources, source)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -239,23 +267,28 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         source = str(path)
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a folder; expected a YAML file (see examples/)")
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
         values.update(loaded or {})
-    values.update(parse_overrides(overrides or []))
-    return build_config(values, source)
+    given = parse_overrides(overrides or [])
+    values.update(given)
+    return build_config(values, source, {key: "command line" for key in given})
 
 
-def describe_keys() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every setting, in schema order; used by `tunelab config`."""
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default value, help) for every setting, in schema order; used by `tunelab config`."""
     rows = []
     for name, field in TrainConfig.model_fields.items():
         annotation = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        rows.append((name, annotation, repr(field.default), field.description or ""))
+        rows.append((name, annotation, field.default, field.description or ""))
     return rows

@@ -26,3 +26,11 @@ class DataError(TunelabError):
             where.append(f"field '{field}'")
         self.file, self.line, self.field, self.record = file, line, field, record
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """A library's message cut to about ``limit`` characters at a word boundary, marked with '...'."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."

@@ -1,26 +1,48 @@
-"""The run directory: config snapshot, metrics.jsonl, loss plot, checkpoints and resume."""
+"""The run directory: one folder that always tells the truth about one run.
+
+``RunDir(cfg)`` only checks (output_dir usable, resume target found and of the same config) and
+writes nothing, so a recipe can validate data and tokenizer first; ``start()`` then writes the config
+snapshot and data report, after cleaning an earlier run when ``overwrite_output_dir`` asks for it.
+A folder that holds only what a failed start wrote (config and data report, nothing trained) never
+blocks the next start. No torch or transformers import here: config mistakes are reported at once.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+import yaml
 
-from tunelab.config import TrainConfig
+from tunelab.config import RESUME_MAY_CHANGE, TrainConfig
+from tunelab.console import console
 from tunelab.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 CONFIG_FILE = "config.yaml"
+REPORT_FILE = "data_report.json"
+CHECKPOINT_CONFIG = "tunelab_config.yaml"  # each checkpoint carries the config that wrote it
+START_FILES = frozenset({CONFIG_FILE, REPORT_FILE})  # all that a start writes before the first step
 
 
-def last_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint-N folders (their trainer state written), in step order."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
 def is_main_process() -> bool:
@@ -28,48 +50,128 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-class RunDir:
-    """Owns ``output_dir``: checks it before any model loads, snapshots config, resolves resume.
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: saved -> now' for every setting that a resume may not change."""
+    keys = [key for key in current if key not in RESUME_MAY_CHANGE]
+    return [f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in keys
+            if key in saved and saved[key] != current[key]]
 
-    Only the main process checks and writes; under a launcher the other ranks would otherwise find
-    rank 0's fresh config.yaml and refuse the directory.
-    """
+
+def _saved_config(checkpoint: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The config a checkpoint was written with: its own copy, else its run folder's config.yaml."""
+    for candidate in (checkpoint / CHECKPOINT_CONFIG, checkpoint.parent / CONFIG_FILE):
+        if candidate.is_file():
+            try:
+                loaded = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                continue
+            if isinstance(loaded, dict):
+                return loaded, candidate
+    return None, None
+
+
+def _unsafe_to_clean(path: Path) -> str | None:
+    here, target = Path.cwd().resolve(), path.resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        return "it is the current folder, one of its parents or the home folder"
+    if (target / ".git").exists():
+        return "it holds a .git folder"
+    return None
+
+
+class RunDir:
+    """Owns ``output_dir``. Only the main process writes; under a launcher the other ranks would
+    otherwise find rank 0's fresh config.yaml and refuse the directory."""
 
     def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
         self.path = Path(cfg.output_dir)
         self.metrics_path = self.path / METRICS_FILE
         self.is_main = is_main_process()
         self.resume: str | None = None
+        self.resume_step = 0
+        self.notes: list[str] = []
+        self._clean = False
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"output_dir '{self.path}' is a file; point output_dir at a folder")
         if cfg.resume_from_checkpoint:
-            self.resume = str(self._resolve_resume(cfg.resume_from_checkpoint))
-        if not self.is_main:
-            return
-        if not cfg.resume_from_checkpoint and self.path.is_dir() and any(self.path.iterdir()) \
-                and not cfg.overwrite_output_dir:
-            raise ConfigError(f"output_dir '{self.path}' already holds files; set overwrite_output_dir: true, "
-                              "resume with resume_from_checkpoint: last, or pick another output_dir")
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-        if self.resume:
-            self._trim_metrics(self._checkpoint_step(Path(self.resume)))
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()
+            self._plan_resume(cfg.resume_from_checkpoint)
+        if not self.resume:
+            self._plan_fresh()
 
-    def _resolve_resume(self, value: str) -> Path:
+    # --- checks (nothing written) ---------------------------------------------------------------
+
+    def _entries(self) -> list[Path]:
+        return sorted(self.path.iterdir()) if self.path.is_dir() else []
+
+    def _plan_fresh(self) -> None:
+        entries = self._entries()
+        if not entries:
+            return
+        if {entry.name for entry in entries} <= START_FILES:
+            self.notes.append(f"{self.path} holds only the config of an earlier start that trained nothing; "
+                              "starting over in it")
+            self._clean = True
+            return
+        if not self.cfg.overwrite_output_dir:
+            raise ConfigError(f"output_dir '{self.path}' already holds a run; set overwrite_output_dir: true to "
+                              "replace it, resume_from_checkpoint: last to continue it, or pick another output_dir")
+        reason = _unsafe_to_clean(self.path)
+        if reason:
+            raise ConfigError(f"overwrite_output_dir: will not empty '{self.path}' because {reason}; "
+                              "pick a dedicated output_dir")
+        shown = ", ".join(entry.name for entry in entries[:6]) + (" ..." if len(entries) > 6 else "")
+        self.notes.append(f"overwrite_output_dir: removed the earlier run in {self.path} ({shown})")
+        self._clean = True
+
+    def _plan_resume(self, value: str) -> None:
         if value in ("last", "true", "True"):
             found = last_checkpoint(self.path)
             if found is None:
-                raise ConfigError(f"resume_from_checkpoint: last, but '{self.path}' has no checkpoint-* folder")
-            return found
-        path = Path(value)
-        if not (path / "trainer_state.json").is_file():
-            raise ConfigError(f"resume_from_checkpoint: '{value}' is not a checkpoint folder "
-                              "(no trainer_state.json in it)")
-        return path
+                if not self.path.is_dir() or not any(self.path.iterdir()):
+                    self.notes.append(f"resume_from_checkpoint: last, but {self.path} holds no run yet; "
+                                      "starting a new one")
+                    return
+                raise ConfigError(f"resume_from_checkpoint: last, but '{self.path}' has no complete checkpoint-* "
+                                  "folder to resume from (checkpoints are written every save_steps)")
+        else:
+            found = Path(value)
+            if not (found / "trainer_state.json").is_file():
+                raise ConfigError(f"resume_from_checkpoint: '{value}' is not a checkpoint folder "
+                                  "(no trainer_state.json in it)")
+        saved, source = _saved_config(found)
+        if saved is None:
+            self.notes.append(f"{found} has no saved config to compare with; assuming the same settings")
+        else:
+            differences = config_differences(saved, self.cfg.model_dump(mode="json"))
+            if differences:
+                raise ConfigError(f"cannot resume {found}: it was trained with other settings ({source}): "
+                                  + "; ".join(differences) + ". Resume with the same settings (only "
+                                  "max_steps, num_train_epochs, save/logging/eval steps and reporting may change), "
+                                  "or start a new run in another output_dir")
+        self.resume, self.resume_step = str(found), checkpoint_step(found)
 
-    @staticmethod
-    def _checkpoint_step(checkpoint: Path) -> int:
-        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    # --- writes ---------------------------------------------------------------------------------
+
+    def start(self, data_report: dict[str, Any] | None = None) -> None:
+        """Write the run's config snapshot and data report (main process only)."""
+        if not self.is_main:
+            return
+        if self._clean and self.path.is_dir():
+            for entry in self._entries():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for note in self.notes:
+            console.print(f"[bold]run[/bold] {note}")
+        (self.path / CONFIG_FILE).write_text(self.cfg.to_yaml(), encoding="utf-8")
+        if data_report is not None:
+            (self.path / REPORT_FILE).write_text(json.dumps(data_report, indent=2, ensure_ascii=False),
+                                                 encoding="utf-8")
+        if self.resume:
+            console.print(f"[bold]run[/bold] resuming from {self.resume} (step {self.resume_step})")
+            self._trim_metrics(self.resume_step)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
 
     def _trim_metrics(self, step: int) -> None:
         """Forget metrics logged after the checkpoint, so the resumed curve continues the saved one."""
@@ -80,66 +182,8 @@ class RunDir:
         self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
 
 
-class MetricsCallback(TrainerCallback):
-    """Appends one JSON object per logging step to metrics.jsonl (with non-padding tokens/s)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._last: tuple[float, int] | None = None
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or not logs:
-            return
-        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        if "loss" in logs:
-            now, tokens = time.perf_counter(), int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen))
-            rate = None
-            if self._last is not None and now > self._last[0]:
-                rate = round((tokens - self._last[1]) / (now - self._last[0]), 1)
-            self._last = (now, tokens)
-            record.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                          grad_norm=logs.get("grad_norm"), tokens_per_second=rate, tokens_seen=tokens)
-        elif "eval_loss" in logs:
-            record["eval_loss"] = logs["eval_loss"]
-        else:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._last = (time.perf_counter(), state.num_input_tokens_seen)
-
-
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(output_dir) / METRICS_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_loss(output_dir: str | Path) -> Path | None:
-    """Loss (and eval loss) against step as a PNG; None when nothing was logged."""
-    records = read_metrics(output_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evaluation = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    if not train:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(*zip(*train, strict=True), label="train loss")
-    if evaluation:
-        axes.plot(*zip(*evaluation, strict=True), marker="o", label="eval loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(Path(output_dir).name)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path = Path(output_dir) / PLOT_FILE
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from tunelab.console import console
 from tunelab.data.formats import STAGE_KINDS
-from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
+from tunelab.data.registry import SKIP_HINT, Skipped, iter_rows, resolve_dataset
 from tunelab.errors import TunelabError
 
 
 def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = "data", stage: str = "sft",
-                    skip_invalid: bool = False, encoding: str | None = None) -> tuple[int, Skipped]:
+                    skip_invalid: bool = False, encoding: str | None = None,
+                    skip_hint: str = SKIP_HINT) -> tuple[int, Skipped]:
     """Stream every usable row of a dataset into ``output``; returns (rows written, skipped records)."""
     if stage not in STAGE_KINDS:
         raise TunelabError(f"stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
@@ -20,16 +21,23 @@ def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = 
     if encoding:
         source.read_options["encoding"] = encoding
     output = Path(output)
+    if output.is_dir():
+        raise TunelabError(f"output '{output}' is a folder; give a file path, e.g. {output / 'rows.jsonl'}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")  # an interrupted convert leaves no half file behind
+    partial = output.with_name(output.name + ".partial")  # a failed or interrupted convert leaves no half file
     skipped, written, fmt_name = Skipped(), 0, "?"
-    with partial.open("w", encoding="utf-8") as handle:
-        for fmt, _line, row in iter_rows(source, STAGE_KINDS[stage], skip_invalid=skip_invalid, skipped=skipped):
-            fmt_name = fmt.name
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            written += 1
-            if written % 100_000 == 0:
-                console.print(f"  {written:,} rows ...")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            for fmt, _line, row in iter_rows(source, STAGE_KINDS[stage], skip_invalid=skip_invalid, skipped=skipped,
+                                             skip_hint=skip_hint):
+                fmt_name = fmt.name
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                written += 1
+                if written % 100_000 == 0:
+                    console.print(f"  {written:,} rows ...")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(output)
     console.print(f"converted {written:,} rows ({fmt_name} format → {STAGE_KINDS[stage]} rows) to {output}")
     for reason, info in skipped.as_dict().items():

@@ -13,6 +13,7 @@ from tunelab.data.masking import Encoded, encode_conversation, encode_text, segm
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
 from tunelab.data.templates import render
 from tunelab.models.loading import load_tokenizer
+from tunelab.models.sources import default_template
 
 
 def _encode(row: dict, kind: str, tokenizer: Any, policy: str) -> tuple[list[Encoded], dict[str, Any]]:
@@ -85,18 +86,18 @@ def _plot_histogram(lengths: list[int], cutoff_len: int, title: str, path: Path)
 def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "stories260K",
                     template: str | None = None, stage: str = "sft", cutoff_len: int = 2048,
                     num_samples: int = 2, policy: str = "assistant", skip_invalid: bool = False,
-                    encoding: str | None = None, plot_dir: str | None = None) -> dict[str, Any]:
+                    encoding: str | None = None, plot_dir: str | None = None,
+                    skip_hint: str | None = None) -> dict[str, Any]:
     """Format, mapping, counts, skipped records, token lengths and rendered samples of one dataset."""
     kind = STAGE_KINDS[stage]
     source = resolve_dataset(dataset, dataset_dir)
     if encoding:
         source.read_options["encoding"] = encoding
-    if template is None and model == "stories260K":
-        template = "default"  # the embedded base model has no template of its own
-    tokenizer = load_tokenizer(model, template)
+    tokenizer = load_tokenizer(model, default_template(model, template), require_template=kind != "pt")
     skipped = Skipped()
     fmt_name, lengths, samples = "?", [], []
-    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped):
+    hint = {"skip_hint": skip_hint} if skip_hint else {}
+    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped, **hint):
         fmt_name = fmt.name
         encoded, shown = _encode(row, kind, tokenizer, policy)
         # pt chunks add up; a preference pair is as long as its longer side

@@ -129,10 +129,17 @@ def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
                      for key in ("input_ids", "labels")})
 
 
-def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
+def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, cfg: TrainConfig,
+                    report: DataReport) -> tuple[Any, Any]:
     """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing)."""
-    train_rows, eval_rows, report = load_rows(cfg)
     train = _to_dataset(iter_samples(train_rows, tokenizer, cfg, report, "train"))
     evaluation = _to_dataset(iter_samples(eval_rows, tokenizer, cfg, report, "eval"))
     report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0
+    return train, evaluation
+
+
+def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
+    """Rows read, mixed, split and encoded in one call."""
+    train_rows, eval_rows, report = load_rows(cfg)
+    train, evaluation = encode_datasets(train_rows, eval_rows, tokenizer, cfg, report)
     return train, evaluation, report

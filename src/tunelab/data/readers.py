@@ -114,7 +114,7 @@ def _json_lines(lines: Iterable[tuple[int, str]]) -> Iterator[Record]:
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            yield number, InvalidRecord("invalid JSON", f"{error.msg} at column {error.colno}")
+            yield number, InvalidRecord("invalid JSON", f"{error.msg.removesuffix(' at')} at column {error.colno}")
 
 
 def read_jsonl(path: Path, options: ReadOptions = DEFAULT_OPTIONS) -> Iterator[Record]:

@@ -22,6 +22,7 @@ from tunelab.errors import DataError
 
 REGISTRY_FILE = "dataset_info.json"
 EXAMPLES_PER_REASON = 3
+SKIP_HINT = "set skip_invalid: true to skip and count such records"  # commands with a flag pass their own
 # dataset_info.json keys that tell where the data is and how to read it, rather than how columns map.
 _READ_KEYS = ("encoding", "text_split", "delimiter")
 
@@ -121,8 +122,11 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSource:
         return DatasetSource(name, hub_id=name)
     known = ", ".join(sorted(registry)[:8]) + (" ..." if len(registry) > 8 else "")
     where = f"{dataset_dir / REGISTRY_FILE}" if registry else f"{dataset_dir} (no {REGISTRY_FILE} there)"
+    relative = "" if dataset_dir.is_absolute() else (
+        f"; dataset_dir '{dataset_dir}' is relative to the current folder ({Path.cwd()})"
+        + (", and defaults to 'data'" if str(dataset_dir) == "data" else ""))
     raise DataError(f"dataset '{name}' is neither a name in {where} nor an existing file or folder"
-                    + (f"; known names: {known}" if registry else ""))
+                    + (f"; known names: {known}" if registry else "") + relative)
 
 
 def _hub_records(source: DatasetSource) -> Iterator[tuple[str, int, Any]]:
@@ -148,8 +152,8 @@ def _records(source: DatasetSource) -> Iterator[tuple[str, int, Any]]:
     return ((str(file), line, record) for file, line, record in read_records(source.path, **source.read_options))
 
 
-def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False,
-              skipped: Skipped | None = None) -> Iterator[tuple[Format, int, dict[str, Any]]]:
+def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False, skipped: Skipped | None = None,
+              skip_hint: str = SKIP_HINT) -> Iterator[tuple[Format, int, dict[str, Any]]]:
     """Canonical rows with their source line, streaming.
 
     A record that cannot be used raises DataError naming file, line and field, or, with
@@ -177,7 +181,7 @@ def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False,
                 if error.dataset_level:  # the whole dataset is wrong for this stage: skipping cannot help
                     raise DataError(problem, file=file, line=line, field=field_name, record=number) from None
         if not skip_invalid:
-            raise DataError(f"{problem}; set skip_invalid: true to skip and count such records", file=file,
+            raise DataError(f"{problem}; {skip_hint}", file=file,
                             line=line, field=field_name, record=number)
         skipped.add(reason or "invalid record", str(DataError(problem, file=file, line=line, field=field_name,
                                                               record=number)))
@@ -188,12 +192,12 @@ def _row_key(row: dict[str, Any]) -> str:
 
 
 def load_dataset_rows(name: str, dataset_dir: str | Path, kind: str, max_samples: int | None = None, *,
-                      skip_invalid: bool = False, dedup: bool = False) -> LoadedDataset:
+                      skip_invalid: bool = False, dedup: bool = False, skip_hint: str = SKIP_HINT) -> LoadedDataset:
     """Rows of one dataset; at most ``max_samples`` usable rows (after skipping and deduplication)."""
     source = resolve_dataset(name, dataset_dir)
     skipped = Skipped()
     rows, lines, seen, fmt_name = [], [], {}, "?"
-    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped):
+    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped, skip_hint=skip_hint):
         fmt_name = fmt.name
         if dedup:
             key = _row_key(row)

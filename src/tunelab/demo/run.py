@@ -36,7 +36,8 @@ def score(prompts: list[str], stories: list[str]) -> float:
     return sum(follows_request(p, s) for p, s in zip(prompts, stories, strict=True)) / len(prompts)
 
 
-def run_demo(output_dir: str = "outputs/demo") -> dict:
+def run_demo(output_dir: str = "outputs/demo") -> dict | None:
+    """Train and score; None when training was interrupted (Ctrl-C)."""
     from tunelab.inference.predictor import Predictor
     from tunelab.stages.sft import run_sft
 
@@ -49,16 +50,20 @@ def run_demo(output_dir: str = "outputs/demo") -> dict:
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
 
     console.rule("1/3  the embedded model before training")
-    before = Predictor(cfg.model_name_or_path, template=cfg.template, max_new_tokens=80)
-    before_answers = before.generate_batch(conversations)
+    with console.status(f"generating answers to {len(prompts)} held-out prompts with the untrained model ..."):
+        before = Predictor(cfg.model_name_or_path, template=cfg.template, max_new_tokens=80)
+        before_answers = before.generate_batch(conversations)
+    console.print(f"answered {len(prompts)} held-out prompts (score {score(prompts, before_answers):.0%})")
     del before
 
     console.rule("2/3  LoRA SFT with examples/demo_lora_sft.yaml")
-    run_sft(cfg)
+    if run_sft(cfg, command="tunelab demo").interrupted:
+        return None
 
     console.rule("3/3  the fine-tuned model on held-out prompts")
-    after = Predictor(cfg.model_name_or_path, adapter=cfg.output_dir, max_new_tokens=80)
-    after_answers = after.generate_batch(conversations)
+    with console.status(f"generating answers to {len(prompts)} held-out prompts with the fine-tuned model ..."):
+        after = Predictor(cfg.model_name_or_path, adapter=cfg.output_dir, max_new_tokens=80)
+        after_answers = after.generate_batch(conversations)
 
     table = Table("held-out prompt", "before", "after", show_lines=True)
     for prompt, old, new in list(zip(prompts, before_answers, after_answers, strict=True))[:3]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.console import console
-from tunelab.data.registry import load_dataset_rows
+from tunelab.data.registry import SKIP_HINT, load_dataset_rows
 from tunelab.errors import DataError, TunelabError
 from tunelab.inference.predictor import Predictor
 
@@ -24,15 +24,20 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], str]:
 REFERENCE_COLUMNS = ("answer", "output", "response", "completion", "solution", "target", "summary")
 
 
-def _load_samples(dataset: str, dataset_dir: str, max_samples: int | None) -> list[tuple[list[dict], str, Any]]:
+Sample = tuple[list[dict], str, Any]  # (prompt messages, reference, tools)
+
+
+def load_samples(dataset: str, dataset_dir: str = "data", max_samples: int | None = None, *,
+                 skip_invalid: bool = False, skip_hint: str = SKIP_HINT) -> list[Sample]:
     """(prompt messages, reference, tools) per record. Conversations give their last answer as the
     reference; data without answers (prompts only, e.g. GSM8K questions) is read as prompt rows."""
+    options = {"skip_invalid": skip_invalid, "skip_hint": skip_hint}
     try:
-        rows = load_dataset_rows(dataset, dataset_dir, "sft", max_samples).rows
+        rows = load_dataset_rows(dataset, dataset_dir, "sft", max_samples, **options).rows
         return [(*split_prompt(row["messages"]), row.get("tools")) for row in rows]
     except DataError as sft_error:
         try:
-            rows = load_dataset_rows(dataset, dataset_dir, "rl", max_samples).rows
+            rows = load_dataset_rows(dataset, dataset_dir, "rl", max_samples, **options).rows
         except DataError:
             raise sft_error from None
     return [(row["prompt"], _reference(row), row.get("tools")) for row in rows]
@@ -47,16 +52,19 @@ def _last_user_text(messages: list[dict]) -> str:
     return next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
 
 
-def run_predict(predictor: Predictor, dataset: str, *, dataset_dir: str = "data",
-                output: str = "predictions.jsonl", batch_size: int = 8,
+def run_predict(predictor: Predictor, dataset: str | list[Sample], *, dataset_dir: str = "data",
+                output: str | Path = "predictions.jsonl", batch_size: int = 8,
                 max_samples: int | None = None) -> Path:
-    """Generate for each record of ``dataset`` and write JSONL; returns the file's path."""
+    """Generate for each record of ``dataset`` (a name or path, or samples from ``load_samples``) and write
+    JSONL; returns the file's path."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if batch_size < 1:
         raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
-    samples = _load_samples(dataset, dataset_dir, max_samples)
+    samples = load_samples(dataset, dataset_dir, max_samples) if isinstance(dataset, str) else dataset
     path = Path(output)
+    if path.is_dir():
+        raise TunelabError(f"output '{path}' is a folder; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with path.open("w", encoding="utf-8") as handle, Progress(*columns, console=console) as progress:

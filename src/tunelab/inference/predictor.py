@@ -14,8 +14,16 @@ from typing import Any
 import torch
 
 from tunelab.data.templates import render
-from tunelab.errors import TunelabError
-from tunelab.models.loading import load_model, load_tokenizer, resolve_model_path
+from tunelab.errors import ConfigError, TunelabError, shorten
+from tunelab.models.loading import load_model, load_tokenizer
+from tunelab.models.sources import (
+    EMBEDDED_MODEL,
+    adapter_base,
+    check_adapter_source,
+    check_model_source,
+    default_template,
+    resolve_model_path,
+)
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
 # tokenizer's eos is another token (a base model's </s> under a chatml template, say).
@@ -35,12 +43,43 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-class Predictor:
-    """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0."""
+def check_generation_settings(max_new_tokens: int, temperature: float, top_p: float,
+                              repetition_penalty: float) -> None:
+    """One place for what a generation setting may be, for every command that generates."""
+    problems = []
+    if max_new_tokens < 1:
+        problems.append(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        problems.append(f"repetition_penalty must be above 0, got {repetition_penalty}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
-    def __init__(self, model: str, adapter: str | None = None, template: str | None = None, *,
+
+def base_model_for(model: str | None, adapter: str | None) -> str:
+    """The model to load: the one given, else the base an adapter records, else the embedded model."""
+    if model is not None:
+        return model
+    return (adapter_base(adapter) if adapter else None) or EMBEDDED_MODEL
+
+
+class Predictor:
+    """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0.
+
+    ``model`` None means the adapter's own base model (or the embedded model without an adapter).
+    """
+
+    def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, device: str | None = None) -> None:
+        check_generation_settings(max_new_tokens, temperature, top_p, repetition_penalty)
+        if adapter is not None:
+            check_adapter_source(adapter, "--adapter")
+        model = base_model_for(model, adapter)
+        check_model_source(model, "--model")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature,
                                          "top_p": top_p, "repetition_penalty": repetition_penalty}
@@ -56,7 +95,7 @@ class Predictor:
                 self.model = PeftModel.from_pretrained(self.model, adapter)
             except Exception as error:  # missing folder, wrong base model, bad config: one message
                 raise TunelabError(f"could not load adapter '{adapter}' on '{model}': "
-                                   f"{type(error).__name__}: {str(error)[:300]}") from None
+                                   f"{type(error).__name__}: {shorten(str(error))}") from None
         self.model.to(self.device).eval()
         self.stop_token_ids = self._stop_token_ids()
 
@@ -66,7 +105,7 @@ class Predictor:
         source = model
         if adapter is not None and template is None and (Path(adapter) / "tokenizer_config.json").is_file():
             source = adapter
-        tokenizer = load_tokenizer(source, template)
+        tokenizer = load_tokenizer(source, template if source == adapter else default_template(model, template))
         if not getattr(tokenizer, "chat_template", None):
             where = f"'{resolve_model_path(model)}'" + (f" or the adapter '{adapter}'" if adapter else "")
             raise TunelabError(f"no chat template in {where} (a base model?); pass one explicitly, "

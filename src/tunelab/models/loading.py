@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelab.config import EMBEDDED_MODEL
-from tunelab.data.templates import apply_template
-from tunelab.errors import TunelabError
+from tunelab.data.templates import BUILTIN_TEMPLATES, apply_template
+from tunelab.errors import ConfigError, TunelabError, shorten
+from tunelab.models.sources import check_model_source, resolve_model_path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 _ATTENTION = {"auto": None, "disabled": "eager", "eager": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
 
 
-def resolve_model_path(name: str) -> str:
-    """``stories260K`` means the embedded model unless a folder of that name exists here."""
-    if name == EMBEDDED_MODEL and not Path(name).exists():
-        return str(ASSETS / EMBEDDED_MODEL)
-    return name
-
-
 def _load_error(kind: str, name: str, error: Exception) -> TunelabError:
-    hint = "" if Path(name).exists() else " (no such local folder; the hub is unreachable when offline)"
-    return TunelabError(f"could not load {kind} '{name}'{hint}: {type(error).__name__}: {str(error)[:300]}")
+    return TunelabError(f"could not load {kind} '{name}': {type(error).__name__}: {shorten(str(error))}")
+
+
+def _quiet_transformers() -> None:
+    """transformers' per-load 'Loading weights' bar and info chatter say nothing a user can act on."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def load_tokenizer(model_name_or_path: str, template: str | None = None, *, trust_remote_code: bool = False,
-                   revision: str = "main", cache_dir: str | None = None) -> Any:
-    """Tokenizer with the chat template installed and a pad token (eos when the model has none)."""
+                   revision: str = "main", cache_dir: str | None = None, require_template: bool = False) -> Any:
+    """Tokenizer with the chat template installed and a pad token (eos when the model has none).
+
+    ``require_template``: a tokenizer without a chat template (a base model) is an error naming the
+    built-ins, instead of a failure deep inside the first chat rendering.
+    """
+    check_model_source(model_name_or_path, need_weights=False)
     from transformers import AutoTokenizer
 
+    _quiet_transformers()
     path = resolve_model_path(model_name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
@@ -40,6 +44,9 @@ def load_tokenizer(model_name_or_path: str, template: str | None = None, *, trus
         raise _load_error("tokenizer", model_name_or_path, error) from None
     if template is not None or getattr(tokenizer, "chat_template", None):
         apply_template(tokenizer, template)
+    elif require_template:
+        raise ConfigError(f"'{model_name_or_path}' has no chat template (a base model?); set template to one of "
+                          f"{', '.join(BUILTIN_TEMPLATES)} or a .jinja file")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -58,8 +65,10 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
                flash_attn: str = "auto", trust_remote_code: bool = False, revision: str = "main",
                cache_dir: str | None = None) -> Any:
     """A causal LM; embeddings grow when the template added special tokens."""
+    check_model_source(model_name_or_path)
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     path = resolve_model_path(model_name_or_path)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, "revision": revision,
                               "cache_dir": cache_dir}

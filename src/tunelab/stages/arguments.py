@@ -36,6 +36,7 @@ def make_sft_config(cfg: TrainConfig, **overrides: Any) -> Any:
         kwargs["fsdp_config"] = cfg.fsdp_config
     kwargs.update(
         save_strategy="steps",
+        disable_tqdm=True,  # tunelab's own progress bar / log lines replace tqdm and the raw log dicts
         logging_first_step=True,
         include_num_input_tokens_seen="non_padding",
         max_length=cfg.cutoff_len if cfg.packing else None,  # truncation already done (and counted) by us

@@ -22,7 +22,7 @@ from tunelab.data.formats.base import (
     Format,
     check_options,
 )
-from tunelab.data.formats.kto import KTO_FORMATS
+from tunelab.data.formats.kto import KTO_FORMATS, parse_label
 from tunelab.data.formats.preference import PREFERENCE_FORMATS
 from tunelab.data.formats.pretrain import PRETRAIN_FORMATS
 from tunelab.data.formats.rl import RL_FORMATS
@@ -34,7 +34,10 @@ FORMATS: dict[str, Format] = {
     for fmt in (*SUPERVISED_FORMATS, MESSAGE_LIST, *PREFERENCE_FORMATS, *KTO_FORMATS, *RL_FORMATS,
                 *PRETRAIN_FORMATS)
 }
-_KIND_NAMES = {"pt": "plain text (pretraining)", "preference": "preference", "kto": "KTO (labelled answers)"}
+_KIND_NAMES = {"pt": "plain text (pretraining)", "preference": "preference", "kto": "KTO (labelled answers)",
+               "sft": "supervised (instruction/answer)", "rl": "RL prompt"}
+# Columns whose mapping in dataset_info.json says which kind of rows a dataset holds.
+_KIND_COLUMNS = {"kto_tag": "kto", "chosen": "preference", "rejected": "preference"}
 
 
 def _stages(kind: str) -> str:
@@ -70,8 +73,30 @@ def _named_format(spec: ColumnSpec, kind: str, columns: set[str]) -> Format:
                      BAD_FORMATTING)
 
 
+def _mapped_kind(spec: ColumnSpec) -> str | None:
+    return next((kind for column, kind in _KIND_COLUMNS.items() if spec.columns.get(column)), None)
+
+
+def _kind_mismatch(kind: str, record: dict, spec: ColumnSpec) -> FieldError | None:
+    """Rows of another kind than the stage's, which a converter would silently misread (KTO data for sft
+    learns the undesirable answers as targets). A mapping of only this kind's columns is the user's
+    explicit choice and passes."""
+    mapped = _mapped_kind(spec)
+    if mapped and mapped != kind:
+        return FieldError(", ".join(sorted(spec.columns)), f"the dataset's column mapping ({sorted(spec.columns)}) "
+                          f"is for {_KIND_NAMES[mapped]} data, not {kind} data; use stage: {_stages(mapped)}, or map "
+                          "the columns for this stage explicitly", WRONG_STAGE)
+    if kind == "sft" and not spec.columns and (kto := _first_match("kto", set(record), spec)):
+        try:
+            parse_label(record, "label")
+        except FieldError:
+            return None  # a 'label' that is no boolean is some other column, not a KTO label
+        return _other_stage_error(kind, kto, set(record))
+    return None
+
+
 def _undetected(kind: str, columns: set[str], spec: ColumnSpec) -> FieldError:
-    for other in ("preference", "kto", "pt"):
+    for other in ("preference", "kto", "sft", "pt"):
         fmt = _first_match(other, columns, spec) if other != kind else None
         if fmt:
             return _other_stage_error(kind, fmt, columns)
@@ -103,6 +128,8 @@ def detect_format(record: Any, spec: ColumnSpec, kind: str) -> Format:
     if kind == "pt":
         return FORMATS["text"]
     columns = set(record)
+    if kind != "pt" and (mismatch := _kind_mismatch(kind, record, spec)):
+        raise mismatch
     if spec.formatting:
         return _named_format(spec, kind, columns)
     if kind in ("sft", "kto") and (preference := _first_match("preference", columns, spec)):

@@ -1,0 +1,164 @@
+"""Trainer callbacks every stage shares: metrics.jsonl, self-describing checkpoints, and progress.
+
+Progress replaces transformers' own tqdm bar and its raw ``{'loss': '1.23', ...}`` dict lines: a bar with
+step N/total, elapsed, remaining, loss and learning rate in a terminal; one readable line per logging
+step when output goes to a file or a CI log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunelab.config import TrainConfig
+from tunelab.console import console
+from tunelab.models.saving import record_base_model
+from tunelab.runs import CHECKPOINT_CONFIG
+
+# The end-of-training summary (mean train loss, runtime): not a step of the curve. Per-step logs also carry
+# the session's train_runtime and speeds, so train_loss alone marks the summary.
+_SUMMARY_KEYS = ("train_loss",)
+
+
+def _numbers(logs: dict[str, Any]) -> dict[str, float]:
+    return {key: value for key, value in logs.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+class MetricsCallback(TrainerCallback):
+    """One JSON object per logging step in metrics.jsonl: every number the trainer logs (loss, learning
+    rate, grad norm, eval and stage measures such as rewards/chosen), plus non-padding tokens/s."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or any(key in logs for key in _SUMMARY_KEYS):
+            return
+        values = _numbers(logs)
+        values.pop("epoch", None)
+        if not values:
+            return
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **values}
+        if "loss" in values:
+            now, tokens = time.perf_counter(), int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen))
+            if self._last is not None and now > self._last[0]:
+                record["tokens_per_second"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
+            self._last = (now, tokens)
+            record["tokens_seen"] = tokens
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class CheckpointCallback(TrainerCallback):
+    """Each checkpoint carries the config that wrote it (so a resume can check it is the same run) and
+    names its base model portably."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / CHECKPOINT_CONFIG).write_text(self.cfg.to_yaml(), encoding="utf-8")
+            record_base_model(folder, self.cfg.model_name_or_path)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _format_value(key: str, value: float) -> str:
+    if key in ("learning_rate",) or (value and abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+_SHORT = {"learning_rate": "lr", "grad_norm": "grad_norm", "loss": "loss"}
+_HIDDEN = {"epoch", "num_input_tokens_seen", "total_flos", "step", "train_runtime", "train_samples_per_second",
+           "train_steps_per_second", "train_tokens_per_second", "num_tokens", "entropy"}  # all in metrics.jsonl
+
+
+class ProgressCallback(TrainerCallback):
+    """Step N/total with elapsed and remaining time, loss and learning rate."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._started = 0.0
+        self._first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self._started, self._first_step = time.perf_counter(), state.global_step
+        resumed = f" (resuming at step {state.global_step})" if state.global_step else ""
+        if console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                 console=console, transient=False)
+            self._task = self._bar.add_task("train", total=state.max_steps, completed=state.global_step,
+                                            status="")
+            self._bar.start()
+        console.print(f"[bold]train[/bold] {state.max_steps} optimizer steps{resumed}")
+
+    def _remaining(self, state: Any) -> float | None:
+        done = state.global_step - self._first_step
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self._started) / done * (state.max_steps - state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        values = {key: value for key, value in _numbers(logs).items() if key not in _HIDDEN}
+        if any(key in logs for key in _SUMMARY_KEYS):
+            return
+        shown = "  ".join(f"{_SHORT.get(key, key)} {_format_value(key, value)}" for key, value in values.items())
+        if self._bar is not None and "loss" in values:
+            self._bar.update(self._task, status=shown)
+            return
+        total = max(state.max_steps, 1)
+        remaining = self._remaining(state)
+        timing = f"elapsed {_clock(time.perf_counter() - self._started)}" + (
+            f"  remaining {_clock(remaining)}" if remaining is not None else "")
+        prefix = "eval " if any(key.startswith("eval_") for key in values) else ""
+        line = f"{prefix}step {state.global_step}/{total} ({100 * state.global_step // total}%)  {shown}  {timing}"
+        (self._bar.console if self._bar is not None else console).print(line, markup=False, highlight=False)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=state.global_step)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live bar (also after an interrupt, when on_train_end never comes)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

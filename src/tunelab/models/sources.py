@@ -1,0 +1,111 @@
+"""Where a model, tokenizer or adapter comes from, checked before anything heavy is imported.
+
+A wrong path should be reported as a wrong path within a second, not as "the hub is unreachable"
+after torch and transformers have loaded, nor as a library message about a missing package. No
+import of torch or transformers here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from tunelab.errors import ConfigError
+
+EMBEDDED_MODEL = "stories260K"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The embedded model is a base model without a chat template; this built-in is its default.
+EMBEDDED_TEMPLATE = "default"
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+ADAPTER_FILE = "adapter_config.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_embedded(name: str) -> bool:
+    return name == EMBEDDED_MODEL and not Path(name).exists()
+
+
+def resolve_model_path(name: str) -> str:
+    """``stories260K`` means the embedded model unless a folder of that name exists here."""
+    return str(ASSETS / EMBEDDED_MODEL) if is_embedded(name) else name
+
+
+def default_template(model: str, template: str | None) -> str | None:
+    """The template to use when none is set: the embedded base model's built-in, else the tokenizer's own."""
+    return EMBEDDED_TEMPLATE if template is None and is_embedded(model) else template
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not name.startswith(".")
+
+
+def _check_hub_id(name: str, what: str, key: str) -> None:
+    """A name that is no local path: a hub id, which offline works only from the local cache."""
+    if not _looks_like_hub_id(name):
+        raise ConfigError(f"{key}: {what} folder '{name}' does not exist")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, ADAPTER_FILE if what == "adapter" else "config.json")
+        if not isinstance(cached, str):
+            raise ConfigError(f"{key}: '{name}' is not a local folder (checked {Path(name).resolve()}), and as a "
+                              "Hugging Face hub id it is not in the local cache while HF_HUB_OFFLINE=1")
+
+
+def check_model_source(name: str, key: str = "model_name_or_path", *, need_weights: bool = True) -> None:
+    """A local model folder must hold a config and tokenizer files; anything else must be a hub id."""
+    path = Path(resolve_model_path(name)).expanduser()
+    if not path.exists():
+        _check_hub_id(name, "model", key)
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{key}: '{name}' is a file; expected a model folder (with config.json and tokenizer "
+                          "files) or a Hugging Face model id")
+    files = {child.name for child in path.iterdir()}
+    if need_weights and ADAPTER_FILE in files and "config.json" not in files:
+        base = adapter_base(str(path))
+        raise ConfigError(f"{key}: '{name}' is a PEFT adapter, not a model; load it as adapter "
+                          f"(adapter_name_or_path / --adapter) on its base model{f' {base!r}' if base else ''}")
+    missing = []
+    if need_weights and not files.intersection(MODEL_FILES):
+        missing.append("config.json")
+    if not files.intersection(TOKENIZER_FILES):
+        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise ConfigError(f"{key}: folder '{name}' holds no model: missing {' and '.join(missing)}")
+
+
+def check_adapter_source(name: str, key: str = "adapter_name_or_path") -> None:
+    path = Path(name).expanduser()
+    if not path.exists():
+        _check_hub_id(name, "adapter", key)
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{key}: '{name}' is a file; expected an adapter folder (with {ADAPTER_FILE})")
+    if not (path / ADAPTER_FILE).is_file():
+        hint = " (a full model: pass it as the model instead)" if (path / "config.json").is_file() else ""
+        raise ConfigError(f"{key}: folder '{name}' holds no PEFT adapter (no {ADAPTER_FILE}){hint}")
+
+
+def adapter_base(adapter: str) -> str | None:
+    """The base model an adapter folder was trained on (``base_model_name_or_path``), if recorded."""
+    config = Path(adapter) / ADAPTER_FILE
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def portable_base_name(name: str) -> str:
+    """What an adapter should record as its base: the embedded model by name, not its install path."""
+    return EMBEDDED_MODEL if Path(name).resolve() == (ASSETS / EMBEDDED_MODEL).resolve() else name

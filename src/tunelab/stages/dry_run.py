@@ -1,0 +1,121 @@
+"""`tunelab train CONFIG --dry-run`: everything a run checks, without training or writing anything.
+
+Reads and validates the data, loads tokenizer and template, counts tokens and optimizer steps, and
+estimates memory from the model's config alone (the model is built on the meta device: no weights are
+downloaded or allocated), so a 7B GPU recipe can be checked on a laptop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.config import TrainConfig
+from tunelab.console import console
+from tunelab.errors import TunelabError, shorten
+from tunelab.models.sources import default_template, resolve_model_path
+from tunelab.stages.lifecycle import preflight
+from tunelab.stages.sft import prepare_data
+
+GIB = 1024**3
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per device for one training step, by part. An estimate: kernels, fragmentation and the
+    CUDA context add more; DeepSpeed/FSDP shard the optimizer and weights."""
+
+    parameters: int
+    trainable: int
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def _meta_model(cfg: TrainConfig) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path),
+                                            trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
+                                            cache_dir=cfg.cache_dir)
+    except Exception as error:
+        raise TunelabError(f"could not read the config of '{cfg.model_name_or_path}': {shorten(str(error))}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code), config
+
+
+def estimate_memory(cfg: TrainConfig, sequence_length: int) -> MemoryEstimate:
+    """Weights, gradients, AdamW state and activations for the configured method, batch and length."""
+    from tunelab.models.adapters import apply_finetuning, count_parameters
+    from tunelab.models.loading import training_dtype
+
+    model, config = _meta_model(cfg)
+    parameters = sum(p.numel() for p in model.parameters())
+    # An adapter to continue is counted as a fresh one of the configured size (its weights are not read).
+    model = apply_finetuning(model, cfg.model_copy(update={"adapter_name_or_path": None}))
+    trainable, _ = count_parameters(model)
+    dtype = training_dtype(cfg.bf16, cfg.fp16, cfg.finetuning_type == "full")
+    weight_bytes = 2 if str(dtype).endswith(("bfloat16", "float16")) else 4
+    hidden = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)
+    layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)
+    vocab = getattr(config, "vocab_size", 0)
+    tokens = cfg.per_device_train_batch_size * sequence_length
+    act_bytes = 2 if (cfg.bf16 or cfg.fp16) else 4
+    # ~17 activation values per hidden unit per layer kept for backward (memory-efficient attention);
+    # with checkpointing only each layer's input stays, plus one layer being recomputed.
+    per_layer = 17 * tokens * hidden * act_bytes
+    kept = (layers * tokens * hidden * act_bytes + per_layer) if cfg.gradient_checkpointing else layers * per_layer
+    logits = 2 * tokens * vocab * 4  # fp32 logits and their gradient
+    return MemoryEstimate(parameters=parameters, trainable=trainable, weights=parameters * weight_bytes,
+                          gradients=trainable * 4, optimizer=trainable * 8, activations=kept + logits)
+
+
+def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
+    """As the trainer counts them: batches per device, rounded up, per accumulation, times epochs."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(train_samples / (cfg.per_device_train_batch_size * world))
+    per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
+    return math.ceil(cfg.num_train_epochs * per_epoch)
+
+
+def _size(count: float) -> str:
+    return f"{count / GIB:.2f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.1f} MiB"
+
+
+def dry_run(cfg: TrainConfig) -> dict[str, Any]:
+    run = preflight(cfg)
+    _tokenizer, train_dataset, _eval_dataset, report = prepare_data(cfg)
+    lengths = [len(ids) for ids in train_dataset["input_ids"]]
+    sequence = cfg.cutoff_len if cfg.packing else max(lengths)
+    steps = planned_optimizer_steps(cfg, len(lengths))
+    memory = estimate_memory(cfg, sequence)
+    template = default_template(cfg.model_name_or_path, cfg.template) or "the tokenizer's own"
+    for line in report.lines():
+        console.print(f"[bold]data[/bold] {line}")
+    console.print(f"[bold]tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples (longest {max(lengths)}, "
+                  f"mean {sum(lengths) / len(lengths):.0f})" + (f"; template {template}" if cfg.stage != "pt" else ""))
+    console.print(f"[bold]steps[/bold] {steps:,} optimizer steps (batch {cfg.per_device_train_batch_size} x "
+                  f"accumulation {cfg.gradient_accumulation_steps} x {os.environ.get('WORLD_SIZE', '1')} processes"
+                  + (f", {cfg.num_train_epochs:g} epochs" if cfg.max_steps <= 0 else "") + ")"
+                  + (" before packing" if cfg.packing else ""))
+    console.print(f"[bold]model[/bold] {cfg.model_name_or_path}: {memory.parameters:,} parameters, "
+                  f"{memory.trainable:,} trainable ({cfg.finetuning_type})")
+    console.print(f"[bold]memory[/bold] about {_size(memory.total)} per device for sequences of {sequence} tokens: "
+                  f"weights {_size(memory.weights)}, gradients {_size(memory.gradients)}, AdamW state "
+                  f"{_size(memory.optimizer)}, activations {_size(memory.activations)} (an estimate)")
+    console.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
+                  f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
+    return {"train_samples": len(lengths), "eval_samples": report.eval_samples, "tokens": sum(lengths),
+            "steps": steps, "sequence_length": sequence, "parameters": memory.parameters,
+            "trainable": memory.trainable, "memory_gib": round(memory.total / GIB, 3)}
