@@ -121,9 +121,12 @@ def config_keys(
         print(json.dumps([dict(zip(("key", "type", "default", "help"), row, strict=True)) for row in rows],
                          indent=2))
         return
+    import textwrap
+
+    width = max(40, min(console.width, 100))
     for name, kind, default, help_text in rows:
         console.print(f"[bold]{name}[/bold] [dim]{kind} = {_shown(default)}[/dim]")
-        console.print(f"    {help_text}", markup=False, soft_wrap=False)
+        console.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
 
 
 # --- options shared by the commands that load a model to generate ----------------------------------
@@ -145,8 +148,12 @@ SKIP_HINT = "pass --skip-invalid to skip and count such records"
 def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
                temperature: float, top_p: float) -> Any:
     from tunelab.inference.predictor import Predictor, base_model_for, check_generation_settings
+    from tunelab.models.sources import check_adapter_source, check_model_source
 
     check_generation_settings(max_new_tokens, temperature, top_p, 1.0)
+    if adapter is not None:
+        check_adapter_source(adapter, "--adapter")
+    check_model_source(base_model_for(model, adapter), "--model")
     console.print(f"[bold]model[/bold] loading {base_model_for(model, adapter)}"
                   + (f" with adapter {adapter}" if adapter else "") + " ...")
     return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,

@@ -1,0 +1,142 @@
+"""Bad invocations of every command: exit code 2, one line naming what is wrong, never a traceback.
+
+``BAD_INVOCATIONS`` is a table: add a row for each mistake a user can make. Paths in a row are
+templates filled from a small scratch tree (``{tmp}``: scratch folder, ``{file}``: a plain file,
+``{empty}``: an empty folder, ``{adapter}``: a folder holding only an adapter config).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab import __version__
+from tunelab.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "examples" / "demo_lora_sft.yaml")
+DATA = str(REPO / "examples" / "data")
+STORIES = str(REPO / "examples" / "data" / "demo_stories.json")
+
+BAD_INVOCATIONS = [
+    # train: config file and overrides
+    (["train", "{tmp}/missing.yaml"], "config file '{tmp}/missing.yaml' does not exist"),
+    (["train", "{empty}"], "is a folder; expected a YAML file"),
+    (["train", DEMO, "lora_rnak=4"], "command line: unknown key 'lora_rnak'; did you mean 'lora_rank'?"),
+    (["train", DEMO, "--lora_rnak", "4"], "command line: unknown key 'lora_rnak'"),
+    (["train", DEMO, "--max_steps"], "override '--max_steps' has no value"),
+    (["train", DEMO, "learning_rate=-1"], "command line: key 'learning_rate'"),
+    (["train", DEMO, "max_steps=many"], "command line: key 'max_steps'"),
+    # train: paths
+    (["train", DEMO, "output_dir={file}"], "output_dir '{file}' is a file"),
+    (["train", DEMO, "adapter_name_or_path={tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["train", DEMO, "adapter_name_or_path={empty}"], "holds no PEFT adapter"),
+    (["train", DEMO, "model_name_or_path={tmp}/no_model"], "model folder '{tmp}/no_model' does not exist"),
+    (["train", DEMO, "model_name_or_path={empty}"], "holds no model: missing config.json and tokenizer files"),
+    (["train", DEMO, "model_name_or_path={file}"], "is a file; expected a model folder"),
+    (["train", DEMO, "model_name_or_path={adapter}"], "is a PEFT adapter, not a model"),
+    (["train", DEMO, "model_name_or_path=nobody/no-such-model"], "not in the local cache while HF_HUB_OFFLINE=1"),
+    (["train", DEMO, f"dataset_dir={DATA}", "dataset=nope"], "dataset 'nope' is neither a name"),
+    (["train", DEMO, "dataset_dir=data", "dataset=nope"], "dataset_dir 'data' is relative to the current folder"),
+    (["train", DEMO, f"dataset_dir={DATA}", "resume_from_checkpoint={empty}"], "is not a checkpoint folder"),
+    # data
+    (["data", "convert", STORIES, "{empty}"], "OUTPUT '{empty}' is a folder"),
+    (["data", "convert", STORIES, "{file}/rows.jsonl"], "is a file, not a folder"),
+    (["data", "convert", "{tmp}/bad.jsonl", "{tmp}/out.jsonl"], "pass --skip-invalid"),
+    (["data", "inspect", "{tmp}/bad.jsonl"], "Unterminated string starting at column"),
+    (["data", "inspect", "nope", "--dataset-dir", "{empty}"], "dataset 'nope' is neither a name"),
+    (["data", "inspect", STORIES, "--stage", "ppx"], "--stage 'ppx' is not one of"),
+    (["data", "inspect", STORIES, "--cutoff-len", "-1"], "--cutoff-len must be at least 1"),
+    (["data", "inspect", STORIES, "--plot-dir", "{file}"], "--plot-dir '{file}' is a file"),
+    (["data", "convert", STORIES, "{tmp}/o.jsonl", "--to", "csv"], "--to 'csv' is not supported"),
+    # predict
+    (["predict", STORIES, "--output", "{empty}"], "--output '{empty}' is a folder"),
+    (["predict", STORIES, "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["predict", STORIES, "--max-samples", "-2"], "--max-samples must be at least 1"),
+    (["predict", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["predict", "{tmp}/missing.json"], "neither a name"),
+    # chat
+    (["chat", "--max-new-tokens", "-1", "--query", "hi"], "max_new_tokens must be at least 1"),
+    (["chat", "--temperature", "-1", "--query", "hi"], "temperature must be 0 (greedy) or more"),
+    (["chat", "--top-p", "0", "--query", "hi"], "top_p must be in (0, 1]"),
+    (["chat", "--adapter", "{tmp}/no_adapter", "--query", "hi"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["chat", "--adapter", "{empty}", "--query", "hi"], "holds no PEFT adapter"),
+    (["chat", "--model", "{tmp}/no_model", "--query", "hi"], "model folder '{tmp}/no_model' does not exist"),
+    (["chat", "--model", "{empty}", "--query", "hi"], "holds no model"),
+    (["chat", "--model", "{adapter}", "--query", "hi"], "is a PEFT adapter, not a model"),
+]
+# Mistakes that the command-line parser itself reports (a wrong type for a flag): exit 2, no traceback.
+USAGE_ERRORS = [
+    ["chat", "--max-new-tokens", "many"],
+    ["predict", STORIES, "--batch-size", "1.5"],
+    ["train"],
+    ["data", "inspect"],
+]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "file").write_text("not a folder")
+    (tmp / "empty").mkdir()
+    (tmp / "adapter").mkdir()
+    (tmp / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K"}))
+    (tmp / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\n')
+    return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
+
+
+def _fill(text: str, scratch: dict[str, str]) -> str:
+    return text.format(**scratch)
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INVOCATIONS, ids=[" ".join(a[:3]) for a, _ in BAD_INVOCATIONS])
+def test_bad_invocation_is_one_clear_line(args, expected, scratch, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(scratch["tmp"])
+    result = CliRunner().invoke(app, [_fill(arg, scratch) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert _fill(expected, scratch) in errors[0], result.output
+    assert "at at" not in errors[0]
+
+
+def test_failed_convert_leaves_no_partial_file(scratch):
+    out = Path(scratch["tmp"]) / "out.jsonl"
+    CliRunner().invoke(app, ["data", "convert", f"{scratch['tmp']}/bad.jsonl", str(out)])
+    assert not out.exists() and not out.with_name("out.jsonl.partial").exists()
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=[" ".join(a[:3]) for a in USAGE_ERRORS])
+def test_usage_errors_exit_2_without_traceback(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_config_errors_do_not_import_torch(tmp_path):
+    """A mistake that needs no model is reported before torch or transformers are imported (fast)."""
+    for args in (["train", DEMO, f"dataset_dir={DATA}", "dataset=nope"], ["train", DEMO, "lora_rnak=1"],
+                 ["train", str(tmp_path / "missing.yaml")], ["--help"], ["train", "--help"]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "tunelab", *args],
+                                capture_output=True, text=True, cwd=tmp_path)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert result.returncode in (0, 2), result.stderr[-2000:]
+        assert "torch" not in imported and "transformers" not in imported, args
+
+
+def test_version_help_and_key_listing():
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"tunelab {__version__}"
+    assert "Train" in runner.invoke(app, ["train", "-h"]).output
+    listing = runner.invoke(app, ["config"], env={"COLUMNS": "80"}).output
+    assert "lora_rank" in listing and max(len(line) for line in listing.splitlines()) <= 80
+    keys = {row["key"]: row for row in json.loads(runner.invoke(app, ["config", "--json"]).output)}
+    assert keys["lora_rank"]["default"] == 8 and keys["stage"]["default"] == "sft"
+    assert keys["adapter_name_or_path"]["default"] is None and keys["bf16"]["default"] is False
