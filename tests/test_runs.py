@@ -226,3 +226,15 @@ def test_dry_run_of_a_7b_recipe_needs_only_its_config(tmp_path):
     assert 7.5e9 < report["parameters"] < 7.7e9  # Qwen2.5-7B has 7.62B parameters
     assert 0 < report["trainable"] < 0.01 * report["parameters"]  # LoRA
     assert 15 < report["memory_gib"] < 80 and not (tmp_path / "run").exists()
+
+
+def test_loss_plot_reads_across_orders_of_magnitude(tmp_path):
+    from tunelab.plots import plot_loss, use_log_scale
+
+    assert use_log_scale([120.0, 3.0, 0.4]) and not use_log_scale([2.1, 1.5, 0.9])
+    records = [{"step": s, "loss": 100 / s**2, "learning_rate": 1e-3 * (1 - s / 20)} for s in range(1, 20)]
+    records += [{"step": 10, "eval_loss": 1.5}, {"step": 19, "eval_loss": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    path = plot_loss(tmp_path)
+    assert path is not None and path.stat().st_size > 10_000
+    assert plot_loss(tmp_path / "empty") is None

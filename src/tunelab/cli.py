@@ -147,17 +147,12 @@ SKIP_HINT = "pass --skip-invalid to skip and count such records"
 
 def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
                temperature: float, top_p: float) -> Any:
-    from tunelab.inference.predictor import Predictor, base_model_for, check_generation_settings
-    from tunelab.models.sources import check_adapter_source, check_model_source
+    from tunelab.inference.predictor import Predictor, base_model_for
 
-    check_generation_settings(max_new_tokens, temperature, top_p, 1.0)
-    if adapter is not None:
-        check_adapter_source(adapter, "--adapter")
-    check_model_source(base_model_for(model, adapter), "--model")
-    console.print(f"[bold]model[/bold] loading {base_model_for(model, adapter)}"
-                  + (f" with adapter {adapter}" if adapter else "") + " ...")
-    return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p)
+    loading = f"loading {base_model_for(model, adapter)}" + (f" with adapter {adapter}" if adapter else "") + " ..."
+    with console.status(loading):  # a spinner in a terminal while the model loads
+        return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p)
 
 
 def _output_file(path: str, flag: str) -> Path:

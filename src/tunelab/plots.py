@@ -10,6 +10,10 @@ from tunelab.runs import PLOT_FILE, read_metrics
 LOG_SCALE_RATIO = 20  # max/min loss beyond which a linear axis flattens the interesting part
 
 
+def use_log_scale(values: list[float]) -> bool:
+    return min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO
+
+
 def plot_loss(output_dir: str | Path) -> Path | None:
     """Write loss.png; None when nothing was logged."""
     records = read_metrics(output_dir)
@@ -31,8 +35,7 @@ def plot_loss(output_dir: str | Path) -> Path | None:
         for step, value in evaluation:
             loss_axes.annotate(f"{value:.3g}", (step, value), textcoords="offset points", xytext=(0, 6),
                                ha="center", fontsize=7)
-    values = [value for _, value in train + evaluation]
-    if min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO:
+    if use_log_scale([value for _, value in train + evaluation]):
         loss_axes.set_yscale("log")
     loss_axes.set_ylabel("loss" + (" (log scale)" if loss_axes.get_yscale() == "log" else ""))
     loss_axes.set_title(Path(output_dir).name)

@@ -96,7 +96,7 @@ class RunDir:
             raise ConfigError(f"output_dir '{self.path}' is a file; point output_dir at a folder")
         if cfg.resume_from_checkpoint:
             self._plan_resume(cfg.resume_from_checkpoint)
-        if not self.resume:
+        if not self.resume and self.is_main:  # other ranks may already see rank 0's fresh files
             self._plan_fresh()
 
     # --- checks (nothing written) ---------------------------------------------------------------
@@ -104,11 +104,15 @@ class RunDir:
     def _entries(self) -> list[Path]:
         return sorted(self.path.iterdir()) if self.path.is_dir() else []
 
+    def _holds_a_run(self) -> bool:
+        """More than what a start writes before its first step (config and data report)."""
+        return any(entry.name not in START_FILES for entry in self._entries())
+
     def _plan_fresh(self) -> None:
         entries = self._entries()
         if not entries:
             return
-        if {entry.name for entry in entries} <= START_FILES:
+        if not self._holds_a_run():
             self.notes.append(f"{self.path} holds only the config of an earlier start that trained nothing; "
                               "starting over in it")
             self._clean = True
@@ -128,7 +132,7 @@ class RunDir:
         if value in ("last", "true", "True"):
             found = last_checkpoint(self.path)
             if found is None:
-                if not self.path.is_dir() or not any(self.path.iterdir()):
+                if not self._holds_a_run():
                     self.notes.append(f"resume_from_checkpoint: last, but {self.path} holds no run yet; "
                                       "starting a new one")
                     return
