@@ -143,7 +143,7 @@ def _stage_convert_jsonl(path: Path, limit: int) -> dict[str, Any]:
     import contextlib
     import io
 
-    from tunelab.data.convert import convert_dataset
+    from tunelab.commands.convert import convert_dataset
 
     out = Path.cwd() / f"{path.stem}.converted.jsonl"
     clock = Clock()

@@ -50,7 +50,7 @@ BAD_INVOCATIONS = [
     (["data", "convert", "{tmp}/bad.jsonl", "{tmp}/out.jsonl"], "pass --skip-invalid"),
     (["data", "inspect", "{tmp}/bad.jsonl"], "Unterminated string starting at column"),
     (["data", "inspect", "nope", "--dataset-dir", "{empty}"], "dataset 'nope' is neither a name"),
-    (["data", "inspect", STORIES, "--stage", "ppx"], "--stage 'ppx' is not one of"),
+    (["data", "inspect", STORIES, "--stage", "ppx"], "--stage 'ppx' is neither a stage (sft, "),
     (["data", "inspect", STORIES, "--cutoff-len", "-1"], "--cutoff-len must be at least 1"),
     (["data", "inspect", STORIES, "--plot-dir", "{file}"], "--plot-dir '{file}' is a file"),
     (["data", "convert", STORIES, "{tmp}/o.jsonl", "--to", "csv"], "--to 'csv' is not supported"),

@@ -193,7 +193,7 @@ def test_every_unknown_key_is_reported() -> None:
         ("lora_rank", 0, "greater than 0"),
         ("learning_rate", "fast", "valid number"),
         ("finetuning_type", "qlora", "'lora', 'full' or 'freeze'"),
-        ("stage", "dpo", "'sft' or 'pt'"),
+        ("stage", "dop", "did you mean 'dpo'?"),
         ("warmup_ratio", 1.5, "less than or equal to 1"),
     ],
 )
@@ -278,13 +278,32 @@ def test_llamafactory_lora_sft_yaml_validates(tmp_path: Path) -> None:
     assert load_config(again) == cfg
 
 
+def test_stage_keys_belong_to_their_stages(tmp_path: Path) -> None:
+    """A stage's own key is validated only when that stage runs; set for another stage it is an error that
+    names the stages it belongs to. Defaults of other stages (a dumped config) pass."""
+    with pytest.raises(ConfigError, match=r"`pref_beta` applies to stages? dpo.*; this run is `sft`"):
+        load_config(None, ["pref_beta=0.2"])
+    assert not hasattr(load_config(None, ["pref_beta=0.1"]), "pref_beta")  # the default: harmless, dropped
+    dpo = load_config(None, ["stage=dpo", "pref_beta=0.2"])
+    assert dpo.pref_beta == 0.2 and dpo.pref_loss == "sigmoid"  # the stage's defaults are filled in
+    with pytest.raises(ConfigError, match="pref_loss"):
+        load_config(None, ["stage=dpo", "pref_loss=sigmoidd"])
+    with pytest.raises(ConfigError, match="did you mean 'pref_beta'"):
+        load_config(None, ["stage=dpo", "pref_betta=0.2"])
+    again = write_yaml(tmp_path, dpo.to_yaml())  # the flat YAML of a dpo run loads back the same
+    assert load_config(again) == dpo
+
+
 def test_describe_keys_covers_schema() -> None:
+    from tunelab.stages.registry import stage_keys
+
     rows = describe_keys()
     names = [row[0] for row in rows]
-    assert names == list(TrainConfig.model_fields)
+    assert names == [*TrainConfig.model_fields, *stage_keys()]
     lora_rank = rows[names.index("lora_rank")]
-    assert lora_rank[1] == "int" and lora_rank[2] == 8 and lora_rank[3]
-    assert all(help_text for *_, help_text in rows)
+    assert lora_rank[1] == "int" and lora_rank[2] == 8 and lora_rank[3] and lora_rank[4] == []
+    assert rows[names.index("pref_beta")][4][0] == "dpo"  # a stage's own key names its stages
+    assert all(row[3] for row in rows)
 
 
 # --- CLI ------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from tunelab.data.formats import (
     FORMATS,
     KINDS,
     REASONS,
-    STAGE_KINDS,
     ColumnSpec,
     FieldError,
     check_conversation,
@@ -459,8 +458,10 @@ def test_pretraining_text(llamafactory_dir: Path) -> None:
 # --- detection, kinds, options ----------------------------------------------------------------------------------
 
 def test_stage_kinds() -> None:
-    assert set(STAGE_KINDS.values()) == set(KINDS)
-    assert STAGE_KINDS["dpo"] == "preference" and STAGE_KINDS["grpo"] == "rl" and STAGE_KINDS["kto"] == "kto"
+    from tunelab.stages.registry import ROW_KINDS, stage_kinds
+
+    assert tuple(KINDS) == ROW_KINDS and set(stage_kinds().values()) <= set(KINDS)
+    assert stage_kinds()["sft"] == "sft" and stage_kinds()["pt"] == "pt"
     with pytest.raises(ValueError, match="kind must be one of"):
         detect_format({"text": "x"}, ColumnSpec(), "dpo")  # a stage, not a kind
 

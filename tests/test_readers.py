@@ -427,7 +427,7 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path, array: bool) -> Non
 
 _MEASURE_CONVERT = """
 import sys
-from tunelab.data.convert import convert_dataset
+from tunelab.commands.convert import convert_dataset
 def peak():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))

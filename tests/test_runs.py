@@ -189,7 +189,7 @@ def test_sigint_exits_130_and_resume_continues_the_same_curve(tmp_path):
 # --- --dry-run ---------------------------------------------------------------------------------------
 
 def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
-    from tunelab.stages.dry_run import dry_run
+    from tunelab.training.dry_run import dry_run
 
     out = tmp_path / "run"
     report = dry_run(_cfg(out, "num_train_epochs=2"))
@@ -210,7 +210,7 @@ def test_dry_run_of_a_7b_recipe_needs_only_its_config(tmp_path):
     meta device, so the count and the memory estimate come without downloading or allocating 15 GB."""
     import shutil
 
-    from tunelab.stages.dry_run import dry_run
+    from tunelab.training.dry_run import dry_run
 
     model = tmp_path / "qwen2.5-7b-config-only"
     shutil.copytree(REPO / "tests" / "fixtures" / "tokenizers" / "minimind", model)

@@ -87,9 +87,14 @@ def _format_value(key: str, value: float) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-_SHORT = {"learning_rate": "lr", "grad_norm": "grad_norm", "loss": "loss"}
-_HIDDEN = {"epoch", "num_input_tokens_seen", "total_flos", "step", "train_runtime", "train_samples_per_second",
-           "train_steps_per_second", "train_tokens_per_second", "num_tokens", "entropy"}  # all in metrics.jsonl
+_SHORT = {"learning_rate": "lr", "rewards/accuracies": "reward_acc", "rewards/margins": "reward_margin"}
+# What a progress line shows; metrics.jsonl keeps every number.
+_SHOWN = ("loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies", "rewards/margins",
+          "accuracy", "margin", "kl")
+
+
+def _shown(key: str) -> bool:
+    return key.removeprefix("eval_") in _SHOWN
 
 
 class ProgressCallback(TrainerCallback):
@@ -137,7 +142,7 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        values = {key: value for key, value in _numbers(logs).items() if key not in _HIDDEN}
+        values = {key: value for key, value in _numbers(logs).items() if _shown(key)}
         if any(key in logs for key in _SUMMARY_KEYS):
             return
         shown = "  ".join(f"{_SHORT.get(key, key)} {_format_value(key, value)}" for key, value in values.items())

@@ -67,12 +67,25 @@ def main(
     """tunelab: fine-tune large language models end to end."""
 
 
+def _stage_lines() -> list[str]:
+    from tunelab.stages.registry import all_stages
+
+    return [f"{name} ({stage.kind} rows): {stage.summary}" for name, stage in all_stages().items()]
+
+
 def _keys_epilog() -> str:
     from tunelab.config import describe_keys
 
-    return "Config keys (YAML, key=value or --key value):\n\n" + "\n\n".join(
-        f"{name} ({kind}, default {_shown(default)}): {help_text}" for name, kind, default, help_text in describe_keys()
-    )
+    keys = [f"{name} ({kind}, default {_shown(default)}{f'; stages {chr(44).join(stages)}' if stages else ''}): "
+            f"{help_text}" for name, kind, default, help_text, stages in describe_keys()]
+    return ("Stages (key `stage`):\n\n" + "\n\n".join(_stage_lines())
+            + "\n\nConfig keys (YAML, key=value or --key value):\n\n" + "\n\n".join(keys))
+
+
+def _stage_option_help() -> str:
+    from tunelab.stages.registry import ROW_KINDS, stage_names
+
+    return f"Stage ({', '.join(stage_names())}) or row kind ({', '.join(ROW_KINDS)}): which rows to build."
 
 
 def _shown(value: Any) -> str:
@@ -90,7 +103,7 @@ def train(
                                           "tokens, steps and a memory estimate; train nothing, write nothing.")]
     = False,
 ) -> None:
-    """Train: stage sft (supervised) or pt (continued pretraining), with lora, full or freeze tuning."""
+    """Train any stage (see the list below: sft, pt, preference stages, ...) with lora, full or freeze tuning."""
     from tunelab.config import load_config
     from tunelab.errors import ConfigError
 
@@ -98,14 +111,14 @@ def train(
     if not cfg.do_train:
         raise ConfigError("do_train is false: `tunelab train` only trains; use `tunelab predict` to generate")
     if dry_run:
-        from tunelab.stages.dry_run import dry_run as check
+        from tunelab.training.dry_run import dry_run as check
 
         check(cfg)
         return
-    from tunelab.stages.sft import run_sft
+    from tunelab.stages.registry import all_stages
 
     command = " ".join(shlex.quote(arg) for arg in ["tunelab", *sys.argv[1:]])
-    if run_sft(cfg, command=command).interrupted:
+    if all_stages()[cfg.stage].run()(cfg, command=command).interrupted:
         raise typer.Exit(INTERRUPTED)
 
 
@@ -113,19 +126,24 @@ def train(
 def config_keys(
     as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
 ) -> None:
-    """List every config key with its type, default and help."""
+    """List the stages and every config key with its type, default, help (and stages, for a stage's own keys)."""
     from tunelab.config import describe_keys
 
     rows = describe_keys()
     if as_json:
-        print(json.dumps([dict(zip(("key", "type", "default", "help"), row, strict=True)) for row in rows],
+        print(json.dumps([dict(zip(("key", "type", "default", "help", "stages"), row, strict=True)) for row in rows],
                          indent=2))
         return
     import textwrap
 
     width = max(40, min(console.width, 100))
-    for name, kind, default, help_text in rows:
-        console.print(f"[bold]{name}[/bold] [dim]{kind} = {_shown(default)}[/dim]")
+    console.print("[bold]stages[/bold] (key `stage`)")
+    for line in _stage_lines():
+        console.print(textwrap.fill(line, width, initial_indent="    ", subsequent_indent="      "), markup=False)
+    for name, kind, default, help_text, stages in rows:
+        only = f" (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" if stages else ""
+        console.print(textwrap.fill(f"{name}: {kind} = {_shown(default)}{only}", width, subsequent_indent="      "),
+                      markup=False, style="bold")
         console.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
 
 
@@ -173,8 +191,7 @@ def data_inspect(
     model: Annotated[str, typer.Option(help="Model or tokenizer folder for tokens and template.")]
     = "stories260K",
     template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own).")] = None,
-    stage: Annotated[str, typer.Option(help="sft, pt, rm, dpo, orpo, kto, ppo or grpo: which rows to build.")]
-    = "sft",
+    stage: Annotated[str, typer.Option(help=_stage_option_help())] = "sft",
     cutoff_len: Annotated[int, typer.Option(help="Count samples longer than this.")] = 2048,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Records to render.")] = 2,
     train_on_prompt: Annotated[bool, typer.Option(help="Show the mask for train_on_prompt.")] = False,
@@ -186,11 +203,10 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a dataset's format, size, skipped records, token lengths and trained/untrained segments."""
-    from tunelab.data.formats import STAGE_KINDS
-    from tunelab.data.inspect import inspect_dataset, print_inspection
+    from tunelab.commands.inspect import inspect_dataset, print_inspection
+    from tunelab.stages.registry import kind_of
 
-    if stage not in STAGE_KINDS:
-        raise TunelabError(f"--stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
+    kind_of(stage)
     if cutoff_len < 1 or num_samples < 0:
         raise TunelabError("--cutoff-len must be at least 1 and --num-samples at least 0")
     if Path(plot_dir).is_file():
@@ -213,12 +229,12 @@ def data_convert(
     output: Annotated[str, typer.Argument(help="Output file (.jsonl).")],
     to: Annotated[str, typer.Option("--to", help="Output format.")] = "jsonl",
     dataset_dir: DatasetDirOption = "data",
-    stage: Annotated[str, typer.Option(help="Which canonical rows: sft, pt, dpo, kto, grpo, ...")] = "sft",
+    stage: Annotated[str, typer.Option(help=_stage_option_help())] = "sft",
     skip_invalid: SkipInvalidOption = False,
     encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
 ) -> None:
     """Write a dataset's canonical rows (TRL's standard types) as JSON Lines, streaming."""
-    from tunelab.data.convert import convert_dataset
+    from tunelab.commands.convert import convert_dataset
 
     if to != "jsonl":
         raise TunelabError(f"--to '{to}' is not supported; only jsonl")
@@ -271,6 +287,57 @@ def predict(
     samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
     predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p)
     run_predict(predictor, samples, output=target, batch_size=batch_size)
+
+
+@app.command()
+@_friendly_errors
+def score(
+    dataset: Annotated[str | None, typer.Argument(help="Preference dataset to score (chosen vs rejected).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Score one response to this prompt.")] = None,
+    response: Annotated[str | None, typer.Option(help="The response to --prompt.")] = None,
+    model: ModelOption = None,
+    adapter: AdapterOption = None,
+    template: TemplateOption = None,
+    dataset_dir: DatasetDirOption = "data",
+    max_samples: Annotated[int | None, typer.Option(help="Use at most this many pairs.")] = None,
+    output: Annotated[str | None, typer.Option(help="JSONL file for per-pair scores.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score (prompt, response) with a reward model from stage rm; on a preference dataset, its pair accuracy."""
+    from tunelab.inference.reward import RewardScorer
+
+    if (prompt is None) != (response is None):
+        raise TunelabError("--prompt and --response go together")
+    if (dataset is None) == (prompt is None):
+        raise TunelabError("give a preference DATASET, or --prompt and --response")
+    target = _output_file(output, "--output") if output else None
+    rows = None
+    if dataset is not None:
+        from tunelab.data.registry import SKIP_HINT, load_dataset_rows
+
+        rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_hint=SKIP_HINT).rows
+    with console.status("loading the reward model ..."):
+        scorer = RewardScorer(model, adapter, template)
+    if rows is None:
+        value = scorer(prompt, response)
+        print(json.dumps({"score": value}) if as_json else f"{value:.4f}")
+        return
+    chosen = scorer.score_batch([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    rejected = scorer.score_batch([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", encoding="utf-8") as handle:
+            for row, c, r in zip(rows, chosen, rejected, strict=True):
+                handle.write(json.dumps({"prompt": row["prompt"], "chosen_score": c, "rejected_score": r},
+                                        ensure_ascii=False) + "\n")
+    summary = {"num_pairs": len(rows), "accuracy": accuracy,
+               "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(rows)}
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"[bold]pairs[/bold] {len(rows)}: chosen scored above rejected in {accuracy:.1%}, mean margin "
+                      f"{summary['mean_margin']:.4f}" + (f"; scores in {target}" if target else ""))
 
 
 @app.command()

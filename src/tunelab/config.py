@@ -20,7 +20,9 @@ from tunelab.models.sources import EMBEDDED_MODEL
 class TrainConfig(BaseModel):
     """Everything a `tunelab train` run reads. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    # Keys of the stages (declared in each stage's module, see stages/registry.py) are the only extras: the
+    # "before" validator checks them against the selected stage and fills that stage's defaults.
+    model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
 
     # --- model -------------------------------------------------------------------------------
     model_name_or_path: str = Field(
@@ -35,7 +37,7 @@ class TrainConfig(BaseModel):
         "auto", description="Attention implementation: auto (transformers' choice), sdpa, fa2, eager."
     )
     # --- method ------------------------------------------------------------------------------
-    stage: Literal["sft", "pt"] = Field("sft", description="Training stage: sft (supervised) or pt (pretraining).")
+    stage: str = Field("sft", description="Training stage (`tunelab config` lists them): sft, pt, rm, dpo, ...")
     do_train: bool = Field(True, description="Run training (tunelab train requires true).")
     finetuning_type: Literal["lora", "full", "freeze"] = Field("lora", description="lora, full or freeze.")
     lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
@@ -127,6 +129,54 @@ class TrainConfig(BaseModel):
     eval_strategy: Literal["no", "steps", "epoch"] = Field("no", description="When to evaluate.")
     eval_steps: int | None = Field(None, description="Evaluate every N steps (eval_strategy: steps).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_keys(cls, values: Any) -> Any:
+        """A stage's own keys are validated only when that stage runs; set for another stage, they are an
+        error that says which stages they belong to (the YAML stays flat, as LLaMA-Factory's)."""
+        if not isinstance(values, dict):
+            return values
+        from tunelab.stages.registry import all_stages, stage_keys
+
+        declared = stage_keys()
+        unknown = [key for key in values if key not in cls.model_fields and key not in declared]
+        if unknown:
+            known = [*cls.model_fields, *declared]
+            raise ValueError("; ".join(f"unknown key '{key}'{_suggest(key, known)}" for key in unknown))
+        name = values.get("stage", "sft")
+        stage = all_stages().get(name)
+        if stage is None:
+            return {key: value for key, value in values.items() if key not in declared}  # the stage field says why
+        foreign = [key for key in values if key in declared and key not in stage.keys.model_fields
+                   and values[key] != declared[key][0].default]
+        if foreign:
+            raise ValueError("; ".join(f"`{key}` applies to stage{'s' if len(declared[key][1]) > 1 else ''} "
+                                       f"{', '.join(declared[key][1])}; this run is `{name}`" for key in foreign))
+        own = {**stage.presets, **{key: values[key] for key in values if key in stage.keys.model_fields}}
+        try:
+            checked = stage.keys(**own).model_dump(mode="json")
+        except ValidationError as error:
+            raise ValueError("; ".join(f"key '{'.'.join(map(str, item['loc']))}': {item['msg']} (got "
+                                       f"{item.get('input')!r})" for item in error.errors())) from None
+        return {**{key: value for key, value in values.items() if key not in declared}, **checked}
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        from tunelab.stages.registry import stage_names
+
+        if value not in stage_names():
+            raise ValueError(f"unknown stage '{value}'{_suggest(value, stage_names())} (stages: "
+                             f"{', '.join(stage_names())})")
+        return value
+
+    @property
+    def row_kind(self) -> str:
+        """The kind of canonical row the stage trains on (sft, pt, preference, kto, rl)."""
+        from tunelab.stages.registry import all_stages
+
+        return all_stages()[self.stage].kind
+
     @field_validator("dataset", "eval_dataset", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
@@ -154,6 +204,9 @@ class TrainConfig(BaseModel):
                             "contradicts training only on the last turn")
         if self.stage == "pt" and (self.train_on_prompt or self.mask_history):
             problems.append("stage pt trains on every token; train_on_prompt/mask_history apply to sft only")
+        if self.stage != "sft" and self.stage != "pt" and (self.train_on_prompt or self.mask_history):
+            problems.append(f"train_on_prompt/mask_history apply to stage sft; stage {self.stage} trains on the "
+                            "answers of its rows")
         if self.eval_strategy != "no" and not self.val_size and not self.eval_dataset:
             problems.append(f"eval_strategy is '{self.eval_strategy}' but there is nothing to evaluate "
                             "on; set val_size or eval_dataset")
@@ -247,9 +300,11 @@ def build_config(values: dict[str, Any], source: str = "config",
                  sources: dict[str, str] | None = None) -> TrainConfig:
     """Validate a dict of settings; every problem becomes one readable ConfigError naming where the key
     came from (``sources``: key -> the file or "command line"; ``source`` for the rest)."""
+    from tunelab.stages.registry import stage_keys
+
     sources = sources or {}
-    known = list(TrainConfig.model_fields)
-    unknown = [key for key in values if key not in TrainConfig.model_fields]
+    known = [*TrainConfig.model_fields, *stage_keys()]
+    unknown = [key for key in values if key not in known]
     if unknown:
         raise ConfigError("\n".join(
             f"{sources.get(key, source)}: unknown key '{key}'{_suggest(key, known)}" for key in unknown
@@ -285,10 +340,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build_config(values, source, {key: "command line" for key in given})
 
 
-def describe_keys() -> list[tuple[str, str, Any, str]]:
-    """(key, type, default value, help) for every setting, in schema order; used by `tunelab config`."""
-    rows = []
-    for name, field in TrainConfig.model_fields.items():
-        annotation = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        rows.append((name, annotation, field.default, field.description or ""))
+def _type_name(annotation: Any) -> str:
+    """``int``, ``str | None``; a Literal as its choices joined by '|'."""
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return "|".join(str(choice) for choice in get_args(annotation))
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def describe_keys() -> list[tuple[str, str, Any, str, list[str]]]:
+    """(key, type, default value, help, stages) for every setting: the common keys in schema order (stages
+    empty: every stage reads them), then each stage's own keys; used by `tunelab config` and `--help`."""
+    from tunelab.stages.registry import stage_keys
+
+    rows = [(name, _type_name(field.annotation), field.default, field.description or "", [])
+            for name, field in TrainConfig.model_fields.items()]
+    rows += [(name, _type_name(field.annotation), field.default, field.description or "", stages)
+             for name, (field, stages) in stage_keys().items()]
     return rows

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.data.formats import STAGE_KINDS
-from tunelab.data.masking import Encoded, MaskingError, encode_conversation, encode_text
+from tunelab.data.encoders import encode_pair, encode_pt, encode_sft, pair_sample
+from tunelab.data.masking import Encoded, MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
 from tunelab.errors import ConfigError, DataError
@@ -45,7 +45,7 @@ class DataReport:
 def _load(names: list[str], cfg: TrainConfig, report: DataReport) -> list[list[dict]]:
     parts = []
     for name in names:
-        loaded = load_dataset_rows(name, cfg.dataset_dir, STAGE_KINDS[cfg.stage], cfg.max_samples,
+        loaded = load_dataset_rows(name, cfg.dataset_dir, cfg.row_kind, cfg.max_samples,
                                    skip_invalid=cfg.skip_invalid, dedup=cfg.dedup)
         report.datasets.append({"name": name, "rows": len(loaded.rows), "format": loaded.format,
                                 "source": loaded.source.location, "skipped": loaded.skipped.total})
@@ -66,35 +66,48 @@ def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], DataReport]:
     return train, held_out, report
 
 
-def encode_row(row: dict, tokenizer: Any, stage: str, policy: str, cutoff_len: int) -> list[Encoded]:
-    if stage == "pt":
-        return encode_text(tokenizer, row["text"], cutoff_len)
-    return [encode_conversation(tokenizer, row["messages"], row.get("tools"), policy, cutoff_len)]
+def _encode(row: dict, tokenizer: Any, cfg: TrainConfig) -> list[tuple[Encoded, ...]]:
+    """The encodings of one row that form one training sample each (a pair: both answers together)."""
+    kind = cfg.row_kind
+    if kind == "pt":
+        return [(item,) for item in encode_pt(row, tokenizer, cfg.cutoff_len)]
+    if kind == "sft":
+        return [(item,) for item in encode_sft(row, tokenizer, cfg.loss_policy, cfg.cutoff_len)]
+    if kind == "preference":
+        return [encode_pair(row, tokenizer, cfg.cutoff_len)]
+    raise ConfigError(f"stage {cfg.stage} trains on {kind} rows, which this version cannot encode for training")
+
+
+def _sample(encodings: tuple[Encoded, ...]) -> dict[str, list[int]]:
+    if len(encodings) == 2:
+        return pair_sample(*encodings)
+    return {"input_ids": encodings[0].input_ids, "labels": encodings[0].labels}
 
 
 def iter_samples(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
                  split: str) -> Iterator[dict[str, list[int]]]:
-    """input_ids/labels per sample; over-long samples are truncated or dropped, and counted either way."""
+    """Model inputs per sample; over-long samples are truncated or dropped, and counted either way."""
     kept = 0
     for index, row in enumerate(rows):
         try:
-            encoded = encode_row(row, tokenizer, cfg.stage, cfg.loss_policy, cfg.cutoff_len)
+            items = _encode(row, tokenizer, cfg)
         except MaskingError as error:
             raise DataError(f"{split} sample {index + 1}: {error}") from None
-        for item in encoded:
-            if item.truncated and cfg.cutoff_policy == "drop":
+        for encodings in items:
+            truncated = any(item.truncated for item in encodings)
+            if truncated and cfg.cutoff_policy == "drop":
+                length = max(item.full_length for item in encodings)
                 report.skipped.add(f"longer than cutoff_len {cfg.cutoff_len} (cutoff_policy: drop)",
-                                   f"{split} sample {index + 1}: {item.full_length} tokens")
+                                   f"{split} sample {index + 1}: {length} tokens")
                 continue
-            trained = item.num_trained
-            if trained == 0:
+            if any(item.num_trained == 0 for item in encodings):
                 report.skipped.add(f"no trained token left after truncation to cutoff_len {cfg.cutoff_len}",
                                    f"{split} sample {index + 1}")
                 continue
-            report.truncated += item.truncated
-            report.trained_tokens += trained if split == "train" else 0
+            report.truncated += truncated
+            report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
             kept += 1
-            yield {"input_ids": item.input_ids, "labels": item.labels}
+            yield _sample(encodings)
     if not kept and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
 
@@ -125,8 +138,7 @@ def _to_dataset(samples: Iterator[dict[str, list[int]]], batch_size: int = 2000)
 def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
     import pyarrow as pa
 
-    return pa.table({key: pa.array([sample[key] for sample in batch], type=token_lists)
-                     for key in ("input_ids", "labels")})
+    return pa.table({key: pa.array([sample[key] for sample in batch], type=token_lists) for key in batch[0]})
 
 
 def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, cfg: TrainConfig,

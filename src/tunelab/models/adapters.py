@@ -15,10 +15,17 @@ def _split(value: str | None) -> list[str]:
 
 
 def apply_lora(model: Any, cfg: TrainConfig) -> Any:
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     if cfg.adapter_name_or_path:
         return PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+    return get_peft_model(model, lora_config(model, cfg))
+
+
+def lora_config(model: Any, cfg: TrainConfig) -> Any:
+    """The peft LoraConfig of the lora_* keys, its target modules checked against the model."""
+    from peft import LoraConfig
+
     targets = "all-linear" if cfg.lora_target.strip() == "all" else _split(cfg.lora_target)
     if isinstance(targets, list):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -26,15 +33,14 @@ def apply_lora(model: Any, cfg: TrainConfig) -> Any:
         if missing:
             raise ConfigError(f"lora_target: the model has no module named {missing}; "
                               f"linear layers here include {sorted(_linear_names(model))}")
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
         modules_to_save=_split(cfg.additional_target) or None,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if cfg.stage == "rm" else "CAUSAL_LM",  # SEQ_CLS saves the score head with it
     )
-    return get_peft_model(model, lora)
 
 
 def _linear_names(model: Any) -> set[str]:

@@ -63,10 +63,11 @@ def training_dtype(bf16: bool, fp16: bool, full: bool) -> torch.dtype:
 
 def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = torch.float32,
                flash_attn: str = "auto", trust_remote_code: bool = False, revision: str = "main",
-               cache_dir: str | None = None) -> Any:
-    """A causal LM; embeddings grow when the template added special tokens."""
+               cache_dir: str | None = None, head: str = "causal_lm") -> Any:
+    """A causal LM, or with ``head="score"`` the same model with a one-output score head (a reward model);
+    embeddings grow when the template added special tokens."""
     check_model_source(model_name_or_path)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _quiet_transformers()
     path = resolve_model_path(model_name_or_path)
@@ -75,11 +76,16 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
     if _ATTENTION[flash_attn]:
         kwargs["attn_implementation"] = _ATTENTION[flash_attn]
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if head == "score":
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as error:
         raise _load_error("model", model_name_or_path, error) from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    if model.generation_config is not None and tokenizer.pad_token_id is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # a score head reads the last non-pad token
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

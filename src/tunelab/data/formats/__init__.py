@@ -15,7 +15,6 @@ from tunelab.data.formats.base import (
     KINDS,
     OPTIONS,
     REASONS,
-    STAGE_KINDS,
     ColumnSpec,
     FieldError,
     Format,
@@ -25,5 +24,5 @@ from tunelab.data.formats.conversation import check_conversation
 from tunelab.data.formats.detect import FORMATS, detect_format
 from tunelab.data.formats.supervised import PAIR_LAYOUTS
 
-__all__ = ["DATASET_REASONS", "FORMATS", "KINDS", "OPTIONS", "PAIR_LAYOUTS", "REASONS", "STAGE_KINDS", "ColumnSpec",
+__all__ = ["DATASET_REASONS", "FORMATS", "KINDS", "OPTIONS", "PAIR_LAYOUTS", "REASONS", "ColumnSpec",
            "FieldError", "Format", "Row", "check_conversation", "detect_format"]

@@ -19,8 +19,6 @@ Row = dict[str, Any]
 #   kto        {"prompt": [...], "completion": [...], "label": bool} (+ "tools" likewise)
 #   rl         {"prompt": [...], **every other column of the record, unchanged}
 KINDS = ("sft", "pt", "preference", "kto", "rl")
-STAGE_KINDS = {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "orpo": "preference",
-               "simpo": "preference", "kto": "kto", "ppo": "rl", "grpo": "rl"}
 
 # Short stable reasons, so callers can count skipped records by category (the message says the details).
 MISSING_FIELD = "missing field"

@@ -13,7 +13,6 @@ from typing import Any
 from tunelab.data.formats.base import (
     BAD_FORMATTING,
     KINDS,
-    STAGE_KINDS,
     UNKNOWN_FORMAT,
     WRONG_STAGE,
     WRONG_TYPE,
@@ -41,7 +40,11 @@ _KIND_COLUMNS = {"kto_tag": "kto", "chosen": "preference", "rejected": "preferen
 
 
 def _stages(kind: str) -> str:
-    stages = [stage for stage, stage_kind in STAGE_KINDS.items() if stage_kind == kind]
+    from tunelab.stages.registry import stages_of_kind
+
+    stages = stages_of_kind(kind)
+    if not stages:
+        return f"a stage for {kind} rows (none in this version)"
     return ", ".join(stages[:-1]) + (" or " if len(stages) > 1 else "") + stages[-1]
 
 
@@ -107,7 +110,7 @@ def _undetected(kind: str, columns: set[str], spec: ColumnSpec) -> FieldError:
 
 
 def detect_format(record: Any, spec: ColumnSpec, kind: str) -> Format:
-    """The format for rows of ``kind`` (one of KINDS; a stage maps to its kind by STAGE_KINDS).
+    """The format for rows of ``kind`` (one of KINDS; a stage's kind is in stages/registry.py).
 
     Raises FieldError: for the record (reason "unknown format", "wrong type") or for the dataset's
     settings (reasons in DATASET_REASONS: wrong stage, bad formatting, bad option).

@@ -6,17 +6,16 @@ import json
 from pathlib import Path
 
 from tunelab.console import console
-from tunelab.data.formats import STAGE_KINDS
 from tunelab.data.registry import SKIP_HINT, Skipped, iter_rows, resolve_dataset
 from tunelab.errors import TunelabError
+from tunelab.stages.registry import kind_of
 
 
 def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = "data", stage: str = "sft",
                     skip_invalid: bool = False, encoding: str | None = None,
                     skip_hint: str = SKIP_HINT) -> tuple[int, Skipped]:
     """Stream every usable row of a dataset into ``output``; returns (rows written, skipped records)."""
-    if stage not in STAGE_KINDS:
-        raise TunelabError(f"stage '{stage}' is not one of {', '.join(STAGE_KINDS)}")
+    kind = kind_of(stage)
     source = resolve_dataset(source_name, dataset_dir)
     if encoding:
         source.read_options["encoding"] = encoding
@@ -28,7 +27,7 @@ def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = 
     skipped, written, fmt_name = Skipped(), 0, "?"
     try:
         with partial.open("w", encoding="utf-8") as handle:
-            for fmt, _line, row in iter_rows(source, STAGE_KINDS[stage], skip_invalid=skip_invalid, skipped=skipped,
+            for fmt, _line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped,
                                              skip_hint=skip_hint):
                 fmt_name = fmt.name
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -39,7 +38,7 @@ def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = 
         partial.unlink(missing_ok=True)
         raise
     partial.replace(output)
-    console.print(f"converted {written:,} rows ({fmt_name} format → {STAGE_KINDS[stage]} rows) to {output}")
+    console.print(f"converted {written:,} rows ({fmt_name} format → {kind} rows) to {output}")
     for reason, info in skipped.as_dict().items():
         console.print(f"  skipped {info['count']}: {reason} (e.g. {info['examples'][0]})", markup=False)
     return written, skipped

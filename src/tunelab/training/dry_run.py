@@ -16,8 +16,7 @@ from tunelab.config import TrainConfig
 from tunelab.console import console
 from tunelab.errors import TunelabError, shorten
 from tunelab.models.sources import default_template, resolve_model_path
-from tunelab.stages.lifecycle import preflight
-from tunelab.stages.sft import prepare_data
+from tunelab.training.lifecycle import preflight, prepare_data
 
 GIB = 1024**3
 

@@ -8,36 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.console import console
-from tunelab.data.formats import STAGE_KINDS
-from tunelab.data.masking import Encoded, encode_conversation, encode_text, segments
+from tunelab.data.encoders import encode_kto, encode_pair, encode_prompt, encode_pt, encode_sft
+from tunelab.data.masking import Encoded, segments
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
-from tunelab.data.templates import render
 from tunelab.models.loading import load_tokenizer
 from tunelab.models.sources import default_template
+from tunelab.stages.registry import kind_of
 
 
 def _encode(row: dict, kind: str, tokenizer: Any, policy: str) -> tuple[list[Encoded], dict[str, Any]]:
-    """Encodings whose lengths count, and the sample fields to show, for one canonical row of any kind."""
-    tools = row.get("tools")
+    """Encodings whose lengths count, and the sample fields to show, for one canonical row of any kind
+    (through the same encoders as training)."""
     if kind == "pt":
-        encoded = encode_text(tokenizer, row["text"], cutoff_len=10**9)
+        encoded = encode_pt(row, tokenizer)
         return encoded, {"segments": [s for item in encoded for s in segments(item)]}
     if kind == "sft":
-        encoded = encode_conversation(tokenizer, row["messages"], tools, policy)
-        return [encoded], {"segments": segments(encoded)}
-    prompt = row["prompt"]
+        encoded = encode_sft(row, tokenizer, policy)
+        return encoded, {"segments": segments(encoded[0])}
     if kind == "preference":
-        chosen = encode_conversation(tokenizer, prompt + row["chosen"], tools, train_from=len(prompt))
-        rejected = encode_conversation(tokenizer, prompt + row["rejected"], tools, train_from=len(prompt))
+        chosen, rejected = encode_pair(row, tokenizer)
         return [chosen, rejected], {"segments": segments(chosen), "rejected_segments": segments(rejected)}
     if kind == "kto":
-        encoded = encode_conversation(tokenizer, prompt + row["completion"], tools, train_from=len(prompt))
+        encoded = encode_kto(row, tokenizer)
         return [encoded], {"segments": segments(encoded), "label": row["label"]}
-    text = render(tokenizer, prompt, tools, add_generation_prompt=True)  # rl: the prompt is all there is
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    encoded = encode_prompt(row, tokenizer)  # rl: the prompt is all there is
     extra = {key: value for key, value in row.items() if key not in ("prompt", "tools")}
-    return [Encoded(ids, [-100] * len(ids), text, [])], {"segments": [{"text": text, "trained": False}],
-                                                         "extra": extra}
+    return [encoded], {"segments": [{"text": encoded.text, "trained": False}], "extra": extra}
 
 
 def _length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
@@ -89,7 +85,7 @@ def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "st
                     encoding: str | None = None, plot_dir: str | None = None,
                     skip_hint: str | None = None) -> dict[str, Any]:
     """Format, mapping, counts, skipped records, token lengths and rendered samples of one dataset."""
-    kind = STAGE_KINDS[stage]
+    kind = kind_of(stage)
     source = resolve_dataset(dataset, dataset_dir)
     if encoding:
         source.read_options["encoding"] = encoding

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.config import TrainConfig
 from tunelab.console import console
-from tunelab.models.sources import check_adapter_source, check_model_source
+from tunelab.models.sources import check_adapter_source, check_model_source, default_template
 from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints
 
 # What a checkpoint holds besides the model: trainer internals that a final output does not need.
@@ -32,13 +32,60 @@ class TrainResult:
     model: Any = None  # the trained model (PEFT-wrapped for adapters), for callers that keep using it
 
 
-def preflight(cfg: TrainConfig) -> RunDir:
-    """Everything that can be checked before data, tokenizer or model: fails fast, writes nothing."""
+def preflight(cfg: TrainConfig, extra_models: dict[str, str | None] | None = None) -> RunDir:
+    """Everything that can be checked before data, tokenizer or model: fails fast, writes nothing.
+    ``extra_models``: a stage's other model keys (ref_model, reward_model) -> path or id, checked alike."""
     run = RunDir(cfg)
     check_model_source(cfg.model_name_or_path)
     if cfg.adapter_name_or_path:
         check_adapter_source(cfg.adapter_name_or_path)
+    for key, name in (extra_models or {}).items():
+        if name:
+            check_model_source(name, key)
     return run
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
+    """(tokenizer, train dataset, eval dataset, data report): every data and template check of a run, each
+    row encoded by its kind's encoder (data/encoders.py)."""
+    from tunelab.data.pipeline import encode_datasets, load_rows
+
+    train_rows, eval_rows, report = load_rows(cfg)  # no torch needed to find a wrong name or record
+    from tunelab.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model_name_or_path, default_template(cfg.model_name_or_path, cfg.template),
+                               trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
+                               cache_dir=cfg.cache_dir, require_template=cfg.row_kind != "pt")
+    train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, report)
+    return tokenizer, train_dataset, eval_dataset, report
+
+
+def begin(run: RunDir, report: Any) -> None:
+    """Write the run folder (everything checked by now) and show what the data gave."""
+    run.start(report.as_dict())
+    if run.is_main:
+        for line in report.lines():
+            console.print(f"[bold]data[/bold] {line}")
+
+
+def load_trainable_model(cfg: TrainConfig, tokenizer: Any, run: RunDir, head: str = "causal_lm",
+                         attach: bool = True) -> Any:
+    """The model with its fine-tuning method attached (``head``: causal_lm, or score for a reward model).
+    ``attach=False`` leaves the method to the trainer (TRL wraps a LoRA config itself when it should use
+    the base with the adapter disabled as the reference)."""
+    from transformers import set_seed
+
+    from tunelab.models.adapters import apply_finetuning
+    from tunelab.models.loading import load_model, training_dtype
+
+    if run.is_main:
+        console.print(f"[bold]model[/bold] loading {cfg.model_name_or_path} ...")
+    set_seed(cfg.seed)  # adapter (and score head) initialisation draws random numbers: same seed, same run
+    model = load_model(cfg.model_name_or_path, tokenizer,
+                       dtype=training_dtype(cfg.bf16, cfg.fp16, cfg.finetuning_type == "full"),
+                       flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code,
+                       revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head)
+    return apply_finetuning(model, cfg) if attach else model
 
 
 def planned_steps(trainer: Any) -> int | None:
@@ -75,12 +122,17 @@ def _complete_from_checkpoint(run: RunDir, total: int) -> None:
 
 def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any,
                    data_report: dict[str, Any] | None = None, command: str | None = None,
-                   describe_output: str = "adapter (PEFT format)") -> TrainResult:
+                   describe_output: str = "adapter (PEFT format)", usage: str | None = None) -> TrainResult:
     """Train (resuming when asked), save model + tokenizer + card, plot, and print where it all is."""
+    from tunelab.models.adapters import count_parameters
     from tunelab.models.saving import record_base_model, write_model_card
     from tunelab.plots import plot_loss
 
     progress = _attach_callbacks(trainer, cfg, run)
+    if run.is_main:
+        trainable, parameters = count_parameters(trainer.model)
+        console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): {trainable:,} of "
+                      f"{parameters:,} parameters trainable ({100 * trainable / parameters:.2f}%)")
     total = planned_steps(trainer)
     if run.resume and total is not None and run.resume_step >= total:
         _complete_from_checkpoint(run, total)
@@ -102,11 +154,11 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any,
             write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
     if run.is_main:
         plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
-        _print_outputs(cfg, plot, interrupted, describe_output)
+        _print_outputs(cfg, plot, interrupted, describe_output, usage)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, final_loss, interrupted, trainer.model)
 
 
-def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, what: str) -> None:
+def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, what: str, usage: str | None) -> None:
     out = Path(cfg.output_dir)
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:
@@ -121,5 +173,5 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, what:
         return
     lines.append(f"{what:<13} {out}  (tokenizer and README.md model card with it)")
     flag = "--adapter" if (out / "adapter_config.json").is_file() else "--model"
-    lines.append(f"use it        tunelab chat {flag} {out}")
+    lines.append(f"use it        {usage or 'tunelab chat'} {flag} {out}")
     console.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))

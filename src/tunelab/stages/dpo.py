@@ -1,0 +1,144 @@
+"""Direct preference optimisation (stage ``dpo``) on TRL's DPOTrainer, with its loss variants.
+
+Reads top to bottom: check, read and encode the pairs (tunelab's masks: only each answer's content and
+end marker carry loss), start the run, load the policy, pick the reference (the base with the adapter
+disabled under LoRA, no second copy; a frozen copy, or ``ref_model``, otherwise), and train through the
+shared lifecycle. TRL would re-tokenize the pairs its own way (training the text after the end marker
+too), so the trainer here takes tunelab's encoded pairs as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.stages.registry import Stage
+
+if TYPE_CHECKING:
+    from tunelab.config import TrainConfig
+    from tunelab.training.lifecycle import TrainResult
+
+# The loss types of TRL's DPOTrainer (installed version), by LLaMA-Factory's key name pref_loss; orpo and
+# simpo are reference-free and run the recipe of stages/orpo.py.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+REFERENCE_FREE = ("orpo", "simpo")
+
+
+class PreferenceKeys(BaseModel):
+    """The keys of the pairwise preference stages (dpo, orpo, simpo), named as in LLaMA-Factory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pref_beta: float = Field(0.1, gt=0, description="beta: DPO's KL strength (higher = closer to the reference); "
+                                                    "ORPO's odds-ratio weight; SimPO's reward scale.")
+    pref_loss: Literal[DPO_LOSSES + REFERENCE_FREE] = Field(
+        "sigmoid", description="Preference loss: sigmoid (DPO), hinge, ipo, robust, bco_pair, sppo_hard, apo_zero, "
+        "... (TRL's DPO losses), or the reference-free orpo and simpo.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin gamma.")
+    pref_ftx: float = Field(0.0, ge=0, description="Weight of an extra SFT loss on the chosen answers (0 = off).")
+    dpo_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing for noisy preferences "
+                                                                      "(robust/cDPO), in [0, 0.5).")
+    ref_model: str | None = Field(None, description="Reference model folder or id (default: the base model; "
+                                                    "under LoRA the base with the adapter disabled).")
+
+
+STAGES = [Stage("dpo", "preference", "direct preference optimisation on chosen/rejected pairs (pref_loss picks "
+                "the variant)", "tunelab.stages.dpo:run_dpo", PreferenceKeys)]
+
+
+@dataclass
+class PairCollator:
+    """Pads tunelab's encoded pairs into the batch TRL's DPO loss reads: chosen rows, then rejected rows,
+    with ``completion_mask`` exactly the tokens that carry loss."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        sequences, masks = [], []
+        for side in ("chosen", "rejected"):
+            for example in examples:
+                sequences.append(example["prompt_ids"] + example[f"{side}_ids"])
+                masks.append([0] * len(example["prompt_ids"]) + example[f"{side}_mask"])
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        completion = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, (ids, mask) in enumerate(zip(sequences, masks, strict=True)):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention[row, :len(ids)] = 1
+            completion[row, :len(mask)] = torch.tensor(mask)
+        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+
+
+def _trainer_class() -> type:
+    from trl import DPOTrainer
+
+    class EncodedPairsDPOTrainer(DPOTrainer):
+        """DPOTrainer on pairs tunelab already encoded and masked (``prompt_ids``, ``chosen_ids``/``_mask``, ...)."""
+
+        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            return dataset
+
+    return EncodedPairsDPOTrainer
+
+
+def reference_model(cfg: TrainConfig, tokenizer: Any) -> Any:
+    """None under LoRA (TRL disables the adapter for the reference pass); else a frozen model."""
+    if cfg.finetuning_type == "lora" and not cfg.ref_model:
+        return None
+    from tunelab.models.loading import load_model, training_dtype
+
+    model = load_model(cfg.ref_model or cfg.model_name_or_path, tokenizer,
+                       dtype=training_dtype(cfg.bf16, cfg.fp16, False), flash_attn=cfg.flash_attn,
+                       trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision, cache_dir=cfg.cache_dir)
+    return model.eval().requires_grad_(False)
+
+
+def dpo_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """DPOConfig settings of the preference keys."""
+    losses, weights = [cfg.pref_loss], None
+    if cfg.pref_ftx > 0:
+        losses, weights = [cfg.pref_loss, "sft"], [1.0, cfg.pref_ftx]
+    return {"beta": cfg.pref_beta, "loss_type": losses, "loss_weights": weights,
+            "label_smoothing": cfg.dpo_label_smoothing, "max_length": None, "remove_unused_columns": False}
+
+
+def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+
+    if cfg.pref_loss in REFERENCE_FREE:  # LLaMA-Factory's `stage: dpo` + `pref_loss: orpo | simpo`
+        from tunelab.stages.orpo import run_reference_free
+
+        return run_reference_free(cfg, callbacks, command)
+
+    run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
+    tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
+    from trl import DPOConfig
+
+    from tunelab.models.adapters import lora_config
+    from tunelab.training.arguments import training_arguments
+
+    begin(run, report)
+    # A new LoRA adapter goes to TRL as a config, so the reference is the base with the adapter disabled (no
+    # copy). Continuing an adapter (adapter_name_or_path, e.g. the SFT one), TRL keeps a frozen copy of that
+    # adapter as the reference: the SFT model, as DPO intends, at the cost of one adapter.
+    fresh_lora = cfg.finetuning_type == "lora" and not cfg.adapter_name_or_path
+    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_lora)
+    trainer = _trainer_class()(
+        model=model,
+        peft_config=lora_config(model, cfg) if fresh_lora else None,
+        ref_model=reference_model(cfg, tokenizer),
+        args=training_arguments(cfg, DPOConfig, **dpo_settings(cfg)),
+        data_collator=PairCollator(tokenizer.pad_token_id),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    what = "adapter (PEFT format)" if cfg.finetuning_type == "lora" else "model"
+    return train_and_save(trainer, cfg, run, tokenizer, report.as_dict(), command, what)

@@ -1,0 +1,1 @@
+"""What every stage shares around its trainer: the run lifecycle, TrainingArguments, the dry run."""
