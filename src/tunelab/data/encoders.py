@@ -57,6 +57,14 @@ def scored_sequence(encoded: Encoded) -> list[int]:
     return encoded.input_ids[:_last_trained(encoded)]
 
 
+def completion_sample(encoded: Encoded) -> dict[str, list[int]]:
+    """An unpaired (KTO) sample: ``prompt_ids`` up to the answer, the answer's ids and loss mask up to its end
+    marker."""
+    start, end = _first_trained(encoded), _last_trained(encoded)
+    return {"prompt_ids": encoded.input_ids[:start], "completion_ids": encoded.input_ids[start:end],
+            "completion_mask": [int(label != IGNORE_INDEX) for label in encoded.labels[start:end]]}
+
+
 def pair_sample(chosen: Encoded, rejected: Encoded) -> dict[str, list[int]]:
     """The layout TRL's preference trainers read: a shared ``prompt_ids`` and per answer its ids and loss
     mask, cut after the answer's last trained token (the end marker) so nothing after it is scored."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.data.encoders import encode_pair, encode_pt, encode_sft, pair_sample
+from tunelab.data.encoders import completion_sample, encode_kto, encode_pair, encode_pt, encode_sft, pair_sample
 from tunelab.data.masking import Encoded, MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
@@ -75,12 +75,16 @@ def _encode(row: dict, tokenizer: Any, cfg: TrainConfig) -> list[tuple[Encoded, 
         return [(item,) for item in encode_sft(row, tokenizer, cfg.loss_policy, cfg.cutoff_len)]
     if kind == "preference":
         return [encode_pair(row, tokenizer, cfg.cutoff_len)]
+    if kind == "kto":
+        return [(encode_kto(row, tokenizer, cfg.cutoff_len),)]
     raise ConfigError(f"stage {cfg.stage} trains on {kind} rows, which this version cannot encode for training")
 
 
-def _sample(encodings: tuple[Encoded, ...]) -> dict[str, list[int]]:
-    if len(encodings) == 2:
+def _sample(encodings: tuple[Encoded, ...], row: dict, kind: str) -> dict[str, Any]:
+    if kind == "preference":
         return pair_sample(*encodings)
+    if kind == "kto":
+        return {**completion_sample(encodings[0]), "label": bool(row["label"])}
     return {"input_ids": encodings[0].input_ids, "labels": encodings[0].labels}
 
 
@@ -107,7 +111,7 @@ def iter_samples(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: Dat
             report.truncated += truncated
             report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
             kept += 1
-            yield _sample(encodings)
+            yield _sample(encodings, row, cfg.row_kind)
     if not kept and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
 
@@ -138,7 +142,9 @@ def _to_dataset(samples: Iterator[dict[str, list[int]]], batch_size: int = 2000)
 def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
     import pyarrow as pa
 
-    return pa.table({key: pa.array([sample[key] for sample in batch], type=token_lists) for key in batch[0]})
+    return pa.table({key: pa.array([sample[key] for sample in batch],
+                                   type=token_lists if isinstance(value, list) else None)
+                     for key, value in batch[0].items()})
 
 
 def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, cfg: TrainConfig,

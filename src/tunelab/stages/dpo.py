@@ -9,7 +9,6 @@ too), so the trainer here takes tunelab's encoded pairs as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,32 +46,6 @@ class PreferenceKeys(BaseModel):
 
 STAGES = [Stage("dpo", "preference", "direct preference optimisation on chosen/rejected pairs (pref_loss picks "
                 "the variant)", "tunelab.stages.dpo:run_dpo", PreferenceKeys)]
-
-
-@dataclass
-class PairCollator:
-    """Pads tunelab's encoded pairs into the batch TRL's DPO loss reads: chosen rows, then rejected rows,
-    with ``completion_mask`` exactly the tokens that carry loss."""
-
-    pad_token_id: int
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        sequences, masks = [], []
-        for side in ("chosen", "rejected"):
-            for example in examples:
-                sequences.append(example["prompt_ids"] + example[f"{side}_ids"])
-                masks.append([0] * len(example["prompt_ids"]) + example[f"{side}_mask"])
-        width = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(sequences), width), dtype=torch.long)
-        completion = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, (ids, mask) in enumerate(zip(sequences, masks, strict=True)):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            attention[row, :len(ids)] = 1
-            completion[row, :len(mask)] = torch.tensor(mask)
-        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
 
 
 def _trainer_class() -> type:
@@ -122,6 +95,7 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
     from tunelab.models.adapters import lora_config
     from tunelab.training.arguments import training_arguments
+    from tunelab.training.collate import PairCollator
 
     begin(run, report)
     # A new LoRA adapter goes to TRL as a config, so the reference is the base with the adapter disabled (no
@@ -134,7 +108,7 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         peft_config=lora_config(model, cfg) if fresh_lora else None,
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, DPOConfig, **dpo_settings(cfg)),
-        data_collator=PairCollator(tokenizer.pad_token_id),
+        data_collator=PairCollator(tokenizer.pad_token_id),  # completion_mask = tunelab's trained tokens
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -1,0 +1,95 @@
+"""Kahneman-Tversky optimisation (stage ``kto``) on TRL's KTOTrainer: unpaired answers labelled desirable
+or undesirable (LLaMA-Factory's ``kto_en_demo``), no pairs needed.
+
+Reads top to bottom like dpo: tunelab encodes and masks each (prompt, answer) (only the answer's content
+and end marker carry loss); the KL estimate pairs each prompt with another row's answer, rotated within
+each batch as TRL does, which is why the rows are shuffled once here and then read in order. The
+reference is the base with the adapter disabled under LoRA, else a frozen copy or ``ref_model``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.stages.registry import Stage
+
+if TYPE_CHECKING:
+    from tunelab.config import TrainConfig
+    from tunelab.training.lifecycle import TrainResult
+
+
+class KTOKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pref_beta: float = Field(0.1, gt=0, description="beta: how far the policy may move from the reference.")
+    kto_chosen_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable (label true) answers.")
+    kto_rejected_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable (label false) answers.")
+    ref_model: str | None = Field(None, description="Reference model folder or id (default: the base model; "
+                                                    "under LoRA the base with the adapter disabled).")
+
+
+STAGES = [Stage("kto", "kto", "Kahneman-Tversky optimisation on answers labelled desirable / undesirable",
+                "tunelab.stages.kto:run_kto", KTOKeys)]
+
+
+def with_kl_completions(dataset: Any, batch_size: int) -> Any:
+    """Each row also carries the answer of its neighbour within the batch (rotated by one), for the KL term."""
+    def rotate(batch: dict[str, list]) -> dict[str, list]:
+        for key in ("completion_ids", "completion_mask"):
+            batch[f"KL_{key}"] = [batch[key][-1], *batch[key][:-1]]
+        return batch
+
+    return dataset.map(rotate, batched=True, batch_size=batch_size) if dataset is not None else None
+
+
+def _trainer_class() -> type:
+    from trl import KTOTrainer
+
+    class EncodedKTOTrainer(KTOTrainer):
+        """KTOTrainer on rows tunelab already encoded, masked and paired for KL."""
+
+        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            return dataset
+
+    return EncodedKTOTrainer
+
+
+def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+    from tunelab.errors import ConfigError
+    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+
+    if cfg.per_device_train_batch_size < 2:
+        raise ConfigError("stage kto needs per_device_train_batch_size of at least 2: its KL estimate pairs each "
+                          "prompt with another answer of the same batch")
+    run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
+    tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
+    from trl import KTOConfig
+
+    from tunelab.models.adapters import lora_config
+    from tunelab.stages.dpo import reference_model
+    from tunelab.training.arguments import training_arguments
+    from tunelab.training.collate import UnpairedCollator
+
+    train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed), cfg.per_device_train_batch_size)
+    eval_dataset = with_kl_completions(eval_dataset, cfg.per_device_eval_batch_size)
+    begin(run, report)
+    fresh_lora = cfg.finetuning_type == "lora" and not cfg.adapter_name_or_path
+    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_lora)
+    settings = {"beta": cfg.pref_beta, "desirable_weight": cfg.kto_chosen_weight,
+                "undesirable_weight": cfg.kto_rejected_weight, "max_length": None, "remove_unused_columns": False,
+                "train_sampling_strategy": "sequential"}
+    trainer = _trainer_class()(
+        model=model,
+        ref_model=reference_model(cfg, tokenizer),
+        args=training_arguments(cfg, KTOConfig, **settings),
+        data_collator=UnpairedCollator(tokenizer.pad_token_id),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=lora_config(model, cfg) if fresh_lora else None,
+    )
+    what = "adapter (PEFT format)" if cfg.finetuning_type == "lora" else "model"
+    return train_and_save(trainer, cfg, run, tokenizer, report.as_dict(), command, what)

@@ -1,0 +1,60 @@
+"""Batches of tunelab-encoded samples for TRL's preference trainers: right-padded ids, attention, and a
+``completion_mask`` that is exactly the tokens tunelab's masks train (never the text after an end marker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def pad_masked(sequences: list[list[int]], masks: list[list[int]], pad_token_id: int) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` and ``completion_mask`` tensors, padded on the right."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    completion = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, mask) in enumerate(zip(sequences, masks, strict=True)):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention[row, :len(ids)] = 1
+        completion[row, :len(mask)] = torch.tensor(mask)
+    return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+
+
+@dataclass
+class PairCollator:
+    """Pairs (``prompt_ids``, ``chosen_ids``/``_mask``, ``rejected_ids``/``_mask``) into DPO's batch: the chosen
+    rows, then the rejected rows."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        sequences, masks = [], []
+        for side in ("chosen", "rejected"):
+            for example in examples:
+                sequences.append(example["prompt_ids"] + example[f"{side}_ids"])
+                masks.append([0] * len(example["prompt_ids"]) + example[f"{side}_mask"])
+        return pad_masked(sequences, masks, self.pad_token_id)
+
+
+@dataclass
+class UnpairedCollator:
+    """KTO samples (``prompt_ids``, ``completion_ids``/``_mask``, ``label``, and the mismatched
+    ``KL_completion_ids``/``_mask`` the KL estimate reads) into KTO's batch."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        output: dict[str, Any] = {}
+        for prefix in ("", "KL_"):
+            if f"{prefix}completion_ids" not in examples[0]:
+                continue
+            batch = pad_masked([e["prompt_ids"] + e[f"{prefix}completion_ids"] for e in examples],
+                               [[0] * len(e["prompt_ids"]) + e[f"{prefix}completion_mask"] for e in examples],
+                               self.pad_token_id)
+            output.update({f"{prefix}{key}": value for key, value in batch.items()})
+        output["label"] = torch.tensor([bool(e["label"]) for e in examples])
+        return output
