@@ -392,3 +392,48 @@ def test_template_without_end_marker_still_teaches_the_model_to_stop(load_tokeni
     assert trained_texts(encoded) == [c + "<|user|>" for c in contents[:-1]] + [contents[-1] + tokenizer.eos_token]
     assert encoded.text.endswith(contents[-1] + tokenizer.eos_token)
     assert_labels_consistent(encoded)
+
+
+# --- preference pairs (rm, dpo, orpo, simpo) and KTO answers ---------------------------------------
+
+@pytest.fixture(scope="module")
+def dpo_pairs(llamafactory_dir: Path) -> list[dict[str, Any]]:
+    """Real pairs of LLaMA-Factory's dpo_en_demo, the first multi-turn one among them."""
+    from tunelab.data.registry import load_dataset_rows
+
+    rows = load_dataset_rows("dpo_en_demo", llamafactory_dir, "preference", max_samples=40).rows
+    multi = next(row for row in rows if len(row["prompt"]) > 1)
+    return [rows[0], multi]
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [case[1:] for case in REAL_TEMPLATES], ids=[case[0] for case in REAL_TEMPLATES])
+def test_preference_pairs_train_exactly_each_answer_and_marker(load_tokenizer, shared_dir, dpo_pairs,
+                                                               tokenizer_name, template, marker) -> None:
+    """What DPO/ORPO/SimPO train (the completion mask of pair_sample) is the chosen and the rejected answer's
+    content plus the end marker; the shared prompt (earlier turns included) is context only."""
+    from tunelab.data.encoders import encode_pair, pair_sample
+
+    tokenizer, marker = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    for row in dpo_pairs:
+        sample = pair_sample(*encode_pair(row, tokenizer))
+        for side in ("chosen", "rejected"):
+            ids, mask = sample[f"{side}_ids"], sample[f"{side}_mask"]
+            trained = [token for token, flag in zip(ids, mask, strict=True) if flag]
+            expected = row[side][-1]["content"] + marker
+            text = decode(tokenizer, trained)
+            assert (text.removeprefix(" ") if template == "default" else text) == expected
+            assert mask[-1] == 1  # the sequence ends at the end marker: nothing after it is scored
+        prompt_text = decode(tokenizer, sample["prompt_ids"])
+        assert all(message["content"] in prompt_text for message in row["prompt"])
+
+
+def test_kto_answer_mask_is_the_answer_and_marker(load_tokenizer, shared_dir, llamafactory_dir) -> None:
+    from tunelab.data.encoders import completion_sample, encode_kto
+    from tunelab.data.registry import load_dataset_rows
+
+    tokenizer, marker = setup_template(load_tokenizer, shared_dir, "llama3", None, "<|eot_id|>")
+    for row in load_dataset_rows("kto_en_demo", llamafactory_dir, "kto", max_samples=5).rows:
+        sample = completion_sample(encode_kto(row, tokenizer))
+        trained = [t for t, m in zip(sample["completion_ids"], sample["completion_mask"], strict=True) if m]
+        assert decode(tokenizer, trained) == row["completion"][-1]["content"].strip() + marker

@@ -1,4 +1,5 @@
-"""The demo's own dataset: short stories about a requested name and animal.
+"""The demo's own datasets: short stories about a requested name and animal (sft), and preference pairs
+and labelled answers built from them (rm, dpo, orpo, simpo, kto).
 
 The embedded model only knows simple English stories, so the task is one it can learn in seconds:
 "Write a story about NAME and a ANIMAL." answered by a story that uses both. Held-out prompts pair
@@ -40,11 +41,41 @@ def build(seed: int = 0, held_out: int = 24) -> tuple[list[dict], list[dict]]:
     return [_record(n, a, rng) for n, a in train_pairs], [_record(n, a, rng) for n, a in test_pairs]
 
 
+def build_preferences(seed: int = 1, held_out: int = 24) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) preference pairs: chosen tells the story about the requested name, rejected the same
+    story about another name. Held-out pairs use name/animal combinations that train never has, so a rise in
+    held-out preference accuracy means the model learned to prefer following the request."""
+    rng = random.Random(seed)
+    pairs = [(name, animal) for name in NAMES for animal in ANIMALS]
+    rng.shuffle(pairs)
+
+    def pair(name: str, animal: str) -> dict[str, str]:
+        story = rng.choice(STORIES)
+        other = rng.choice([n for n in NAMES if n != name])
+        return {"instruction": PROMPT.format(name=name, animal=animal),
+                "chosen": story.format(name=name, animal=animal), "rejected": story.format(name=other, animal=animal)}
+
+    return [pair(n, a) for n, a in pairs[held_out:]], [pair(n, a) for n, a in pairs[:held_out]]
+
+
+def build_kto(seed: int = 2) -> list[dict]:
+    """Unpaired labelled answers (KTO): the preference pairs split into a desirable and an undesirable row."""
+    train, _ = build_preferences(seed)
+    rows = []
+    for index, record in enumerate(train):
+        side = "chosen" if index % 2 == 0 else "rejected"  # one answer per prompt, desirable and not alternating
+        rows.append({"prompt": record["instruction"], "completion": record[side], "label": side == "chosen"})
+    return rows
+
+
 def write(folder: Path) -> None:
     """Write the demo datasets (sft, held-out, plain text) and their dataset_info.json registry."""
     train, test = build()
     folder.mkdir(parents=True, exist_ok=True)
-    for file_name, records in (("demo_stories.json", train), ("demo_stories_heldout.json", test)):
+    pref_train, pref_test = build_preferences()
+    for file_name, records in (("demo_stories.json", train), ("demo_stories_heldout.json", test),
+                               ("demo_preferences.json", pref_train), ("demo_preferences_heldout.json", pref_test),
+                               ("demo_kto.json", build_kto())):
         (folder / file_name).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     # The same stories as plain text, one per line, for continued pretraining (stage pt).
     (folder / "demo_stories.txt").write_text("".join(r["output"] + "\n" for r in train), encoding="utf-8")
@@ -52,7 +83,10 @@ def write(folder: Path) -> None:
     registry = json.loads(registry_path.read_text(encoding="utf-8")) if registry_path.exists() else {}
     registry.update({"demo_stories": {"file_name": "demo_stories.json"},
                      "demo_stories_heldout": {"file_name": "demo_stories_heldout.json"},
-                     "demo_stories_text": {"file_name": "demo_stories.txt"}})
+                     "demo_stories_text": {"file_name": "demo_stories.txt"},
+                     "demo_preferences": {"file_name": "demo_preferences.json"},
+                     "demo_preferences_heldout": {"file_name": "demo_preferences_heldout.json"},
+                     "demo_kto": {"file_name": "demo_kto.json"}})
     registry_path.write_text(json.dumps(registry, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
