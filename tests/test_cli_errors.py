@@ -69,6 +69,18 @@ BAD_INVOCATIONS = [
     (["chat", "--model", "{tmp}/no_model", "--query", "hi"], "model folder '{tmp}/no_model' does not exist"),
     (["chat", "--model", "{empty}", "--query", "hi"], "holds no model"),
     (["chat", "--model", "{adapter}", "--query", "hi"], "is a PEFT adapter, not a model"),
+    (["chat", "--attn", "flash", "--query", "hi"], "--attn 'flash' is not one of"),
+    # score (reward models)
+    (["score"], "give a preference DATASET, or --prompt and --response"),
+    (["score", "--prompt", "hi"], "--prompt and --response go together"),
+    (["score", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["score", STORIES], "use stage: sft"),  # an SFT dataset is no preference data
+    # train: stages and their keys
+    (["train", DEMO, "stage=dop"], "unknown stage 'dop'; did you mean 'dpo'?"),
+    (["train", DEMO, "pref_beta=0.5"], "`pref_beta` applies to stages dpo, orpo, simpo, kto; this run is `sft`"),
+    (["train", DEMO, "stage=dpo", "pref_loss=dpo"], "pref_loss"),
+    (["train", DEMO, "stage=dpo", f"dataset_dir={DATA}", "ref_model={tmp}/no_model"], "ref_model: model folder"),
+    (["train", DEMO, "stage=dpo", f"dataset_dir={DATA}"], "use stage: sft"),  # the demo's SFT data for dpo
 ]
 # Mistakes that the command-line parser itself reports (a wrong type for a flag): exit 2, no traceback.
 USAGE_ERRORS = [

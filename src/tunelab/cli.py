@@ -156,6 +156,10 @@ TemplateOption = Annotated[str | None, typer.Option("--template", help="Chat tem
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate per answer.")]
 TemperatureOption = Annotated[float, typer.Option("--temperature", help="0 = greedy; above 0 samples.")]
 TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with temperature > 0).")]
+TrustRemoteCodeOption = Annotated[bool, typer.Option("--trust-remote-code",
+                                                     help="Allow model code from the hub (ChatGLM, ...).")]
+RevisionOption = Annotated[str, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
+AttnOption = Annotated[str, typer.Option("--attn", help="Attention implementation: auto, sdpa, fa2, eager.")]
 DatasetDirOption = Annotated[str, typer.Option(
     "--dataset-dir", help="Folder with dataset_info.json (default: ./data).")]
 SkipInvalidOption = Annotated[bool, typer.Option(
@@ -163,14 +167,25 @@ SkipInvalidOption = Annotated[bool, typer.Option(
 SKIP_HINT = "pass --skip-invalid to skip and count such records"
 
 
+def _load_options(trust_remote_code: bool, revision: str, attn: str) -> Any:
+    from tunelab.inference.loading import LoadOptions
+
+    if attn not in ATTENTION_CHOICES:
+        raise TunelabError(f"--attn '{attn}' is not one of {', '.join(ATTENTION_CHOICES)}")
+    return LoadOptions(trust_remote_code=trust_remote_code, revision=revision, flash_attn=attn)
+
+
+ATTENTION_CHOICES = ("auto", "sdpa", "fa2", "eager", "disabled")
+
+
 def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
-               temperature: float, top_p: float) -> Any:
+               temperature: float, top_p: float, options: Any) -> Any:
     from tunelab.inference.predictor import Predictor, base_model_for
 
     loading = f"loading {base_model_for(model, adapter)}" + (f" with adapter {adapter}" if adapter else "") + " ..."
     with console.status(loading):  # a spinner in a terminal while the model loads
         return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p)
+                         temperature=temperature, top_p=top_p, options=options)
 
 
 def _output_file(path: str, flag: str) -> Path:
@@ -253,11 +268,16 @@ def chat(
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    revision: RevisionOption = "main",
+    attn: AttnOption = "auto",
 ) -> None:
     """Chat with a model (streaming, history, /clear, /exit), or answer one --query."""
     from tunelab.inference.chat import run_chat
 
-    run_chat(_predictor(model, adapter, template, max_new_tokens, temperature, top_p), query=query, system=system)
+    options = _load_options(trust_remote_code, revision, attn)
+    run_chat(_predictor(model, adapter, template, max_new_tokens, temperature, top_p, options), query=query,
+             system=system)
 
 
 @app.command()
@@ -275,8 +295,12 @@ def predict(
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    revision: RevisionOption = "main",
+    attn: AttnOption = "auto",
 ) -> None:
     """Generate for every prompt of a dataset and write JSONL (prompt, prediction, reference)."""
+    from tunelab.inference.loading import check_inference_sources
     from tunelab.inference.predict import load_samples, run_predict
 
     target = _output_file(output, "--output")
@@ -284,8 +308,10 @@ def predict(
         raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
         raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
+    options = _load_options(trust_remote_code, revision, attn)
+    check_inference_sources(model, adapter)  # a wrong path is reported before the data is read
     samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
-    predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p)
+    predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p, options)
     run_predict(predictor, samples, output=target, batch_size=batch_size)
 
 
@@ -302,8 +328,12 @@ def score(
     max_samples: Annotated[int | None, typer.Option(help="Use at most this many pairs.")] = None,
     output: Annotated[str | None, typer.Option(help="JSONL file for per-pair scores.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    revision: RevisionOption = "main",
+    attn: AttnOption = "auto",
 ) -> None:
     """Score (prompt, response) with a reward model from stage rm; on a preference dataset, its pair accuracy."""
+    from tunelab.inference.loading import check_inference_sources
     from tunelab.inference.reward import RewardScorer
 
     if (prompt is None) != (response is None):
@@ -311,13 +341,15 @@ def score(
     if (dataset is None) == (prompt is None):
         raise TunelabError("give a preference DATASET, or --prompt and --response")
     target = _output_file(output, "--output") if output else None
+    options = _load_options(trust_remote_code, revision, attn)
+    check_inference_sources(model, adapter)
     rows = None
     if dataset is not None:
         from tunelab.data.registry import SKIP_HINT, load_dataset_rows
 
         rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_hint=SKIP_HINT).rows
     with console.status("loading the reward model ..."):
-        scorer = RewardScorer(model, adapter, template)
+        scorer = RewardScorer(model, adapter, template, options=options)
     if rows is None:
         value = scorer(prompt, response)
         print(json.dumps({"score": value}) if as_json else f"{value:.4f}")

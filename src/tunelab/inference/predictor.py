@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.data.templates import render
-from tunelab.errors import ConfigError, TunelabError, shorten
-from tunelab.models.loading import load_model, load_tokenizer
-from tunelab.models.sources import (
-    EMBEDDED_MODEL,
-    adapter_base,
-    check_adapter_source,
-    check_model_source,
-    default_template,
-    resolve_model_path,
-)
+from tunelab.errors import ConfigError
+from tunelab.inference.loading import LoadOptions, base_model_for, load_for_inference  # noqa: F401 (API)
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
 # tokenizer's eos is another token (a base model's </s> under a chatml template, say).
@@ -59,13 +50,6 @@ def check_generation_settings(max_new_tokens: int, temperature: float, top_p: fl
         raise ConfigError("; ".join(problems))
 
 
-def base_model_for(model: str | None, adapter: str | None) -> str:
-    """The model to load: the one given, else the base an adapter records, else the embedded model."""
-    if model is not None:
-        return model
-    return (adapter_base(adapter) if adapter else None) or EMBEDDED_MODEL
-
-
 class Predictor:
     """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0.
 
@@ -74,45 +58,20 @@ class Predictor:
 
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 repetition_penalty: float = 1.0, device: str | None = None) -> None:
+                 repetition_penalty: float = 1.0, device: str | None = None,
+                 options: LoadOptions | None = None) -> None:
         check_generation_settings(max_new_tokens, temperature, top_p, repetition_penalty)
-        if adapter is not None:
-            check_adapter_source(adapter, "--adapter")
-        model = base_model_for(model, adapter)
-        check_model_source(model, "--model")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature,
                                          "top_p": top_p, "repetition_penalty": repetition_penalty}
-        self.tokenizer = self._load_tokenizer(model, adapter, template)
         # Half precision only where it is fast; CPU generation stays in fp32.
         fast_half = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if fast_half else torch.float32
-        self.model = load_model(model, self.tokenizer, dtype=dtype)
-        if adapter is not None:
-            from peft import PeftModel
-
-            try:
-                self.model = PeftModel.from_pretrained(self.model, adapter)
-            except Exception as error:  # missing folder, wrong base model, bad config: one message
-                raise TunelabError(f"could not load adapter '{adapter}' on '{model}': "
-                                   f"{type(error).__name__}: {shorten(str(error))}") from None
+        self.tokenizer, self.model, self.model_name = load_for_inference(model, adapter, template, dtype=dtype,
+                                                                         options=options or LoadOptions())
+        self.tokenizer.padding_side = "left"  # batches are left-padded: every prompt ends where generation starts
         self.model.to(self.device).eval()
         self.stop_token_ids = self._stop_token_ids()
-
-    @staticmethod
-    def _load_tokenizer(model: str, adapter: str | None, template: str | None) -> Any:
-        """The adapter's tokenizer when it has one: training saved it there with the template installed."""
-        source = model
-        if adapter is not None and template is None and (Path(adapter) / "tokenizer_config.json").is_file():
-            source = adapter
-        tokenizer = load_tokenizer(source, template if source == adapter else default_template(model, template))
-        if not getattr(tokenizer, "chat_template", None):
-            where = f"'{resolve_model_path(model)}'" + (f" or the adapter '{adapter}'" if adapter else "")
-            raise TunelabError(f"no chat template in {where} (a base model?); pass one explicitly, "
-                               "e.g. --template default")
-        # Batches are left-padded so every prompt ends where generation starts.
-        tokenizer.padding_side = "left"
-        return tokenizer
 
     def _stop_token_ids(self) -> list[int]:
         """eos of the tokenizer and of the model, plus the template's end-of-turn token if it has one."""

@@ -6,16 +6,12 @@ score the model learned; the RL stages use the same class as a reward.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.data.encoders import encode_pair, scored_sequence
-from tunelab.errors import TunelabError, shorten
-from tunelab.inference.predictor import base_model_for
-from tunelab.models.loading import load_model, load_tokenizer
-from tunelab.models.sources import check_adapter_source, check_model_source, default_template
+from tunelab.inference.loading import LoadOptions, load_for_inference
 
 
 def _messages(text: str | list[dict], role: str) -> list[dict]:
@@ -26,26 +22,11 @@ class RewardScorer:
     """A reward model (a full ``rm`` output folder, or a base model plus an ``rm`` adapter)."""
 
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
-                 device: str | None = None, batch_size: int = 8) -> None:
-        if adapter is not None:
-            check_adapter_source(adapter, "--adapter")
-        model = base_model_for(model, adapter)
-        check_model_source(model, "--model")
+                 device: str | None = None, batch_size: int = 8, options: LoadOptions | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
-        source = adapter if adapter and template is None and (Path(adapter) / "tokenizer_config.json").is_file() \
-            else model
-        self.tokenizer = load_tokenizer(source, template if source == adapter else default_template(model, template),
-                                        require_template=True)
-        self.model = load_model(model, self.tokenizer, head="score")
-        if adapter is not None:
-            from peft import PeftModel
-
-            try:
-                self.model = PeftModel.from_pretrained(self.model, adapter)
-            except Exception as error:
-                raise TunelabError(f"could not load reward adapter '{adapter}' on '{model}': {type(error).__name__}: "
-                                   f"{shorten(str(error))}") from None
+        self.tokenizer, self.model, self.model_name = load_for_inference(
+            model, adapter, template, dtype=torch.float32, options=options or LoadOptions(), head="score")
         self.model.to(self.device).eval()
 
     def _sequence(self, prompt: str | list[dict], response: str | list[dict]) -> list[int]:

@@ -1,0 +1,74 @@
+"""One way to load a model for inference (chat, predict, score, later eval and serve): base model plus
+optional adapter, the tokenizer the adapter was saved with, and the same load options everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError, shorten
+from tunelab.models.sources import (
+    EMBEDDED_MODEL,
+    adapter_base,
+    check_adapter_source,
+    check_model_source,
+    default_template,
+    resolve_model_path,
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What reaches every model and tokenizer load (the train config's keys of the same names)."""
+
+    trust_remote_code: bool = False
+    revision: str = "main"
+    flash_attn: str = "auto"
+    cache_dir: str | None = None
+
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        return {"trust_remote_code": self.trust_remote_code, "revision": self.revision, "cache_dir": self.cache_dir}
+
+
+def base_model_for(model: str | None, adapter: str | None) -> str:
+    """The model to load: the one given, else the base an adapter records, else the embedded model."""
+    if model is not None:
+        return model
+    return (adapter_base(adapter) if adapter else None) or EMBEDDED_MODEL
+
+
+def check_inference_sources(model: str | None, adapter: str | None) -> str:
+    """Adapter and model paths checked (no heavy import); returns the model to load."""
+    if adapter is not None:
+        check_adapter_source(adapter, "--adapter")
+    model = base_model_for(model, adapter)
+    check_model_source(model, "--model")
+    return model
+
+
+def load_for_inference(model: str | None, adapter: str | None, template: str | None, *, dtype: Any,
+                       options: LoadOptions = LoadOptions(), head: str = "causal_lm") -> tuple[Any, Any, str]:
+    """(tokenizer, model, base model name). The adapter's saved tokenizer carries its chat template."""
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    model = check_inference_sources(model, adapter)
+    source = model
+    if adapter is not None and template is None and (Path(adapter) / "tokenizer_config.json").is_file():
+        source = adapter
+    tokenizer = load_tokenizer(source, template if source == adapter else default_template(model, template),
+                               **options.tokenizer_kwargs())
+    if not getattr(tokenizer, "chat_template", None):
+        where = f"'{resolve_model_path(model)}'" + (f" or the adapter '{adapter}'" if adapter else "")
+        raise TunelabError(f"no chat template in {where} (a base model?); pass one explicitly, e.g. --template default")
+    loaded = load_model(model, tokenizer, dtype=dtype, head=head, flash_attn=options.flash_attn,
+                        **options.tokenizer_kwargs())
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            loaded = PeftModel.from_pretrained(loaded, adapter)
+        except Exception as error:  # wrong base model, bad config: one message
+            raise TunelabError(f"could not load adapter '{adapter}' on '{model}': {type(error).__name__}: "
+                               f"{shorten(str(error))}") from None
+    return tokenizer, loaded, model
