@@ -62,7 +62,6 @@ def registry_dir(tmp_path_factory) -> Path:
     ("belle_seed", "sft", 175),
     ("gsm8k_sft", "sft", 1000),
     ("gsm8k_rl", "rl", 1319),
-    ("hh_rlhf", "preference", 2312),
     ("medical_csv", "sft", 1000),
     ("medical_txt", "pt", 1000),
     ("limo_math", "rl", None),
@@ -75,6 +74,15 @@ def test_every_shared_folder_loads_with_its_real_count(registry_dir, name, kind,
     if expected is None:
         expected = count_lines(Path(REGISTRY[name]["file_name"]))
     assert len(loaded.rows) == expected and loaded.skipped.total == 0
+
+
+def test_hh_rlhf_pairs_with_an_empty_answer_are_named_or_counted(registry_dir):
+    """4 of the 2312 HH pairs end in an empty assistant turn: no preference to learn, so an error by default,
+    and with skip_invalid a counted skip; the rest all load."""
+    with pytest.raises(DataError, match="line 87, field 'chosen': the answer is empty"):
+        load_dataset_rows("hh_rlhf", registry_dir, "preference")
+    loaded = load_dataset_rows("hh_rlhf", registry_dir, "preference", skip_invalid=True)
+    assert len(loaded.rows) == 2308 and loaded.skipped.counts == {"empty answer": 4}
 
 
 def test_one_line_json_array_names_the_record(registry_dir):
@@ -232,10 +240,11 @@ def test_inspect_skip_invalid_reports_reasons(tmp_path):
 def test_convert_writes_canonical_rows(tmp_path):
     out = tmp_path / "hh.jsonl"
     result = runner.invoke(app, ["data", "convert", str(DATA / "hh-rlhf" / "test.jsonl.gz"), str(out),
-                                 "--stage", "dpo"])
+                                 "--stage", "dpo", "--skip-invalid"])
     assert result.exit_code == 0, result.output
+    assert "skipped 4: empty answer" in result.output  # HH pairs that end in an empty reply
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2312 and set(rows[0]) >= {"prompt", "chosen", "rejected"}
+    assert len(rows) == 2308 and set(rows[0]) >= {"prompt", "chosen", "rejected"}
     # canonical rows read back as the messages-based preference format
     again = load_dataset_rows(str(out), tmp_path, "preference")
     assert again.rows == rows

@@ -291,7 +291,7 @@ def test_v1_dpo_demo_implicit_prompt(llamafactory_dir: Path) -> None:
 def test_hh_rlhf_transcripts(data_dir: Path) -> None:
     records = read_jsonl(data_dir / "hh-rlhf" / "test.jsonl.gz")
     name, rows, skipped = convert_all(records, "preference")
-    assert (name, len(rows), skipped) == ("preference", 2312, Counter())
+    assert (name, len(rows), skipped) == ("preference", 2308, Counter({"empty answer": 4}))
     first = rows[0]
     assert first["prompt"] == [
         user("what are some pranks with a pen i can do?"), assistant("Are you looking for practical joke ideas?"),
@@ -306,10 +306,10 @@ def test_hh_rlhf_transcripts(data_dir: Path) -> None:
         assert row["prompt"][-1]["role"] == "user"
         assert len(row["chosen"]) == len(row["rejected"]) == 1
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
-    # A few preferred replies are empty (silence over harm): kept, they still teach a preference.
-    assert sum(not row["chosen"][0]["content"] for row in rows) == 4
+    # The 4 pairs with an empty reply were counted (skipped) above: an empty side is no pair to learn from.
+    assert all(row["chosen"][0]["content"].strip() and row["rejected"][0]["content"].strip() for row in rows)
     # Where a reply itself contains "\n\nAssistant:", the prompt is what both transcripts share.
-    odd = rows[1952]
+    odd = next(row for row in rows if row["prompt"][-1] == user("Yes, please find me a serial."))
     assert odd["prompt"][-1] == user("Yes, please find me a serial.")
     assert odd["chosen"][0]["content"].startswith("Alrighty, I’ll do my best, here’s the key:\n\nAssistant:")
 

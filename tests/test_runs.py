@@ -233,7 +233,8 @@ def test_loss_plot_reads_across_orders_of_magnitude(tmp_path):
 
     assert use_log_scale([120.0, 3.0, 0.4]) and not use_log_scale([2.1, 1.5, 0.9])
     records = [{"step": s, "loss": 100 / s**2, "learning_rate": 1e-3 * (1 - s / 20)} for s in range(1, 20)]
-    records += [{"step": 10, "eval_loss": 1.5}, {"step": 19, "eval_loss": 0.4}]
+    records += [{"step": 10, "eval_loss": 1.5, "eval_rewards/accuracies": 0.7}, {"step": 19, "eval_loss": 0.4}]
+    records[5]["rewards/accuracies"] = 0.5  # a preference stage's own measure gets its own panel
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     path = plot_loss(tmp_path)
     assert path is not None and path.stat().st_size > 10_000

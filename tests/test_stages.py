@@ -220,3 +220,39 @@ def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path,
     assert cfg.template == "llama3"
     result = _train(cfg)
     assert result.global_step == 3 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+# --- bad pairs, and reporting ------------------------------------------------------------------------
+
+def test_bad_pairs_are_named_or_counted_before_any_model_loads(tmp_path, monkeypatch):
+    good = json.loads((DEMO_DATA / "demo_preferences.json").read_text())[:16]
+    bad = [{**good[0], "rejected": good[0]["chosen"]},  # chosen equals rejected
+           {k: v for k, v in good[1].items() if k != "rejected"},  # a missing side
+           {**good[2], "chosen": ""}]  # an empty side
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good + bad))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("no model may load for bad data")
+
+    monkeypatch.setattr("tunelab.models.loading.load_model", fail)
+    with pytest.raises(DataError) as error:
+        _train(_cfg("dpo", tmp_path / "run", f"dataset={path}"))
+    assert "pairs.jsonl, line 17" in str(error.value) and "skip_invalid" in str(error.value)
+    monkeypatch.undo()
+    _train(_cfg("dpo", tmp_path / "run", f"dataset={path}", "skip_invalid=true", "max_steps=2"))
+    skipped = json.loads((tmp_path / "run" / "data_report.json").read_text())["skipped"]
+    assert sum(info["count"] for info in skipped.values()) == 3
+
+    labels = tmp_path / "labels.jsonl"
+    rows = json.loads((DEMO_DATA / "demo_kto.json").read_text())[:4]
+    labels.write_text("".join(json.dumps({**r, "label": "maybe"} if i == 2 else r) + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(DataError, match=r"labels.jsonl, line 3.*field 'label'.*boolean"):
+        _train(_cfg("kto", tmp_path / "kto", f"dataset={labels}"))
+
+
+def test_tensorboard_events_land_in_the_run_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    for name in ("one", "two"):  # each run writes into its own output_dir
+        _train(_cfg("dpo", tmp_path / name, "max_steps=2", "report_to=tensorboard"))
+        assert list((tmp_path / name / "runs").rglob("events.out.tfevents.*"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from tunelab.config import TrainConfig
+
+_USER_TENSORBOARD_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
 
 # Keys whose names and meaning are the same in TrainingArguments: passed through unchanged.
 PASSTHROUGH = (
@@ -20,8 +23,6 @@ PASSTHROUGH = (
 def training_arguments(cfg: TrainConfig, config_class: Any, **stage_settings: Any) -> Any:
     """A TRL config (SFTConfig, DPOConfig, RewardConfig, ...) from the keys every stage shares, plus the
     stage's own settings. Data reaches the trainers tokenized, masked and truncated by tunelab."""
-    import os
-
     import torch
 
     kwargs = {key: getattr(cfg, key) for key in PASSTHROUGH}
@@ -35,8 +36,10 @@ def training_arguments(cfg: TrainConfig, config_class: Any, **stage_settings: An
     if cfg.fsdp:
         kwargs["fsdp"] = cfg.fsdp
         kwargs["fsdp_config"] = cfg.fsdp_config
-    # transformers 5 dropped logging_dir: TensorBoard reads this variable; keep its event files in the run folder.
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(cfg.output_dir, "runs"))
+    # transformers 5 dropped logging_dir: TensorBoard reads this variable; keep its event files in this run's
+    # folder unless the user set it before tunelab started.
+    if not _USER_TENSORBOARD_DIR:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(cfg.output_dir, "runs")
     kwargs.update(
         save_strategy="steps",
         disable_tqdm=True,  # tunelab's own progress bar / log lines replace tqdm and the raw log dicts

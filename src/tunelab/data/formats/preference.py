@@ -12,6 +12,7 @@ from typing import Any
 
 from tunelab.data.formats.base import (
     CHOSEN_EQUALS_REJECTED,
+    EMPTY_ANSWER,
     MISSING_FIELD,
     NO_ASSISTANT,
     PROMPTS_DIFFER,
@@ -59,6 +60,10 @@ def _require_pair(record: dict, spec: ColumnSpec) -> tuple[str, str]:
 
 def _pair_row(prompt: list[dict], chosen: list[dict], rejected: list[dict], columns: tuple[str, str],
               record: dict, spec: ColumnSpec) -> Row:
+    for side, column in zip((chosen, rejected), columns, strict=True):
+        if not any((message.get("content") or "").strip() or message.get("tool_calls") for message in side):
+            raise FieldError(column, "the answer is empty; a preference pair needs two non-empty answers",
+                             EMPTY_ANSWER)
     if chosen == rejected:
         raise FieldError(columns[1], "chosen and rejected answers are the same", CHOSEN_EQUALS_REJECTED)
     check_order(prompt + chosen, columns[0])
