@@ -295,7 +295,7 @@ def test_stage_keys_belong_to_their_stages(tmp_path: Path) -> None:
 
 
 def test_describe_keys_covers_schema() -> None:
-    from tunelab.stages.registry import stage_keys
+    from tunelab.stage_registry import stage_keys
 
     rows = describe_keys()
     names = [row[0] for row in rows]

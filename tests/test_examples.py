@@ -18,7 +18,7 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 def test_there_are_examples_for_each_finetuning_type_and_stage():
     configs = [load_config(path) for path in EXAMPLES]
     assert {c.finetuning_type for c in configs} == {"lora", "full", "freeze"}
-    from tunelab.stages.registry import stage_names
+    from tunelab.stage_registry import stage_names
 
     assert {c.stage for c in configs} == set(stage_names())  # every stage has a runnable example
     gpu = {c.stage for c in configs if c.model_name_or_path.startswith("Qwen/")}

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from tunelab.config import load_config
 from tunelab.errors import ConfigError, DataError
 from tunelab.runs import read_metrics
-from tunelab.stages.registry import all_stages, stage_names
+from tunelab.stage_registry import all_stages, stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "examples" / "data"

@@ -68,7 +68,7 @@ def main(
 
 
 def _stage_lines() -> list[str]:
-    from tunelab.stages.registry import all_stages
+    from tunelab.stage_registry import all_stages
 
     return [f"{name} ({stage.kind} rows): {stage.summary}" for name, stage in all_stages().items()]
 
@@ -83,7 +83,7 @@ def _keys_epilog() -> str:
 
 
 def _stage_option_help() -> str:
-    from tunelab.stages.registry import ROW_KINDS, stage_names
+    from tunelab.stage_registry import ROW_KINDS, stage_names
 
     return f"Stage ({', '.join(stage_names())}) or row kind ({', '.join(ROW_KINDS)}): which rows to build."
 
@@ -115,7 +115,7 @@ def train(
 
         check(cfg)
         return
-    from tunelab.stages.registry import all_stages
+    from tunelab.stage_registry import all_stages
 
     command = " ".join(shlex.quote(arg) for arg in ["tunelab", *sys.argv[1:]])
     if all_stages()[cfg.stage].run()(cfg, command=command).interrupted:
@@ -219,7 +219,7 @@ def data_inspect(
 ) -> None:
     """Show a dataset's format, size, skipped records, token lengths and trained/untrained segments."""
     from tunelab.commands.inspect import inspect_dataset, print_inspection
-    from tunelab.stages.registry import kind_of
+    from tunelab.stage_registry import kind_of
 
     kind_of(stage)
     if cutoff_len < 1 or num_samples < 0:

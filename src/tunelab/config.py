@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
-from tunelab.models.sources import EMBEDDED_MODEL
+
+EMBEDDED_MODEL = "stories260K"  # the real small model that ships in tunelab/assets (see models/sources.py)
 
 
 class TrainConfig(BaseModel):
@@ -136,7 +137,7 @@ class TrainConfig(BaseModel):
         error that says which stages they belong to (the YAML stays flat, as LLaMA-Factory's)."""
         if not isinstance(values, dict):
             return values
-        from tunelab.stages.registry import all_stages, stage_keys
+        from tunelab.stage_registry import all_stages, stage_keys
 
         declared = stage_keys()
         unknown = [key for key in values if key not in cls.model_fields and key not in declared]
@@ -163,7 +164,7 @@ class TrainConfig(BaseModel):
     @field_validator("stage")
     @classmethod
     def _known_stage(cls, value: str) -> str:
-        from tunelab.stages.registry import stage_names
+        from tunelab.stage_registry import stage_names
 
         if value not in stage_names():
             raise ValueError(f"unknown stage '{value}'{_suggest(value, stage_names())} (stages: "
@@ -173,7 +174,7 @@ class TrainConfig(BaseModel):
     @property
     def row_kind(self) -> str:
         """The kind of canonical row the stage trains on (sft, pt, preference, kto, rl)."""
-        from tunelab.stages.registry import all_stages
+        from tunelab.stage_registry import all_stages
 
         return all_stages()[self.stage].kind
 
@@ -300,7 +301,7 @@ def build_config(values: dict[str, Any], source: str = "config",
                  sources: dict[str, str] | None = None) -> TrainConfig:
     """Validate a dict of settings; every problem becomes one readable ConfigError naming where the key
     came from (``sources``: key -> the file or "command line"; ``source`` for the rest)."""
-    from tunelab.stages.registry import stage_keys
+    from tunelab.stage_registry import stage_keys
 
     sources = sources or {}
     known = [*TrainConfig.model_fields, *stage_keys()]
@@ -352,7 +353,7 @@ def _type_name(annotation: Any) -> str:
 def describe_keys() -> list[tuple[str, str, Any, str, list[str]]]:
     """(key, type, default value, help, stages) for every setting: the common keys in schema order (stages
     empty: every stage reads them), then each stage's own keys; used by `tunelab config` and `--help`."""
-    from tunelab.stages.registry import stage_keys
+    from tunelab.stage_registry import stage_keys
 
     rows = [(name, _type_name(field.annotation), field.default, field.description or "", [])
             for name, field in TrainConfig.model_fields.items()]

@@ -13,7 +13,7 @@ from tunelab.data.masking import Encoded, segments
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
 from tunelab.models.loading import load_tokenizer
 from tunelab.models.sources import default_template
-from tunelab.stages.registry import kind_of
+from tunelab.stage_registry import kind_of
 
 
 def _encode(row: dict, kind: str, tokenizer: Any, policy: str) -> tuple[list[Encoded], dict[str, Any]]:

@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
+from tunelab.config import EMBEDDED_MODEL
 from tunelab.errors import ConfigError
 
-EMBEDDED_MODEL = "stories260K"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The embedded model is a base model without a chat template; this built-in is its default.
 EMBEDDED_TEMPLATE = "default"

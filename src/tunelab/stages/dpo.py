@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.stages.registry import Stage
+from tunelab.stage_registry import Stage
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data.masking import IGNORE_INDEX
+from tunelab.stage_registry import Stage
 from tunelab.stages.dpo import PreferenceKeys
-from tunelab.stages.registry import Stage
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunelab.stages.registry import Stage
+from tunelab.stage_registry import Stage
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig

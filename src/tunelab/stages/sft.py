@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.stages.registry import Stage
+from tunelab.stage_registry import Stage
 from tunelab.training.lifecycle import TrainResult, begin, load_trainable_model, preflight, prepare_data, train_and_save
 
 STAGES = [

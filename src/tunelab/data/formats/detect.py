@@ -40,7 +40,7 @@ _KIND_COLUMNS = {"kto_tag": "kto", "chosen": "preference", "rejected": "preferen
 
 
 def _stages(kind: str) -> str:
-    from tunelab.stages.registry import stages_of_kind
+    from tunelab.stage_registry import stages_of_kind
 
     stages = stages_of_kind(kind)
     if not stages:

@@ -1,10 +1,12 @@
 """The stage registry: every training stage, found in one place with everything about it.
 
 Each module of ``tunelab/stages/`` declares ``STAGES = [Stage(...)]``: the stage's name, the kind of row it
-trains on, its own config keys (a pydantic model: type, default, help) and its recipe. Adding a stage is
-adding one module; `tunelab train`, `tunelab config`, `data inspect --stage`, `train --help` and the docs
-read the list from here. Stage modules import only pydantic at the top (the recipe's heavy imports live
-inside it), so listing the stages stays cheap.
+trains on, its own config keys (a pydantic model: type, default, help) and its recipe. The modules are
+found by discovery, never imported here by name, so adding a stage is adding one module; `tunelab train`,
+`tunelab config`, `data inspect --stage`, `train --help` and the docs read the list from here. Stage
+modules import only pydantic at the top (a recipe's heavy imports live inside it), so listing the stages
+stays cheap. This module imports nothing of tunelab at its top: config and the data layer ask it for
+stage names and kinds without depending on the recipes.
 """
 
 from __future__ import annotations
@@ -42,12 +44,10 @@ class Stage:
 
 @functools.cache
 def all_stages() -> dict[str, Stage]:
-    import tunelab.stages as package
+    package = importlib.import_module("tunelab.stages")  # discovery: the recipes sit above this module
 
     found: dict[str, Stage] = {}
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name == "registry":
-            continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for stage in getattr(module, "STAGES", ()):
             if stage.name in found:

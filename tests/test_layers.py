@@ -1,0 +1,59 @@
+"""The package graph has no cycle: every import (top-level or inside a function) goes down the layers.
+
+Stage recipes are found by the registry through discovery (importlib), not by import statements, so the
+lower layers can ask for stage names without depending on the recipes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
+
+# Lowest first; a module may import only from its own layer or lower ones.
+LAYERS = [
+    {"errors", "console", "stage_registry"},
+    {"config"},
+    {"data"},
+    {"models"},
+    {"runs", "plots", "callbacks"},
+    {"training", "inference"},
+    {"stages"},
+    {"commands", "demo"},
+    {"cli", "__main__", "__init__"},
+]
+LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
+
+
+def _unit(module: str) -> str:
+    """The first name under tunelab: a subpackage or a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports() -> list[tuple[str, str]]:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(("tunelab", *path.relative_to(PACKAGE).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tunelab"):
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names if alias.name.startswith("tunelab")]
+            else:
+                continue
+            found += [(module, target) for target in targets]
+    return found
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(".".join(("tunelab", *p.relative_to(PACKAGE).with_suffix("").parts)))
+             for p in PACKAGE.rglob("*.py")}
+    assert units <= set(LAYER_OF), sorted(units - set(LAYER_OF))
+
+
+def test_imports_only_go_down_the_layers():
+    upward = [f"{source} imports {target}" for source, target in _imports()
+              if target != "tunelab" and LAYER_OF[_unit(target)] > LAYER_OF[_unit(source)]]
+    assert not upward, "\n".join(upward)
