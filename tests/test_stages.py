@@ -256,3 +256,12 @@ def test_tensorboard_events_land_in_the_run_folder(tmp_path):
     for name in ("one", "two"):  # each run writes into its own output_dir
         _train(_cfg("dpo", tmp_path / name, "max_steps=2", "report_to=tensorboard"))
         assert list((tmp_path / name / "runs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(("stage", "extra"), [("dpo", []), ("rm", []), ("kto", ["dataset=demo_kto"])])
+def test_dry_run_of_a_preference_stage_writes_nothing(tmp_path, stage, extra):
+    from tunelab.training.dry_run import dry_run
+
+    report = dry_run(_cfg(stage, tmp_path / "run", "num_train_epochs=1", *extra))
+    assert report["steps"] == -(-report["train_samples"] // 8) and report["tokens"] > 0
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,9 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from datasets.utils.logging import disable_progress_bar as quiet_maps
+
+    quiet_maps()  # the small dataset maps of the preference stages: tunelab reports the data itself
 
 
 def load_tokenizer(model_name_or_path: str, template: str | None = None, *, trust_remote_code: bool = False,

@@ -88,6 +88,17 @@ def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
     return math.ceil(cfg.num_train_epochs * per_epoch)
 
 
+def sample_lengths(dataset: Any) -> list[int]:
+    """Tokens of each training sequence: the sample, a pair's longer side, or prompt + KTO answer."""
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        return [len(ids) for ids in dataset["input_ids"]]
+    prompts = [len(ids) for ids in dataset["prompt_ids"]]
+    sides = [column for column in ("chosen_ids", "rejected_ids", "completion_ids") if column in columns]
+    longest = [max(len(row[column]) for column in sides) for row in dataset.select_columns(sides)]
+    return [p + a for p, a in zip(prompts, longest, strict=True)]
+
+
 def _size(count: float) -> str:
     return f"{count / GIB:.2f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.1f} MiB"
 
@@ -95,7 +106,7 @@ def _size(count: float) -> str:
 def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     run = preflight(cfg)
     _tokenizer, train_dataset, _eval_dataset, report = prepare_data(cfg)
-    lengths = [len(ids) for ids in train_dataset["input_ids"]]
+    lengths = sample_lengths(train_dataset)
     sequence = cfg.cutoff_len if cfg.packing else max(lengths)
     steps = planned_optimizer_steps(cfg, len(lengths))
     memory = estimate_memory(cfg, sequence)
