@@ -21,7 +21,7 @@ EMBEDDED_MODEL = "stories260K"  # the real small model that ships in tunelab/ass
 class TrainConfig(BaseModel):
     """Everything a `tunelab train` run reads. Unknown keys are errors."""
 
-    # Keys of the stages (declared in each stage's module, see stages/registry.py) are the only extras: the
+    # Keys of the stages (declared in each stage's module, see stage_registry.py) are the only extras: the
     # "before" validator checks them against the selected stage and fills that stage's defaults.
     model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
 

@@ -110,7 +110,7 @@ def _undetected(kind: str, columns: set[str], spec: ColumnSpec) -> FieldError:
 
 
 def detect_format(record: Any, spec: ColumnSpec, kind: str) -> Format:
-    """The format for rows of ``kind`` (one of KINDS; a stage's kind is in stages/registry.py).
+    """The format for rows of ``kind`` (one of KINDS; a stage's kind is in stage_registry.py).
 
     Raises FieldError: for the record (reason "unknown format", "wrong type") or for the dataset's
     settings (reasons in DATASET_REASONS: wrong stage, bad formatting, bad option).
