@@ -111,3 +111,20 @@ def llama3_tokenizer(_tokenizer_cache: dict[str, Any]) -> Any:
 @pytest.fixture(scope="session")
 def stories_tokenizer(_tokenizer_cache: dict[str, Any]) -> Any:
     return _load(_tokenizer_cache, "stories260K")
+
+
+@pytest.fixture
+def stop_after() -> Callable[[int], Any]:
+    """Factory of a trainer callback that simulates an interrupted run: training stops right after a step."""
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == self.step:
+                control.should_training_stop = True
+            return control
+
+    return StopAfter

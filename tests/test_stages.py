@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError, DataError
@@ -152,26 +151,16 @@ def test_reference_free_and_kto_stages_train_with_falling_loss(tmp_path, stage, 
 
 # --- resume and reload ------------------------------------------------------------------------------
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-        return control
-
-
 STAGE_DATA = {"rm": [], "dpo": [], "orpo": [], "simpo": [], "kto": ["dataset=demo_kto"]}
 
 
 @pytest.mark.parametrize("stage", list(STAGE_DATA))
-def test_every_preference_stage_resumes_on_the_same_curve_and_reloads(tmp_path, stage):
+def test_every_preference_stage_resumes_on_the_same_curve_and_reloads(tmp_path, stage, stop_after):
     settings = ["max_steps=6", "save_steps=3", "max_samples=48", *STAGE_DATA[stage]]
     whole = tmp_path / "whole"
     full = _train(_cfg(stage, whole, *settings))
     part = tmp_path / "part"
-    _train(_cfg(stage, part, *settings), callbacks=[_StopAt(3)])
+    _train(_cfg(stage, part, *settings), callbacks=[stop_after(3)])
     resumed = _train(_cfg(stage, part, *settings, "resume_from_checkpoint=last"))
     assert resumed.global_step == full.global_step == 6
     assert [r["step"] for r in read_metrics(part) if "loss" in r] == list(range(1, 7))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from tunelab.config import load_config
 from tunelab.errors import DataError
@@ -67,24 +67,12 @@ def test_lora_sft_learns_and_adapter_reloads_identically(tmp_path):
     assert not torch.equal(plain.generate(ids, max_new_tokens=30, do_sample=False), actual)
 
 
-class _StopAt(TrainerCallback):
-    """Simulates an interrupted run: stops training right after a given step."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-        return control
-
-
-def test_resume_continues_the_same_loss_curve(tmp_path):
+def test_resume_continues_the_same_loss_curve(tmp_path, stop_after):
     settings = ("max_steps=8", "save_steps=4", "per_device_train_batch_size=4")
     run_sft(_config(tmp_path, *settings, name="uninterrupted"))
     reference = _losses(tmp_path / "uninterrupted")
 
-    interrupted = run_sft(_config(tmp_path, *settings, name="resumed"), callbacks=[_StopAt(5)])
+    interrupted = run_sft(_config(tmp_path, *settings, name="resumed"), callbacks=[stop_after(5)])
     assert interrupted.global_step == 5 and (tmp_path / "resumed" / "checkpoint-4").is_dir()
     run_sft(_config(tmp_path, *settings, "resume_from_checkpoint=last", name="resumed"))
     resumed = read_metrics(tmp_path / "resumed")

@@ -180,7 +180,8 @@ ATTENTION_CHOICES = ("auto", "sdpa", "fa2", "eager", "disabled")
 
 def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
                temperature: float, top_p: float, options: Any) -> Any:
-    from tunelab.inference.predictor import Predictor, base_model_for
+    from tunelab.inference.loading import base_model_for
+    from tunelab.inference.predictor import Predictor
 
     loading = f"loading {base_model_for(model, adapter)}" + (f" with adapter {adapter}" if adapter else "") + " ..."
     with console.status(loading):  # a spinner in a terminal while the model loads

@@ -14,7 +14,7 @@ import torch
 
 from tunelab.data.templates import render
 from tunelab.errors import ConfigError
-from tunelab.inference.loading import LoadOptions, base_model_for, load_for_inference  # noqa: F401 (API)
+from tunelab.inference.loading import LoadOptions, load_for_inference
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
 # tokenizer's eos is another token (a base model's </s> under a chatml template, say).

@@ -91,5 +91,4 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         callbacks=callbacks,
         peft_config=lora_config(model, cfg) if fresh_lora else None,
     )
-    what = "adapter (PEFT format)" if cfg.finetuning_type == "lora" else "model"
-    return train_and_save(trainer, cfg, run, tokenizer, report.as_dict(), command, what)
+    return train_and_save(trainer, cfg, run, tokenizer, report, command)

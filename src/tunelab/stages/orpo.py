@@ -87,5 +87,4 @@ def run_reference_free(cfg: TrainConfig, callbacks: list[Any] | None = None,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    what = "adapter (PEFT format)" if cfg.finetuning_type == "lora" else "model"
-    return train_and_save(trainer, cfg, run, tokenizer, report.as_dict(), command, what)
+    return train_and_save(trainer, cfg, run, tokenizer, report, command)

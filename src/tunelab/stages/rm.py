@@ -49,5 +49,4 @@ def run_rm(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    what = "reward adapter (PEFT)" if cfg.finetuning_type == "lora" else "reward model"
-    return train_and_save(trainer, cfg, run, tokenizer, report.as_dict(), command, what, usage="tunelab score")
+    return train_and_save(trainer, cfg, run, tokenizer, report, command, usage="tunelab score")

@@ -120,10 +120,11 @@ def _complete_from_checkpoint(run: RunDir, total: int) -> None:
                   "to train (raise max_steps or num_train_epochs to continue it)")
 
 
-def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any,
-                   data_report: dict[str, Any] | None = None, command: str | None = None,
-                   describe_output: str = "adapter (PEFT format)", usage: str | None = None) -> TrainResult:
-    """Train (resuming when asked), save model + tokenizer + card, plot, and print where it all is."""
+def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, report: Any = None,
+                   command: str | None = None, usage: str | None = None) -> TrainResult:
+    """Train (resuming when asked), save model + tokenizer + card, plot, and print where it all is.
+    ``report``: the DataReport (for the model card); ``usage``: the command that uses the result."""
+    data_report = report.as_dict() if report is not None else None
     from tunelab.models.adapters import count_parameters
     from tunelab.models.saving import record_base_model, write_model_card
     from tunelab.plots import plot_loss
@@ -133,8 +134,8 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any,
         trainable, parameters = count_parameters(trainer.model)
         console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): {trainable:,} of "
                       f"{parameters:,} parameters trainable ({100 * trainable / parameters:.2f}%)")
-    total = planned_steps(trainer)
-    if run.resume and total is not None and run.resume_step >= total:
+    total = planned_steps(trainer) if run.resume else None  # builds a dataloader: only when it matters
+    if total is not None and run.resume_step >= total:
         _complete_from_checkpoint(run, total)
         return TrainResult(run.path, run.resume_step, None, False, trainer.model)
     interrupted = False
@@ -154,11 +155,12 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any,
             write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
     if run.is_main:
         plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
-        _print_outputs(cfg, plot, interrupted, describe_output, usage)
+        _print_outputs(cfg, plot, interrupted, usage)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, final_loss, interrupted, trainer.model)
 
 
-def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, what: str, usage: str | None) -> None:
+def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage: str | None) -> None:
+    what = ("reward " if cfg.stage == "rm" else "") + ("adapter (PEFT)" if cfg.finetuning_type == "lora" else "model")
     out = Path(cfg.output_dir)
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:
