@@ -27,22 +27,31 @@ def test_there_are_examples_for_each_finetuning_type_and_stage():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_config_is_valid_and_its_data_builds(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # paths in examples (data, user reward functions) are relative to the repository
     cfg = load_config(path)
-    monkeypatch.chdir(REPO)
     if cfg.model_name_or_path != "stories260K":
         # GPU recipes name hub models (no tokenizer offline): their data, shipped in the repository, must read.
         train_rows, _, _ = load_rows(cfg)
         assert train_rows
         return
     train, _, report = build_datasets(cfg, load_tokenizer(cfg.model_name_or_path, cfg.template))
-    assert len(train) > 0 and report.trained_tokens > 0
+    assert len(train) > 0
+    if cfg.row_kind == "rl":  # prompts only: what trains is sampled later
+        assert isinstance(train[0]["prompt"], list) and train[0]["prompt"][-1]["role"] == "user"
+    else:
+        assert report.trained_tokens > 0
 
 
 def test_committed_demo_data_matches_its_generator():
     import json
 
+    from tunelab.demo.dataset import build_rl_prompts
+
     train, held_out = build()
     data = REPO / "examples" / "data"
+    rl_train, rl_held_out = build_rl_prompts()
+    assert json.loads((data / "demo_rl_prompts.json").read_text()) == rl_train
+    assert json.loads((data / "demo_rl_prompts_heldout.json").read_text()) == rl_held_out
     assert json.loads((data / "demo_stories.json").read_text()) == train
     assert json.loads((data / "demo_stories_heldout.json").read_text()) == held_out
     train_pairs = {r["instruction"] for r in train}

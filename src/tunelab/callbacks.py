@@ -90,7 +90,7 @@ def _format_value(key: str, value: float) -> str:
 _SHORT = {"learning_rate": "lr", "rewards/accuracies": "reward_acc", "rewards/margins": "reward_margin"}
 # What a progress line shows; metrics.jsonl keeps every number.
 _SHOWN = ("loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/accuracies", "rewards/margins",
-          "accuracy", "margin", "kl")
+          "accuracy", "margin", "kl", "reward")
 
 
 def _shown(key: str) -> bool:

@@ -1,16 +1,20 @@
 """The loss plot of a run, from metrics.jsonl: train and eval loss (log scale when they span orders of
 magnitude), the stage's own measures when it logs them (preference stages: reward accuracy and margin;
-rm: pair accuracy; train and eval), and the learning rate."""
+rm: pair accuracy; train and eval; RL stages: each reward's mean and spread, the KL to the reference and the
+clip fraction), and the learning rate."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tunelab.runs import PLOT_FILE, read_metrics
 
 LOG_SCALE_RATIO = 20  # max/min loss beyond which a linear axis flattens the interesting part
 # What each stage reports about its preferences (TRL's names), drawn in their own panel.
 STAGE_MEASURES = ("rewards/accuracies", "rewards/margins", "accuracy", "margin")
+# What the RL stages log about their policy (TRL's names, and tunelab's PPO's).
+POLICY_MEASURES = ("kl", "clip_ratio", "clip_ratio/region_mean", "completions/clipped_ratio")
 
 
 def _series(records: list[dict], key: str) -> list[tuple[int, float]]:
@@ -30,21 +34,21 @@ def plot_loss(output_dir: str | Path) -> Path | None:
         return None
     measures = {f"{prefix}{key}": series for key in STAGE_MEASURES for prefix in ("", "eval_")
                 if (series := _series(records, f"{prefix}{key}"))}
+    rewards = _reward_series(records)
+    policy = {key: series for key in POLICY_MEASURES if (series := _series(records, key))}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratios = [3, 2, 1] if measures else [3, 1]
+    extra = [(draw, data) for draw, data in ((_draw_lines, measures), (_draw_rewards, rewards),
+                                             (_draw_lines, policy)) if data]
+    ratios = [3, *[2] * len(extra), 1]
     figure, panels = plt.subplots(len(ratios), 1, figsize=(7, 2 * len(ratios) + 1.5), sharex=True,
                                   gridspec_kw={"height_ratios": ratios})
     loss_axes, lr_axes = panels[0], panels[-1]
-    if measures:
-        for name, series in measures.items():
-            panels[1].plot(*zip(*series, strict=True), marker="o" if name.startswith("eval_") else None, label=name)
-        panels[1].set_ylabel("stage measures")
-        panels[1].grid(alpha=0.3)
-        panels[1].legend(fontsize=7)
+    for axes, (draw, data) in zip(panels[1:-1], extra, strict=True):
+        draw(axes, data)
     loss_axes.plot(*zip(*train, strict=True), label="train loss")
     if evaluation:
         loss_axes.plot(*zip(*evaluation, strict=True), marker="o", label="eval loss")
@@ -68,3 +72,38 @@ def plot_loss(output_dir: str | Path) -> Path | None:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _reward_series(records: list[dict]) -> dict[str, tuple[list, list]]:
+    """name -> (mean series, std series) for the total reward and each reward function."""
+    names = ["reward"] + sorted({key[len("rewards/"):-len("/mean")] for r in records for key in r
+                                 if key.startswith("rewards/") and key.endswith("/mean")})
+    found = {}
+    for name in names:
+        mean_key, std_key = ("reward", "reward_std") if name == "reward" else (f"rewards/{name}/mean",
+                                                                                f"rewards/{name}/std")
+        if means := _series(records, mean_key):
+            found[name] = (means, _series(records, std_key))
+    return found if len(found) > 1 or "reward" in found else {}
+
+
+def _draw_lines(axes: Any, data: dict[str, list[tuple[int, float]]]) -> None:
+    for name, series in data.items():
+        axes.plot(*zip(*series, strict=True), marker="o" if name.startswith("eval_") else None, label=name)
+    axes.set_ylabel("policy" if "kl" in data or "clip_ratio" in data else "stage measures")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+
+
+def _draw_rewards(axes: Any, data: dict[str, tuple[list, list]]) -> None:
+    """Each reward's mean, with a band of one standard deviation across the batch's answers."""
+    for name, (means, stds) in data.items():
+        steps, values = zip(*means, strict=True)
+        line = axes.plot(steps, values, label=name, linewidth=2 if name == "reward" else 1)[0]
+        spread = dict(stds)
+        if spread:
+            axes.fill_between(steps, [v - spread.get(s, 0.0) for s, v in means],
+                              [v + spread.get(s, 0.0) for s, v in means], color=line.get_color(), alpha=0.15)
+    axes.set_ylabel("rewards (mean ± std)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.data.encoders import completion_sample, encode_kto, encode_pair, encode_pt, encode_sft, pair_sample
+from tunelab.data.encoders import (
+    completion_sample,
+    encode_kto,
+    encode_pair,
+    encode_prompt,
+    encode_pt,
+    encode_sft,
+    pair_sample,
+)
 from tunelab.data.masking import Encoded, MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
@@ -28,8 +36,8 @@ class DataReport:
     def lines(self) -> list[str]:
         out = [f"dataset {d['name']}: {d['rows']} records ({d['format']} format) from {d['source']}"
                + (f", {d['skipped']} skipped" if d["skipped"] else "") for d in self.datasets]
-        out.append(f"train samples: {self.train_samples}, eval samples: {self.eval_samples}, "
-                   f"trained tokens: {self.trained_tokens}")
+        tokens = f", trained tokens: {self.trained_tokens}" if self.trained_tokens else ""  # RL: generated later
+        out.append(f"train samples: {self.train_samples}, eval samples: {self.eval_samples}{tokens}")
         if self.truncated:
             out.append(f"truncated to cutoff_len: {self.truncated} samples")
         for reason, info in self.skipped.as_dict().items():
@@ -116,6 +124,42 @@ def iter_samples(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: Dat
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
 
 
+def with_system_prompt(prompt: list[dict], system_prompt: str | None) -> list[dict]:
+    """An RL prompt with the config's system prompt in front, unless the row brings its own."""
+    if not system_prompt or (prompt and prompt[0].get("role") == "system"):
+        return prompt
+    return [{"role": "system", "content": system_prompt}, *prompt]
+
+
+def iter_prompts(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
+                 split: str) -> Iterator[dict[str, Any]]:
+    """RL samples: the prompt messages (system prompt added) with every extra column for the reward functions.
+    A prompt cannot be cut without losing the question, so one longer than cutoff_len is dropped and counted."""
+    system_prompt = getattr(cfg, "system_prompt", None)
+    kept = 0
+    for index, row in enumerate(rows):
+        prompt = with_system_prompt(row["prompt"], system_prompt)
+        try:
+            length = len(encode_prompt({**row, "prompt": prompt}, tokenizer).input_ids)
+        except Exception as error:  # a template that cannot render this prompt
+            raise DataError(f"{split} sample {index + 1}: the chat template cannot render the prompt: {error}") from None
+        if length > cfg.cutoff_len:
+            report.skipped.add(f"prompt longer than cutoff_len {cfg.cutoff_len}",
+                               f"{split} sample {index + 1}: {length} tokens")
+            continue
+        kept += 1
+        yield {**row, "prompt": prompt}
+    if not kept and rows:
+        raise DataError(f"every {split} prompt is longer than cutoff_len {cfg.cutoff_len}; raise it")
+
+
+def _prompt_dataset(samples: Iterator[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    rows = list(samples)
+    return Dataset.from_list(rows) if rows else None
+
+
 def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
                   split: str) -> list[dict[str, list[int]]]:
     return list(iter_samples(rows, tokenizer, cfg, report, split))
@@ -149,7 +193,13 @@ def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
 
 def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, cfg: TrainConfig,
                     report: DataReport) -> tuple[Any, Any]:
-    """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing)."""
+    """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing); for RL, the
+    prompts as messages plus their extra columns (TRL's online trainers render and sample them)."""
+    if cfg.row_kind == "rl":
+        train = _prompt_dataset(iter_prompts(train_rows, tokenizer, cfg, report, "train"))
+        evaluation = _prompt_dataset(iter_prompts(eval_rows, tokenizer, cfg, report, "eval"))
+        report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0
+        return train, evaluation
     train = _to_dataset(iter_samples(train_rows, tokenizer, cfg, report, "train"))
     evaluation = _to_dataset(iter_samples(eval_rows, tokenizer, cfg, report, "eval"))
     report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0

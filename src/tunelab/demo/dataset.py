@@ -1,5 +1,6 @@
-"""The demo's own datasets: short stories about a requested name and animal (sft), and preference pairs
-and labelled answers built from them (rm, dpo, orpo, simpo, kto).
+"""The demo's own datasets: short stories about a requested name and animal (sft), preference pairs and
+labelled answers built from them (rm, dpo, orpo, simpo, kto), and the bare prompts with the requested name
+for the RL stages (grpo, rloo, ppo).
 
 The embedded model only knows simple English stories, so the task is one it can learn in seconds:
 "Write a story about NAME and a ANIMAL." answered by a story that uses both. Held-out prompts pair
@@ -68,14 +69,29 @@ def build_kto(seed: int = 2) -> list[dict]:
     return rows
 
 
+def build_rl_prompts(seed: int = 3, held_out: int = 24) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) RL prompts with the requested name and animal as extra columns, which reward functions
+    read (``examples/rewards/story_rewards.py``: does the story use the requested name?)."""
+    rng = random.Random(seed)
+    pairs = [(name, animal) for name in NAMES for animal in ANIMALS]
+    rng.shuffle(pairs)
+
+    def prompt(name: str, animal: str) -> dict[str, str]:
+        return {"instruction": PROMPT.format(name=name, animal=animal), "name": name, "animal": animal}
+
+    return [prompt(n, a) for n, a in pairs[held_out:]], [prompt(n, a) for n, a in pairs[:held_out]]
+
+
 def write(folder: Path) -> None:
     """Write the demo datasets (sft, held-out, plain text) and their dataset_info.json registry."""
     train, test = build()
     folder.mkdir(parents=True, exist_ok=True)
     pref_train, pref_test = build_preferences()
+    rl_train, rl_test = build_rl_prompts()
     for file_name, records in (("demo_stories.json", train), ("demo_stories_heldout.json", test),
                                ("demo_preferences.json", pref_train), ("demo_preferences_heldout.json", pref_test),
-                               ("demo_kto.json", build_kto())):
+                               ("demo_kto.json", build_kto()), ("demo_rl_prompts.json", rl_train),
+                               ("demo_rl_prompts_heldout.json", rl_test)):
         (folder / file_name).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     # The same stories as plain text, one per line, for continued pretraining (stage pt).
     (folder / "demo_stories.txt").write_text("".join(r["output"] + "\n" for r in train), encoding="utf-8")
@@ -86,7 +102,9 @@ def write(folder: Path) -> None:
                      "demo_stories_text": {"file_name": "demo_stories.txt"},
                      "demo_preferences": {"file_name": "demo_preferences.json"},
                      "demo_preferences_heldout": {"file_name": "demo_preferences_heldout.json"},
-                     "demo_kto": {"file_name": "demo_kto.json"}})
+                     "demo_kto": {"file_name": "demo_kto.json"},
+                     "demo_rl_prompts": {"file_name": "demo_rl_prompts.json"},
+                     "demo_rl_prompts_heldout": {"file_name": "demo_rl_prompts_heldout.json"}})
     registry_path.write_text(json.dumps(registry, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

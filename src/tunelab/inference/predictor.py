@@ -50,6 +50,21 @@ def check_generation_settings(max_new_tokens: int, temperature: float, top_p: fl
         raise ConfigError("; ".join(problems))
 
 
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Where generation ends: eos of the tokenizer and of the model, plus the template's end-of-turn token if it
+    has one. Chat, predict and the RL stages' sampling stop at the same tokens."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    vocab = tokenizer.get_vocab()
+    template = tokenizer.chat_template or ""
+    candidates += [vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab]
+    for candidate in candidates:
+        for token_id in candidate if isinstance(candidate, list) else [candidate]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    return ids
+
+
 class Predictor:
     """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0.
 
@@ -71,20 +86,7 @@ class Predictor:
                                                                          options=options or LoadOptions())
         self.tokenizer.padding_side = "left"  # batches are left-padded: every prompt ends where generation starts
         self.model.to(self.device).eval()
-        self.stop_token_ids = self._stop_token_ids()
-
-    def _stop_token_ids(self) -> list[int]:
-        """eos of the tokenizer and of the model, plus the template's end-of-turn token if it has one."""
-        ids: list[int] = []
-        candidates: list[Any] = [self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id]
-        vocab = self.tokenizer.get_vocab()
-        template = self.tokenizer.chat_template or ""
-        candidates += [vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab]
-        for candidate in candidates:
-            for token_id in candidate if isinstance(candidate, list) else [candidate]:
-                if token_id is not None and token_id not in ids:
-                    ids.append(int(token_id))
-        return ids
+        self.stop_token_ids = stop_token_ids(self.tokenizer, self.model)
 
     # --- building blocks ----------------------------------------------------------------------
 

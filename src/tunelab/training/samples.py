@@ -1,0 +1,77 @@
+"""What the policy writes during RL: a few sampled completions with their rewards, kept in the run folder.
+
+Numbers say whether the reward rises; only the text says whether the policy learned the task or a way around
+the reward. Every logging step, ``completions.jsonl`` in the run folder gets the first few (prompt, completion,
+each reward, weighted total) of that step's batch. TRL's trainers call each reward function on the same batch
+in turn, so ``SampleLog.wrap`` collects the values function by function and writes once the last one ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+SAMPLES_FILE = "completions.jsonl"
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text: TRL passes conversational completions as a list of messages."""
+    if isinstance(completion, list):
+        return "".join(str(message.get("content", "")) for message in completion if isinstance(message, dict))
+    return str(completion)
+
+
+class SampleLog:
+    def __init__(self, output_dir: str | Path, every_steps: int, count: int, enabled: bool = True) -> None:
+        self.path = Path(output_dir) / SAMPLES_FILE
+        self.every_steps = max(every_steps, 1)
+        self.count = count
+        self.enabled = enabled and count > 0
+        self._last_step: int | None = None
+
+    def due(self, step: int) -> bool:
+        """Once per logging step (and at the first step), on the main process only."""
+        return self.enabled and step != self._last_step and (step <= 1 or step % self.every_steps == 0)
+
+    def record(self, step: int, prompts: Sequence[Any], completions: Sequence[Any],
+               rewards: dict[str, Sequence[float]], weights: Sequence[float] | None = None) -> None:
+        if not self.due(step):
+            return
+        self._last_step = step
+        names = list(rewards)
+        weights = list(weights) if weights else [1.0] * len(names)
+        with self.path.open("a", encoding="utf-8") as handle:
+            stride = max(1, len(completions) // self.count)  # spread over the batch: GRPO's groups share a prompt
+            for index in range(0, len(completions), stride)[:self.count]:
+                values = {name: float(rewards[name][index]) for name in names}
+                total = sum(weight * values[name] for weight, name in zip(weights, names, strict=True))
+                handle.write(json.dumps({"step": step, "prompt": prompts[index],
+                                         "completion": completion_text(completions[index]),
+                                         "rewards": values, "total": total}, ensure_ascii=False) + "\n")
+
+    def wrap(self, functions: list[Callable[..., list[float]]], weights: Sequence[float] | None,
+             is_main: bool = True) -> list[Callable[..., list[float]]]:
+        """The reward functions, unchanged in name and result, recording one batch per logging step."""
+        if not self.enabled or not is_main:
+            return functions
+        batch: dict[str, list[float]] = {}
+        last = len(functions) - 1
+
+        def recording(position: int, function: Callable[..., list[float]]) -> Callable[..., list[float]]:
+            @functools.wraps(function)
+            def call(*args: Any, **kwargs: Any) -> list[float]:
+                values = function(*args, **kwargs)
+                batch[function.__name__] = list(values)
+                if position == last:
+                    state = kwargs.get("trainer_state")
+                    step = (state.global_step + 1) if state is not None else 0  # the step this batch trains
+                    self.record(step, kwargs.get("prompts") or [], kwargs.get("completions") or [], dict(batch),
+                                weights)
+                    batch.clear()
+                return values
+            return call
+
+        return [recording(position, function) for position, function in enumerate(functions)]
