@@ -75,6 +75,27 @@ BAD_INVOCATIONS = [
     (["score", "--prompt", "hi"], "--prompt and --response go together"),
     (["score", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
     (["score", STORIES], "use stage: sft"),  # an SFT dataset is no preference data
+    # rewards
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "corectness"],
+     "unknown reward function 'corectness' (did you mean 'correctness'?)"),
+    (["rewards", "score", "{tmp}/answers.jsonl"], "no reward: set reward_funcs"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "int,xmlcount", "--reward-weights", "1"],
+     "reward_weights has 1 value for 2 reward functions (int, xmlcount)"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "int", "--reward-weights", "1,x"],
+     "--reward-weights: Input should be a valid number"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "int", "--set", "length_targt=9"],
+     "--set: unknown key 'length_targt'; did you mean 'length_target_chars'?"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "length", "--set", "length_target_chars=0"],
+     "--set length_target_chars: Input should be greater than or equal to 1"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "mine.py:score"], "file 'mine.py' does not exist"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "int", "--reward-model", "{tmp}/no_model"],
+     "reward_model: model folder '{tmp}/no_model' does not exist"),
+    (["rewards", "score", "{tmp}/missing.jsonl", "--reward-funcs", "int"], "{tmp}/missing.jsonl: file does not exist"),
+    (["rewards", "score", "{tmp}/bad.jsonl", "--reward-funcs", "int"],
+     "bad.jsonl, line 1, field 'completion': missing"),
+    (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "correctness"],
+     "answers.jsonl, line 1: reward function 'correctness' failed on sample 0 (completion: '18'): the rows need a "
+     "column 'answer'"),
     # train: stages and their keys
     (["train", DEMO, "stage=dop"], "unknown stage 'dop'; did you mean 'dpo'?"),
     (["train", DEMO, "pref_beta=0.5"], "`pref_beta` applies to stages dpo, orpo, simpo, kto; this run is `sft`"),
@@ -88,6 +109,7 @@ USAGE_ERRORS = [
     ["predict", STORIES, "--batch-size", "1.5"],
     ["train"],
     ["data", "inspect"],
+    ["rewards", "score"],
 ]
 
 
@@ -99,6 +121,7 @@ def scratch(tmp_path_factory) -> dict[str, str]:
     (tmp / "adapter").mkdir()
     (tmp / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K"}))
     (tmp / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\n')
+    (tmp / "answers.jsonl").write_text('{"prompt": "How many?", "completion": "18"}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
 
 
@@ -135,7 +158,8 @@ def test_usage_errors_exit_2_without_traceback(args):
 def test_config_errors_do_not_import_torch(tmp_path):
     """A mistake that needs no model is reported before torch or transformers are imported (fast)."""
     for args in (["train", DEMO, f"dataset_dir={DATA}", "dataset=nope"], ["train", DEMO, "lora_rnak=1"],
-                 ["train", str(tmp_path / "missing.yaml")], ["--help"], ["train", "--help"]):
+                 ["train", str(tmp_path / "missing.yaml")], ["--help"], ["train", "--help"], ["rewards", "list"],
+                 ["rewards", "score", "rows.jsonl", "--reward-funcs", "accuracy,similarity,corectness"]):
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "tunelab", *args],
                                 capture_output=True, text=True, cwd=tmp_path)
         imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}

@@ -19,6 +19,7 @@ LAYERS = [
     {"models"},
     {"runs", "plots", "callbacks"},
     {"training", "inference"},
+    {"rewards"},
     {"stages"},
     {"commands", "demo"},
     {"cli", "__main__", "__init__"},

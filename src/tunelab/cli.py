@@ -1,4 +1,4 @@
-"""The command line: train, config, data inspect/convert, chat, predict, demo.
+"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, demo.
 
 Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
 never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
@@ -28,6 +28,9 @@ app = typer.Typer(help="tunelab: fine-tune large language models end to end.", n
                   pretty_exceptions_enable=False, context_settings=CONTEXT)
 data_app = typer.Typer(help="Look at datasets before training.", no_args_is_help=True, context_settings=CONTEXT)
 app.add_typer(data_app, name="data")
+rewards_app = typer.Typer(help="The reward functions of the RL stages: list them, try them on your own answers.",
+                          no_args_is_help=True, context_settings=CONTEXT)
+app.add_typer(rewards_app, name="rewards")
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
@@ -256,6 +259,40 @@ def data_convert(
         raise TunelabError(f"--to '{to}' is not supported; only jsonl")
     convert_dataset(source, _output_file(output, "OUTPUT"), dataset_dir=dataset_dir, stage=stage,
                     skip_invalid=skip_invalid, encoding=encoding, skip_hint=SKIP_HINT)
+
+
+@rewards_app.command("list")
+@_friendly_errors
+def rewards_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {name, summary}.")] = False,
+) -> None:
+    """Every built-in reward function with what it scores."""
+    from tunelab.commands.rewards import print_reward_list
+
+    print_reward_list(as_json)
+
+
+@rewards_app.command("score")
+@_friendly_errors
+def rewards_score(
+    file: Annotated[str, typer.Argument(help="JSONL (or JSON/CSV/Parquet) rows with a `completion` (text or "
+                                             "messages), an optional `prompt` and the columns the rewards read.")],
+    reward_funcs: Annotated[str, typer.Option("--reward-funcs", help="Comma-separated reward functions: built-in "
+                                              "names (`tunelab rewards list`) or path/to/file.py:function.")] = "",
+    reward_weights: Annotated[str | None, typer.Option("--reward-weights", help="Comma-separated weights, one per "
+                                                       "function (default 1 each).")] = None,
+    reward_model: Annotated[str | None, typer.Option("--reward-model", help="Folder of a stage-rm model; its "
+                                                     "score is added as `reward_model`.")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="A reward setting as key=value, e.g. "
+                                                       "length_target_chars=400 (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row: {rewards: {name: value}, "
+                                          "total}.")] = False,
+) -> None:
+    """Score hand-written completions with reward functions, as an RL run would, before a long run."""
+    from tunelab.commands.rewards import print_scores, reward_settings, score_file
+
+    print_scores(score_file(file, reward_settings(reward_funcs, reward_weights, reward_model, settings or [])),
+                 as_json)
 
 
 @app.command()

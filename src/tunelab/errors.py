@@ -28,6 +28,14 @@ class DataError(TunelabError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
+class RewardError(TunelabError):
+    """A reward function failed or returned something unusable; names the function and the sample."""
+
+    def __init__(self, message: str, *, sample: int | None = None):
+        self.sample = sample
+        super().__init__(message)
+
+
 def shorten(text: str, limit: int = 300) -> str:
     """A library's message cut to about ``limit`` characters at a word boundary, marked with '...'."""
     text = " ".join(str(text).split())

@@ -19,7 +19,7 @@ from tunelab.data.encoders import (
 from tunelab.data.masking import Encoded, MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, shorten
 
 
 @dataclass
@@ -142,7 +142,8 @@ def iter_prompts(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: Dat
         try:
             length = len(encode_prompt({**row, "prompt": prompt}, tokenizer).input_ids)
         except Exception as error:  # a template that cannot render this prompt
-            raise DataError(f"{split} sample {index + 1}: the chat template cannot render the prompt: {error}") from None
+            raise DataError(f"{split} sample {index + 1}: the chat template cannot render the prompt: "
+                            f"{shorten(str(error))}") from None
         if length > cfg.cutoff_len:
             report.skipped.add(f"prompt longer than cutoff_len {cfg.cutoff_len}",
                                f"{split} sample {index + 1}: {length} tokens")

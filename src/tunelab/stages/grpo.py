@@ -46,7 +46,7 @@ class OnlineRLKeys(RewardSettings):
             self.max_completion_length = self.max_new_tokens
         from tunelab.rewards.registry import check_reward_specs
 
-        check_reward_specs(self.reward_funcs, self.reward_weights, self.reward_model)
+        check_reward_specs(self.reward_funcs, self.reward_weights, self.reward_model, check_model_path=False)
         return self
 
 
@@ -112,6 +112,13 @@ def check_vllm(cfg: TrainConfig) -> None:
         raise ConfigError("use_vllm: vLLM is not installed (pip install vllm, on a machine with a GPU)")
 
 
+def check_rewards(cfg: TrainConfig) -> None:
+    """The reward list once more, now with the reward model's folder (at config time it may not exist yet)."""
+    from tunelab.rewards.registry import check_reward_specs
+
+    check_reward_specs(cfg.reward_funcs, cfg.reward_weights, cfg.reward_model)
+
+
 def sampling_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The TRL settings every group RL stage shares."""
     settings = {key: getattr(cfg, key) for key in (
@@ -142,6 +149,7 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
 
     check_group_batch(cfg)
     check_vllm(cfg)
+    check_rewards(cfg)
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from tunelab.models.adapters import lora_config

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from tunelab.stage_registry import Stage
-from tunelab.stages.grpo import OnlineRLKeys
+from tunelab.stages.grpo import OnlineRLKeys, check_rewards
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
@@ -75,6 +75,7 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     if cfg.eval_strategy != "no":
         raise ConfigError("stage ppo does not evaluate during training; set eval_strategy: no and score the result "
                           "with `tunelab rewards score` or `tunelab predict`")
+    check_rewards(cfg)
     run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
     tokenizer, train_dataset, _, report = prepare_data(cfg)
     from tunelab.inference.predictor import stop_token_ids

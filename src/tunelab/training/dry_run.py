@@ -78,19 +78,32 @@ def estimate_memory(cfg: TrainConfig, sequence_length: int) -> MemoryEstimate:
                           gradients=trainable * 4, optimizer=trainable * 8, activations=kept + logits)
 
 
+def uses_per_sample(cfg: TrainConfig) -> int:
+    """How often an epoch feeds each sample to the trainer: GRPO/RLOO sample num_generations answers per prompt
+    (the batch counts answers), PPO learns from each rollout ppo_epochs times; other stages once."""
+    if cfg.row_kind != "rl":
+        return 1
+    return cfg.ppo_epochs if cfg.stage == "ppo" else cfg.num_generations
+
+
 def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
     """As the trainer counts them: batches per device, rounded up, per accumulation, times epochs."""
     if cfg.max_steps > 0:
         return cfg.max_steps
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    batches = math.ceil(train_samples / (cfg.per_device_train_batch_size * world))
+    batches = math.ceil(train_samples * uses_per_sample(cfg) / (cfg.per_device_train_batch_size * world))
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     return math.ceil(cfg.num_train_epochs * per_epoch)
 
 
-def sample_lengths(dataset: Any) -> list[int]:
-    """Tokens of each training sequence: the sample, a pair's longer side, or prompt + KTO answer."""
+def sample_lengths(dataset: Any, tokenizer: Any, cfg: TrainConfig) -> list[int]:
+    """Tokens of each training sequence: the sample, a pair's longer side, prompt + KTO answer, or an RL prompt
+    plus the longest answer it may sample."""
     columns = dataset.column_names
+    if cfg.row_kind == "rl":
+        from tunelab.data.encoders import encode_prompt
+
+        return [len(encode_prompt(row, tokenizer).input_ids) + cfg.max_completion_length for row in dataset]
     if "input_ids" in columns:
         return [len(ids) for ids in dataset["input_ids"]]
     prompts = [len(ids) for ids in dataset["prompt_ids"]]
@@ -105,8 +118,8 @@ def _size(count: float) -> str:
 
 def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     run = preflight(cfg)
-    _tokenizer, train_dataset, _eval_dataset, report = prepare_data(cfg)
-    lengths = sample_lengths(train_dataset)
+    tokenizer, train_dataset, _eval_dataset, report = prepare_data(cfg)
+    lengths = sample_lengths(train_dataset, tokenizer, cfg)
     sequence = cfg.cutoff_len if cfg.packing else max(lengths)
     steps = planned_optimizer_steps(cfg, len(lengths))
     memory = estimate_memory(cfg, sequence)

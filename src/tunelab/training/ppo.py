@@ -130,7 +130,9 @@ class PPOTrainer(Trainer):
         self._minibatches_per_rollout = self.args.gradient_accumulation_steps * settings.ppo_buffer_size
         self._micro_step = 0
         self._rollout: list[dict[str, torch.Tensor]] | None = None
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics: dict[str, list[float]] = defaultdict(list)  # losses of the steps since the last log
+        self._rollout_metrics: dict[str, list[float]] = defaultdict(list)  # rewards, KL of the rollouts since then
+        self._last_rollout: dict[str, float] = {}
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
@@ -256,17 +258,17 @@ class PPOTrainer(Trainer):
                         mask: torch.Tensor) -> None:
         gather = self.accelerator.gather
         device = scores.device
+        metrics = self._rollout_metrics
         for name, values in per_function.items():
             gathered = gather(torch.tensor(values, dtype=torch.float32, device=device))
-            self._metrics[f"rewards/{name}/mean"].append(gathered.mean().item())
-            self._metrics[f"rewards/{name}/std"].append(gathered.std().item() if gathered.numel() > 1 else 0.0)
+            metrics[f"rewards/{name}/mean"].append(gathered.nanmean().item())
+            metrics[f"rewards/{name}/std"].append(gathered.std().item() if gathered.numel() > 1 else 0.0)
         totals = gather(scores)
-        self._metrics["reward"].append(totals.mean().item())
-        self._metrics["reward_std"].append(totals.std().item() if totals.numel() > 1 else 0.0)
-        self._metrics["kl"].append(sequence_kl)
-        self._metrics["kl_coef"].append(self.kl_controller.value)
-        lengths = gather(mask.sum(1))
-        self._metrics["completions/mean_length"].append(lengths.mean().item())
+        metrics["reward"].append(totals.mean().item())
+        metrics["reward_std"].append(totals.std().item() if totals.numel() > 1 else 0.0)
+        metrics["kl"].append(sequence_kl)
+        metrics["kl_coef"].append(self.kl_controller.value)
+        metrics["completions/mean_length"].append(gather(mask.sum(1)).mean().item())
 
     # --- the PPO losses --------------------------------------------------------------------------------
 
@@ -287,8 +289,14 @@ class PPOTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._metrics and "loss" in logs:
+        """Training logs carry the mean losses of the steps since the last log and the rewards and KL of the
+        rollouts they learned from (a step that reuses a rollout for another PPO epoch repeats its numbers)."""
+        if "loss" in logs:
+            if self._rollout_metrics:
+                self._last_rollout = {key: sum(values) / len(values) for key, values in self._rollout_metrics.items()}
+                self._rollout_metrics.clear()
             logs.update({key: sum(values) / len(values) for key, values in self._metrics.items() if values})
+            logs.update(self._last_rollout)
             self._metrics.clear()
         super().log(logs, start_time)
 

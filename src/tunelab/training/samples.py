@@ -1,8 +1,8 @@
 """What the policy writes during RL: a few sampled completions with their rewards, kept in the run folder.
 
 Numbers say whether the reward rises; only the text says whether the policy learned the task or a way around
-the reward. Every logging step, ``completions.jsonl`` in the run folder gets the first few (prompt, completion,
-each reward, weighted total) of that step's batch. TRL's trainers call each reward function on the same batch
+the reward. Every logging step, ``completions.jsonl`` in the run folder gets a few (prompt, completion, each
+reward, weighted total) spread over that step's batch. TRL's trainers call each reward function on the same batch
 in turn, so ``SampleLog.wrap`` collects the values function by function and writes once the last one ran.
 """
 
@@ -10,18 +10,36 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import RewardError
+
 SAMPLES_FILE = "completions.jsonl"
 
 
+def _content_text(content: Any) -> str:
+    """A message's content: a string, or a list of parts of which the text parts count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict)
+                       and part.get("type", "text") == "text" and isinstance(part.get("text"), str))
+    return "" if content is None else str(content)
+
+
 def completion_text(completion: Any) -> str:
-    """A completion as text: TRL passes conversational completions as a list of messages."""
-    if isinstance(completion, list):
-        return "".join(str(message.get("content", "")) for message in completion if isinstance(message, dict))
-    return str(completion)
+    """The text a model wrote: the completion itself, or the contents of its assistant messages joined."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, list) and all(isinstance(message, dict) for message in completion):
+        own = [m for m in completion if m.get("role", "assistant") == "assistant"] or completion
+        return "".join(_content_text(message.get("content")) for message in own)
+    raise RewardError(f"a completion must be text or a list of messages, got {type(completion).__name__}")
 
 
 class SampleLog:
@@ -47,7 +65,8 @@ class SampleLog:
             stride = max(1, len(completions) // self.count)  # spread over the batch: GRPO's groups share a prompt
             for index in range(0, len(completions), stride)[:self.count]:
                 values = {name: float(rewards[name][index]) for name in names}
-                total = sum(weight * values[name] for weight, name in zip(weights, names, strict=True))
+                total = sum(weight * values[name] for weight, name in zip(weights, names, strict=True)
+                            if not math.isnan(values[name]))  # None (no reward for this sample) counts as 0, as in TRL
                 handle.write(json.dumps({"step": step, "prompt": prompts[index],
                                          "completion": completion_text(completions[index]),
                                          "rewards": values, "total": total}, ensure_ascii=False) + "\n")

@@ -1,0 +1,180 @@
+"""The RL stages (grpo, rloo, ppo) on the embedded model: with a reward it can learn (does the story use the
+requested name?), a short seeded CPU run raises the mean reward; PPO also learns from a reward model trained
+by stage rm in the same test; runs resume; what is saved reloads; mistakes are refused before any model loads.
+
+The prompts are the project's own (``examples/data/demo_rl_prompts.json``); the reward is the user function
+``examples/rewards/story_rewards.py:uses_requested_name``, named as users name their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.runs import read_metrics
+from tunelab.stage_registry import all_stages
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "examples" / "data"
+FIXTURES = REPO / "tests" / "fixtures"
+NAME_REWARD = f"{REPO / 'examples' / 'rewards' / 'story_rewards.py'}:uses_requested_name"
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(stage: str, out: Path, *overrides: str):
+    base = [f"stage={stage}", f"output_dir={out}", f"dataset_dir={DEMO_DATA}", "dataset=demo_rl_prompts",
+            "template=default", "additional_target=lm_head", "logging_steps=1", "save_steps=1000", "plot_loss=false",
+            "learning_rate=5e-3", "lr_scheduler_type=constant", "report_to=none", "max_completion_length=24",
+            f"reward_funcs={NAME_REWARD}"]
+    if stage != "ppo":
+        base += ["num_generations=8", "per_device_train_batch_size=32"]
+    else:
+        base += ["per_device_train_batch_size=16", "ppo_epochs=2", "ppo_kl_coef=0.05"]
+    return load_config(None, [*base, *overrides])
+
+
+def _train(cfg, callbacks=None):
+    return all_stages()[cfg.stage].run()(cfg, callbacks=callbacks)
+
+
+def _rewards(out: Path, key: str = "reward") -> list[float]:
+    return [r[key] for r in read_metrics(out) if key in r]
+
+
+def _assert_reward_rises(out: Path, key: str = "reward", by: float = 0.15) -> None:
+    rewards = _rewards(out, key)
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + by, f"{key}: first steps {rewards[:5]}, last steps {rewards[-5:]}"
+
+
+# --- learning ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_group_rl_raises_the_reward_and_logs_what_it_does(tmp_path, stage):
+    out = tmp_path / stage
+    result = _train(_cfg(stage, out, "max_steps=25"))
+    assert result.global_step == 25
+    _assert_reward_rises(out)
+    last = [r for r in read_metrics(out) if "reward" in r][-1]
+    # each reward function's mean and spread, the KL to the reference and the answers' length are logged
+    for key in ("rewards/uses_requested_name/mean", "rewards/uses_requested_name/std", "reward_std", "kl",
+                "completions/mean_length"):
+        assert key in last, key
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert samples and {"step", "prompt", "completion", "rewards", "total"} <= set(samples[0])
+    assert samples[0]["rewards"]["uses_requested_name"] in (0.0, 1.0)
+    assert len({json.dumps(s["prompt"]) for s in samples if s["step"] == 1}) > 1  # spread over the groups
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_ppo_with_a_reward_function_raises_the_reward_and_reloads(tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    out = tmp_path / "ppo"
+    result = _train(_cfg("ppo", out, "max_steps=30"))
+    _assert_reward_rises(out)
+    last = [r for r in read_metrics(out) if "loss/value" in r][-1]
+    for key in ("loss/policy", "loss/value", "clip_ratio", "kl", "kl_coef", "reward_std",
+                "rewards/uses_requested_name/mean"):
+        assert key in last, key
+    # The saved adapter is the policy: plain peft on the base gives the trained model's logits.
+    tokenizer = load_tokenizer(str(out))
+    ids = tokenizer("Human: Write a story about Tim and a frog.\nAssistant:", return_tensors="pt").input_ids
+    reloaded = PeftModel.from_pretrained(load_model("stories260K", tokenizer), str(out)).eval()
+    trained = result.model.policy.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, trained(ids).logits, atol=1e-5)
+    value_head = load_file(str(out / "value_head.safetensors"))
+    assert torch.equal(value_head["weight"], result.model.value_head.weight.detach().cpu())
+
+
+def test_ppo_learns_from_a_reward_model_trained_by_stage_rm(tmp_path):
+    from tunelab.inference.reward import RewardScorer
+
+    rm_out = tmp_path / "rm"
+    _train(load_config(None, ["stage=rm", f"output_dir={rm_out}", f"dataset_dir={DEMO_DATA}",
+                              "dataset=demo_preferences", "template=default", "per_device_train_batch_size=8",
+                              "learning_rate=5e-3", "max_steps=40", "logging_steps=5", "save_steps=1000",
+                              "plot_loss=false", "report_to=none"]))
+    out = tmp_path / "ppo_rm"
+    _train(_cfg("ppo", out, "max_steps=30", "reward_funcs=[]", f"reward_model={rm_out}", "ppo_score_norm=true"))
+    _assert_reward_rises(out, "rewards/reward_model/mean", by=0.0)
+    # the policy's answers, scored by the reward model on their own, score higher after PPO
+    scorer = RewardScorer(adapter=str(rm_out))
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    early = [s for s in samples if s["step"] <= 3]
+    late = [s for s in samples if s["step"] >= 27]
+    score = lambda rows: sum(scorer.score_batch([r["prompt"] for r in rows],  # noqa: E731
+                                                [r["completion"] for r in rows])) / len(rows)
+    assert score(late) > score(early)
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_rl_runs_resume_from_their_last_checkpoint(tmp_path, stage, stop_after):
+    out = tmp_path / stage
+    first = _train(_cfg(stage, out, "max_steps=8", "save_steps=4"), callbacks=[stop_after(6)])
+    assert first.global_step == 6 and (out / "checkpoint-4").is_dir()
+    resumed = _train(_cfg(stage, out, "max_steps=8", "save_steps=4", "resume_from_checkpoint=last",
+                          "overwrite_output_dir=false"))
+    assert resumed.global_step == 8 and (out / "checkpoint-8").is_dir()
+    if stage == "ppo":  # the value head and the KL controller come back with the adapter
+        from safetensors.torch import load_file
+
+        saved = load_file(str(out / "checkpoint-8" / "value_head.safetensors"))
+        assert torch.equal(saved["weight"], resumed.model.value_head.weight.detach().cpu())
+        assert json.loads((out / "checkpoint-8" / "ppo_state.json").read_text())["kl_coef"] > 0
+
+
+# --- mistakes, before any model loads ---------------------------------------------------------------
+
+def test_rl_mistakes_are_refused_before_anything_loads(tmp_path, monkeypatch):
+    import tunelab.training.lifecycle as lifecycle
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(lifecycle, "load_trainable_model", no_model)
+    with pytest.raises(ConfigError, match="did you mean 'correctness'"):
+        _cfg("grpo", tmp_path, "reward_funcs=corectness")
+    with pytest.raises(ConfigError, match="multiple of num_generations"):
+        _train(_cfg("grpo", tmp_path / "g", "per_device_train_batch_size=12"))
+    with pytest.raises(ConfigError, match="does not evaluate"):
+        _train(_cfg("ppo", tmp_path / "p", "eval_strategy=steps", "eval_steps=5", "val_size=8"))
+    with pytest.raises(ConfigError, match="`ppo_epochs` applies to stage ppo; this run is `grpo`"):
+        _cfg("grpo", tmp_path, "ppo_epochs=2")
+    assert not any(tmp_path.iterdir())
+
+
+def test_llamafactory_ppo_yaml_runs_with_the_paths_changed(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "minimind")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model_dir = tmp_path / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = [f"dataset_dir={FIXTURES / 'data' / 'llamafactory'}", "max_samples=16", "cutoff_len=512"]
+    for name in ("reward", "ppo"):
+        text = (REPO / "tests" / "data" / f"llamafactory_llama3_lora_{name}.yaml").read_text()
+        text = text.replace("meta-llama/Meta-Llama-3-8B-Instruct", str(model_dir))
+        (tmp_path / f"{name}.yaml").write_text(text.replace("saves/llama3-8b/lora/reward", str(tmp_path / "rm")))
+    _train(load_config(tmp_path / "reward.yaml", [*data, f"output_dir={tmp_path / 'rm'}", "max_steps=2"]))
+    cfg = load_config(tmp_path / "ppo.yaml", [*data, f"output_dir={tmp_path / 'ppo'}", "max_steps=2",
+                                              "max_new_tokens=8"])
+    assert (cfg.max_completion_length, cfg.top_p, cfg.template) == (8, 0.9, "llama3")
+    result = _train(cfg)
+    assert result.global_step == 2 and (tmp_path / "ppo" / "value_head.safetensors").is_file()
+    assert "rewards/reward_model/mean" in [r for r in read_metrics(tmp_path / "ppo") if "reward" in r][-1]
