@@ -66,7 +66,7 @@ def _answer_logps(model, tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor]:
 def test_every_stage_is_registered_with_its_row_kind():
     kinds = {name: stage.kind for name, stage in all_stages().items()}
     assert kinds == {"sft": "sft", "pt": "pt", "rm": "preference", "dpo": "preference", "orpo": "preference",
-                     "simpo": "preference", "kto": "kto"}
+                     "simpo": "preference", "kto": "kto", "ppo": "rl", "grpo": "rl", "rloo": "rl"}
     assert stage_names()[:2] == ["sft", "pt"]
 
 
