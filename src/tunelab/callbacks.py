@@ -157,6 +157,11 @@ class ProgressCallback(TrainerCallback):
         line = f"{prefix}step {state.global_step}/{total} ({100 * state.global_step // total}%)  {shown}  {timing}"
         (self._bar.console if self._bar is not None else console).print(line, markup=False, highlight=False)
 
+    def note(self, text: str) -> None:
+        """A phase inside a long step (PPO sampling its rollout, scoring it), shown in the bar's status."""
+        if self._bar is not None:
+            self._bar.update(self._task, status=text)
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=state.global_step)

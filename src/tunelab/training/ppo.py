@@ -202,9 +202,16 @@ class PPOTrainer(Trainer):
         with self.model.policy.disable_adapter():  # LoRA: the base is the reference, no copy
             return self._sequence_outputs(self.model.policy, batch, with_values=False)[0]
 
+    def _note(self, text: str) -> None:
+        """Say in the progress bar what a long rollout is doing (a terminal's bar has a status field)."""
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "note"):
+                callback.note(text)
+
     def _collect_rollout(self, inputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         settings = self.settings
         prompt_ids, prompt_mask, rows = inputs["input_ids"], inputs["attention_mask"], inputs["rows"]
+        self._note(f"sampling {len(rows)} answers")
         completion_ids = self._generate(prompt_ids, prompt_mask)
         completion_mask = self._completion_mask(completion_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self.processing_class.pad_token_id)
@@ -217,6 +224,7 @@ class PPOTrainer(Trainer):
         prompts = [row["prompt"] for row in rows]
         completions = [[{"role": "assistant", "content": text}] for text in texts]
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        self._note(f"scoring {len(rows)} answers")
         per_function, totals = self.score(prompts, completions, columns)
         scores = torch.tensor(totals, dtype=torch.float32, device=completion_ids.device)
 
@@ -245,6 +253,7 @@ class PPOTrainer(Trainer):
             self.sample_log.record(self.state.global_step + 1, prompts, completions, per_function,
                                    list(getattr(self.score, "weights", None) or []) or None)
 
+        self._note(f"learning (reward {scores.mean().item():.3f})")
         batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages, returns=returns)
         return self._split(batch)
 
