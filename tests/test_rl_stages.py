@@ -178,3 +178,28 @@ def test_llamafactory_ppo_yaml_runs_with_the_paths_changed(tmp_path):
     result = _train(cfg)
     assert result.global_step == 2 and (tmp_path / "ppo" / "value_head.safetensors").is_file()
     assert "rewards/reward_model/mean" in [r for r in read_metrics(tmp_path / "ppo") if "reward" in r][-1]
+
+
+# --- RL prompts --------------------------------------------------------------------------------------
+
+def test_rl_prompts_carry_the_system_prompt_and_the_columns_the_rewards_read(tmp_path):
+    from tunelab.data.pipeline import build_datasets
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.rewards.r1 import R1_SYSTEM_PROMPT
+
+    tokenizer = load_tokenizer("stories260K", "default")
+    cfg = load_config(None, ["stage=grpo", f"dataset_dir={DEMO_DATA}", "dataset=gsm8k_train", "max_samples=40",
+                             "reward_funcs=correctness,xmlcount", f"system_prompt={R1_SYSTEM_PROMPT}",
+                             "cutoff_len=200", "num_generations=2", f"output_dir={tmp_path}"])
+    train, _, report = build_datasets(cfg, tokenizer)
+    first = train[0]  # GSM8K's first record: Natalia's clips, "#### 72"
+    assert first["prompt"][0] == {"role": "system", "content": R1_SYSTEM_PROMPT}
+    assert first["prompt"][1]["content"].startswith("Natalia sold clips") and first["answer"] == "72"
+    # prompts longer than cutoff_len cannot be cut without losing the question: dropped and counted
+    dropped = report.skipped.as_dict()["prompt longer than cutoff_len 200"]["count"]
+    assert dropped > 0 and len(train) + dropped == 40
+    # a LIMO set (MATH500): the problem is the prompt, the gold answer and solution stay for `accuracy`
+    cfg = load_config(None, ["stage=grpo", f"dataset_dir={DEMO_DATA}", "dataset=math500", "max_samples=3",
+                             "reward_funcs=accuracy", "num_generations=2", f"output_dir={tmp_path}"])
+    train, _, _ = build_datasets(cfg, tokenizer)
+    assert {"answer", "solution"} <= set(train.column_names) and train[0]["prompt"][-1]["role"] == "user"

@@ -226,7 +226,8 @@ class PPOTrainer(Trainer):
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
         self._note(f"scoring {len(rows)} answers")
         per_function, totals = self.score(prompts, completions, columns)
-        scores = torch.tensor(totals, dtype=torch.float32, device=completion_ids.device)
+        # an answer that every reward skipped (None) scores 0 here: PPO needs a number for every answer
+        scores = torch.tensor(totals, dtype=torch.float32, device=completion_ids.device).nan_to_num(0.0)
 
         model = self.model
         model.eval()
