@@ -198,7 +198,7 @@ def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
     result = run_sft(_cfg(out, "num_train_epochs=2"))
     assert result.global_step == report["steps"]  # the trainer agrees on the number of steps
 
-    from tunelab.models.adapters import count_parameters
+    from tunelab.models.methods import count_parameters
 
     assert report["trainable"] == count_parameters(result.model)[0]
     with pytest.raises(DataError):

@@ -40,7 +40,9 @@ class TrainConfig(BaseModel):
     # --- method ------------------------------------------------------------------------------
     stage: str = Field("sft", description="Training stage (`tunelab config` lists them): sft, pt, rm, dpo, ...")
     do_train: bool = Field(True, description="Run training (tunelab train requires true).")
-    finetuning_type: Literal["lora", "full", "freeze"] = Field("lora", description="lora, full or freeze.")
+    finetuning_type: str = Field(
+        "lora", description="How the model trains: lora (use_dora, use_rslora, pissa_init, loraplus_lr_ratio), "
+        "adalora, ia3, prefix (P-Tuning v2; alias ptuning_v2), ptuning, prompt, bitfit, freeze or full.")
     lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
     lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x lora_rank.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
@@ -50,6 +52,33 @@ class TrainConfig(BaseModel):
     additional_target: str | None = Field(
         None, description="Comma-separated extra modules trained in full next to LoRA (e.g. embed_tokens)."
     )
+    use_dora: bool = Field(False, description="LoRA: weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="LoRA: rank-stabilised scaling alpha / sqrt(r).")
+    pissa_init: bool = Field(False, description="LoRA: initialise from the principal singular vectors (PiSSA); the "
+                             "saved adapter is converted to plain LoRA so it applies to the original base.")
+    pissa_iter: int = Field(16, ge=-1, description="PiSSA: iterations of fast SVD (-1 = exact SVD).")
+    loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+: learning rate of the B matrices = "
+                                            "learning_rate x this ratio (e.g. 16).")
+    loraplus_lr_embedding: float = Field(1e-6, gt=0, description="LoRA+: learning rate of LoRA on embeddings.")
+    adalora_init_r: int = Field(12, gt=0, description="AdaLoRA: initial rank of every adapted matrix.")
+    adalora_target_r: int = Field(8, gt=0, description="AdaLoRA: average rank the budget shrinks to.")
+    adalora_tinit: int = Field(0, ge=0, description="AdaLoRA: steps of warmup before ranks are pruned.")
+    adalora_tfinal: int = Field(0, ge=0, description="AdaLoRA: final steps with the ranks fixed.")
+    adalora_delta_t: int = Field(1, gt=0, description="AdaLoRA: steps between two budget re-allocations.")
+    num_virtual_tokens: int = Field(16, gt=0, description="Prompt learning (prefix, ptuning, prompt): virtual tokens.")
+    pre_seq_len: int | None = Field(None, gt=0, description="ChatGLM's P-Tuning v2 name for num_virtual_tokens.")
+    prefix_projection: bool = Field(False, description="Prefix tuning: produce the prefixes through a two-layer "
+                                    "MLP (ChatGLM's prefix_projection) instead of training them directly.")
+    prompt_encoder_hidden_size: int | None = Field(None, gt=0, description="Hidden size of the prefix projection or "
+                                                   "the P-tuning prompt encoder (default: the model's).")
+    prompt_tuning_init_text: str | None = Field(None, description="Prompt tuning: initialise the virtual tokens from "
+                                                "this text's embeddings (default: random).")
+    quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4 or 8 bits (bitsandbytes) "
+                                                   "and train an adapter on it (QLoRA).")
+    quantization_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quantization: bool = Field(True, description="4-bit: quantize the quantization constants too.")
+    quantization_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the 4-bit matmuls (auto: bfloat16 with bf16, float16 with fp16, else float32).")
     freeze_trainable_layers: int = Field(
         2, description="Freeze tuning: train the last N layers (negative: the first |N| layers)."
     )
@@ -171,6 +200,17 @@ class TrainConfig(BaseModel):
                              f"{', '.join(stage_names())})")
         return value
 
+    @field_validator("finetuning_type")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from tunelab.method_registry import ALIASES, canonical_name, method_names
+
+        name = canonical_name(value)
+        if name not in method_names():
+            raise ValueError(f"unknown finetuning_type '{value}'{_suggest(value, [*method_names(), *ALIASES])} "
+                             f"(methods: {', '.join(method_names())})")
+        return name
+
     @property
     def row_kind(self) -> str:
         """The kind of canonical row the stage trains on (sft, pt, preference, kto, rl)."""
@@ -224,9 +264,39 @@ class TrainConfig(BaseModel):
                                 f"{len(self.dataset)} datasets")
             elif any(p < 0 for p in self.interleave_probs) or not sum(self.interleave_probs):
                 problems.append("interleave_probs must be non-negative and not all zero")
+        problems += self._method_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _method_problems(self) -> list[str]:
+        """Settings that contradict the fine-tuning method, found before any model loads."""
+        from tunelab.method_registry import keys_of_other_methods, method
+
+        chosen = method(self.finetuning_type)
+        problems = [f"`{key}` applies to finetuning_type {', '.join(names)}; this run is `{chosen.name}`"
+                    for key, names in keys_of_other_methods(chosen.name).items()
+                    if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default]
+        if self.packing and chosen.is_prompt_learning:
+            problems.append(f"packing with finetuning_type {chosen.name}: its virtual tokens would be shared by every "
+                            "sample packed into a sequence, and attention would cross samples; turn packing off")
+        if self.quantization_bit and not chosen.quantizable:
+            problems.append(f"quantization_bit {self.quantization_bit} with finetuning_type {chosen.name}: the "
+                            f"quantized base weights cannot train; use an adapter (lora, adalora, ia3, prefix, "
+                            "ptuning, prompt) on the quantized base, or drop quantization_bit")
+        if self.quantization_bit and self.pissa_init:
+            problems.append("pissa_init with quantization_bit: PiSSA rewrites the base weights from their singular "
+                            "vectors, which a quantized base cannot hold; train PiSSA in 16/32 bits")
+        if self.pre_seq_len and "num_virtual_tokens" in self.model_fields_set and \
+                self.pre_seq_len != self.num_virtual_tokens:
+            problems.append(f"pre_seq_len {self.pre_seq_len} and num_virtual_tokens {self.num_virtual_tokens} are "
+                            "the same setting; give one")
+        return problems
+
+    @property
+    def virtual_tokens(self) -> int:
+        """Prompt learning's number of virtual tokens: pre_seq_len (ChatGLM's name) or num_virtual_tokens."""
+        return self.pre_seq_len or self.num_virtual_tokens
 
     @property
     def loss_policy(self) -> str:

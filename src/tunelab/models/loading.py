@@ -64,11 +64,41 @@ def training_dtype(bf16: bool, fp16: bool, full: bool) -> torch.dtype:
     return torch.float16 if fp16 else torch.float32
 
 
+def quantization_config(cfg: Any) -> Any | None:
+    """bitsandbytes settings of the quantization_* keys, or None for a 16/32-bit base."""
+    if not cfg.quantization_bit:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TunelabError(f"quantization_bit {cfg.quantization_bit} needs bitsandbytes: pip install "
+                           "'tunelab[gpu]' (or pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    names = {"auto": "bfloat16" if cfg.bf16 else "float16" if cfg.fp16 else "float32"}
+    compute = getattr(torch, names.get(cfg.quantization_compute_dtype, cfg.quantization_compute_dtype))
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quantization_type,
+                              bnb_4bit_use_double_quant=cfg.double_quantization, bnb_4bit_compute_dtype=compute)
+
+
+def keep_cpu_4bit_layers_trainable(model: Any) -> None:
+    """bitsandbytes repacks a 4-bit weight in place for a faster CPU kernel the first time a layer runs in eval
+    mode without gradients (on CPUs with AVX512-BF16). The repacked weight fails the next training forward
+    (and any layer whose width is not a multiple of 32 fails at once), so a QLoRA run with periodic evaluation
+    or generation would break: the repacking is turned off on each layer of this model (an instance attribute,
+    no library code changed); the ordinary 4-bit kernel still runs."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = torch.float32,
                flash_attn: str = "auto", trust_remote_code: bool = False, revision: str = "main",
-               cache_dir: str | None = None, head: str = "causal_lm") -> Any:
+               cache_dir: str | None = None, head: str = "causal_lm", quantization: Any = None) -> Any:
     """A causal LM, or with ``head="score"`` the same model with a one-output score head (a reward model);
-    embeddings grow when the template added special tokens."""
+    embeddings grow when the template added special tokens; ``quantization``: a BitsAndBytesConfig."""
     check_model_source(model_name_or_path)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -78,6 +108,8 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
                               "cache_dir": cache_dir}
     if _ATTENTION[flash_attn]:
         kwargs["attn_implementation"] = _ATTENTION[flash_attn]
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     try:
         if head == "score":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
@@ -85,6 +117,8 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as error:
         raise _load_error("model", model_name_or_path, error) from None
+    if quantization is not None:
+        keep_cpu_4bit_layers_trainable(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     if tokenizer.pad_token_id is not None:

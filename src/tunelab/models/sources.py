@@ -95,15 +95,33 @@ def check_adapter_source(name: str, key: str = "adapter_name_or_path") -> None:
         raise ConfigError(f"{key}: folder '{name}' holds no PEFT adapter (no {ADAPTER_FILE}){hint}")
 
 
-def adapter_base(adapter: str) -> str | None:
-    """The base model an adapter folder was trained on (``base_model_name_or_path``), if recorded."""
+def _adapter_setting(adapter: str, key: str) -> str | None:
     config = Path(adapter) / ADAPTER_FILE
     if not config.is_file():
         return None
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        return json.loads(config.read_text(encoding="utf-8")).get(key)
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def adapter_base(adapter: str) -> str | None:
+    """The base model an adapter folder was trained on (``base_model_name_or_path``), if recorded."""
+    return _adapter_setting(adapter, "base_model_name_or_path")
+
+
+def check_adapter_method(adapter: str, finetuning_type: str) -> None:
+    """Continuing an adapter trains it with the method that made it: another finetuning_type is refused."""
+    from tunelab.method_registry import method, method_of_adapter
+
+    peft_type = _adapter_setting(adapter, "peft_type")
+    made_by = method_of_adapter(peft_type) if peft_type else None
+    chosen = method(finetuning_type)
+    if peft_type and (made_by is None or made_by.name != chosen.name):
+        made = made_by.name if made_by else f"PEFT type {peft_type}"
+        raise ConfigError(f"adapter_name_or_path '{adapter}' is a {made} adapter but finetuning_type is "
+                          f"{chosen.name}; set finetuning_type: {made_by.name if made_by else '...'} to continue it, "
+                          "or leave adapter_name_or_path out to start a new adapter")
 
 
 def portable_base_name(name: str) -> str:

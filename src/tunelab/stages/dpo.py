@@ -61,8 +61,10 @@ def _trainer_class() -> type:
 
 
 def reference_model(cfg: TrainConfig, tokenizer: Any) -> Any:
-    """None under LoRA (TRL disables the adapter for the reference pass); else a frozen model."""
-    if cfg.finetuning_type == "lora" and not cfg.ref_model:
+    """None for a PEFT method (TRL disables the adapter for the reference pass); else a frozen model."""
+    from tunelab.method_registry import method
+
+    if method(cfg.finetuning_type).is_peft and not cfg.ref_model:
         return None
     from tunelab.models.loading import load_model, training_dtype
 
@@ -82,7 +84,7 @@ def dpo_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
-    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+    from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
     if cfg.pref_loss in REFERENCE_FREE:  # LLaMA-Factory's `stage: dpo` + `pref_loss: orpo | simpo`
         from tunelab.stages.orpo import run_reference_free
@@ -93,7 +95,6 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import DPOConfig
 
-    from tunelab.models.adapters import lora_config
     from tunelab.training.arguments import training_arguments
     from tunelab.training.collate import PairCollator
 
@@ -101,11 +102,10 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     # A new LoRA adapter goes to TRL as a config, so the reference is the base with the adapter disabled (no
     # copy). Continuing an adapter (adapter_name_or_path, e.g. the SFT one), TRL keeps a frozen copy of that
     # adapter as the reference: the SFT model, as DPO intends, at the cost of one adapter.
-    fresh_lora = cfg.finetuning_type == "lora" and not cfg.adapter_name_or_path
-    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_lora)
+    model, peft_config = model_for_trainer(cfg, tokenizer, run)
     trainer = _trainer_class()(
         model=model,
-        peft_config=lora_config(model, cfg) if fresh_lora else None,
+        peft_config=peft_config,
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, DPOConfig, **dpo_settings(cfg)),
         data_collator=PairCollator(tokenizer.pad_token_id),  # completion_mask = tunelab's trained tokens

@@ -145,14 +145,13 @@ def run_rloo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str 
 
 def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: dict[str, Any],
               callbacks: list[Any] | None, command: str | None) -> TrainResult:
-    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+    from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
     check_group_batch(cfg)
     check_vllm(cfg)
     check_rewards(cfg)
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
-    from tunelab.models.adapters import lora_config
     from tunelab.rewards.registry import load_rewards
     from tunelab.training.arguments import training_arguments
     from tunelab.training.samples import SampleLog
@@ -161,8 +160,7 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
     begin(run, report)
     # A new LoRA adapter goes to TRL as a config: with beta > 0 the reference is the base with the adapter
     # disabled (no copy). Full and freeze tuning get a frozen copy of the base, loaded by TRL.
-    fresh_lora = cfg.finetuning_type == "lora" and not cfg.adapter_name_or_path
-    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_lora)
+    model, peft_config = model_for_trainer(cfg, tokenizer, run)
     samples = SampleLog(cfg.output_dir, cfg.logging_steps, cfg.num_completions_to_log, cfg.log_completions)
     trainer = trainer_class(
         model=model,
@@ -172,7 +170,7 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
-        peft_config=lora_config(model, cfg) if fresh_lora else None,
+        peft_config=peft_config,
     )
     return train_and_save(trainer, cfg, run, tokenizer, report, command)
 

@@ -58,7 +58,7 @@ def _trainer_class() -> type:
 
 def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
     from tunelab.errors import ConfigError
-    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+    from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
     if cfg.per_device_train_batch_size < 2:
         raise ConfigError("stage kto needs per_device_train_batch_size of at least 2: its KL estimate pairs each "
@@ -67,7 +67,6 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import KTOConfig
 
-    from tunelab.models.adapters import lora_config
     from tunelab.stages.dpo import reference_model
     from tunelab.training.arguments import training_arguments
     from tunelab.training.collate import UnpairedCollator
@@ -75,8 +74,7 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed), cfg.per_device_train_batch_size)
     eval_dataset = with_kl_completions(eval_dataset, cfg.per_device_eval_batch_size)
     begin(run, report)
-    fresh_lora = cfg.finetuning_type == "lora" and not cfg.adapter_name_or_path
-    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_lora)
+    model, peft_config = model_for_trainer(cfg, tokenizer, run)
     settings = {"beta": cfg.pref_beta, "desirable_weight": cfg.kto_chosen_weight,
                 "undesirable_weight": cfg.kto_rejected_weight, "max_length": None, "remove_unused_columns": False,
                 "train_sampling_strategy": "sequential"}
@@ -89,6 +87,6 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
-        peft_config=lora_config(model, cfg) if fresh_lora else None,
+        peft_config=peft_config,
     )
     return train_and_save(trainer, cfg, run, tokenizer, report, command)

@@ -54,16 +54,19 @@ def _meta_model(cfg: TrainConfig) -> Any:
 
 def estimate_memory(cfg: TrainConfig, sequence_length: int) -> MemoryEstimate:
     """Weights, gradients, AdamW state and activations for the configured method, batch and length."""
-    from tunelab.models.adapters import apply_finetuning, count_parameters
+    from tunelab.method_registry import method
     from tunelab.models.loading import training_dtype
+    from tunelab.models.methods import attach, count_parameters
 
     model, config = _meta_model(cfg)
     parameters = sum(p.numel() for p in model.parameters())
     # An adapter to continue is counted as a fresh one of the configured size (its weights are not read).
-    model = apply_finetuning(model, cfg.model_copy(update={"adapter_name_or_path": None}))
+    model = attach(model, cfg.model_copy(update={"adapter_name_or_path": None}))
     trainable, _ = count_parameters(model)
-    dtype = training_dtype(cfg.bf16, cfg.fp16, cfg.finetuning_type == "full")
+    dtype = training_dtype(cfg.bf16, cfg.fp16, method(cfg.finetuning_type).fp32_weights)
     weight_bytes = 2 if str(dtype).endswith(("bfloat16", "float16")) else 4
+    if cfg.quantization_bit:  # frozen base weights in 4 or 8 bits (the adapter stays in dtype, a small part)
+        weight_bytes = cfg.quantization_bit / 8
     hidden = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)
     layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)
     vocab = getattr(config, "vocab_size", 0)

@@ -15,7 +15,13 @@ from typing import Any
 
 from tunelab.config import TrainConfig
 from tunelab.console import console
-from tunelab.models.sources import check_adapter_source, check_model_source, default_template
+from tunelab.method_registry import method
+from tunelab.models.sources import (
+    check_adapter_method,
+    check_adapter_source,
+    check_model_source,
+    default_template,
+)
 from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints
 
 # What a checkpoint holds besides the model: trainer internals that a final output does not need.
@@ -39,6 +45,7 @@ def preflight(cfg: TrainConfig, extra_models: dict[str, str | None] | None = Non
     check_model_source(cfg.model_name_or_path)
     if cfg.adapter_name_or_path:
         check_adapter_source(cfg.adapter_name_or_path)
+        check_adapter_method(cfg.adapter_name_or_path, cfg.finetuning_type)
     for key, name in (extra_models or {}).items():
         if name:
             check_model_source(name, key)
@@ -70,22 +77,35 @@ def begin(run: RunDir, report: Any) -> None:
 
 def load_trainable_model(cfg: TrainConfig, tokenizer: Any, run: RunDir, head: str = "causal_lm",
                          attach: bool = True) -> Any:
-    """The model with its fine-tuning method attached (``head``: causal_lm, or score for a reward model).
-    ``attach=False`` leaves the method to the trainer (TRL wraps a LoRA config itself when it should use
-    the base with the adapter disabled as the reference)."""
+    """The model with its fine-tuning method attached (``head``: causal_lm, or score for a reward model), on a
+    4/8-bit base with ``quantization_bit``. ``attach=False`` leaves a new adapter to the trainer (see
+    ``model_for_trainer``)."""
     from transformers import set_seed
 
-    from tunelab.models.adapters import apply_finetuning
-    from tunelab.models.loading import load_model, training_dtype
+    from tunelab.models.loading import load_model, quantization_config, training_dtype
+    from tunelab.models.methods import attach as attach_method
 
     if run.is_main:
-        console.print(f"[bold]model[/bold] loading {cfg.model_name_or_path} ...")
+        bits = f" in {cfg.quantization_bit} bits" if cfg.quantization_bit else ""
+        console.print(f"[bold]model[/bold] loading {cfg.model_name_or_path}{bits} ...")
     set_seed(cfg.seed)  # adapter (and score head) initialisation draws random numbers: same seed, same run
     model = load_model(cfg.model_name_or_path, tokenizer,
-                       dtype=training_dtype(cfg.bf16, cfg.fp16, cfg.finetuning_type == "full"),
+                       dtype=training_dtype(cfg.bf16, cfg.fp16, method(cfg.finetuning_type).fp32_weights),
                        flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code,
-                       revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head)
-    return apply_finetuning(model, cfg) if attach else model
+                       revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head,
+                       quantization=quantization_config(cfg))
+    return attach_method(model, cfg) if attach else model
+
+
+def model_for_trainer(cfg: TrainConfig, tokenizer: Any, run: RunDir) -> tuple[Any, Any]:
+    """(model, PEFT config or None) for TRL's preference and RL trainers: a new adapter goes to the trainer as a
+    config, so its reference model is the base with the adapter disabled (no copy). A continued adapter, or a
+    method on the base's own weights, comes attached."""
+    from tunelab.models.methods import peft_config
+
+    fresh_adapter = method(cfg.finetuning_type).is_peft and not cfg.adapter_name_or_path
+    model = load_trainable_model(cfg, tokenizer, run, attach=not fresh_adapter)
+    return model, (peft_config(model, cfg) if fresh_adapter else None)
 
 
 def planned_steps(trainer: Any) -> int | None:
@@ -125,7 +145,7 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
     """Train (resuming when asked), save model + tokenizer + card, plot, and print where it all is.
     ``report``: the DataReport (for the model card); ``usage``: the command that uses the result."""
     data_report = report.as_dict() if report is not None else None
-    from tunelab.models.adapters import count_parameters
+    from tunelab.models.methods import count_parameters, finish, prepare_trainer
     from tunelab.models.saving import record_base_model, write_model_card
     from tunelab.plots import plot_loss
 
@@ -135,6 +155,7 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
         console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): {trainable:,} of "
                       f"{parameters:,} parameters trainable ({100 * trainable / parameters:.2f}%)")
     total = planned_steps(trainer) if run.resume else None  # builds a dataloader: only when it matters
+    prepare_trainer(trainer, cfg, lambda: total if total is not None else planned_steps(trainer))
     if total is not None and run.resume_step >= total:
         _complete_from_checkpoint(run, total)
         return TrainResult(run.path, run.resume_step, None, False, trainer.model)
@@ -150,6 +171,7 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
     if not interrupted:
         trainer.save_model(cfg.output_dir)  # collective under DeepSpeed/FSDP: every rank calls it
         if run.is_main:
+            finish(trainer.model, cfg)
             tokenizer.save_pretrained(cfg.output_dir)
             record_base_model(cfg.output_dir, cfg.model_name_or_path)
             write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
@@ -160,7 +182,8 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
 
 
 def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage: str | None) -> None:
-    what = ("reward " if cfg.stage == "rm" else "") + ("adapter (PEFT)" if cfg.finetuning_type == "lora" else "model")
+    what = ("reward " if cfg.stage == "rm" else "") + (
+        "adapter (PEFT)" if method(cfg.finetuning_type).is_peft else "model")
     out = Path(cfg.output_dir)
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:

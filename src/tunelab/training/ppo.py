@@ -183,17 +183,17 @@ class PPOTrainer(Trainer):
     def _sequence_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor],
                           with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log-probabilities, values) of the completion tokens: position t of the sequence predicts t + 1."""
-        prompt_width = batch["prompt_width"]
         if with_values:
             logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            position_ids=batch["position_ids"], use_cache=False).logits
             values = None
-        start = prompt_width - 1
-        logits = logits[:, start:-1]
+        # counted from the end: prompt and P-tuning methods put virtual tokens in front of the sequence
+        width = batch["completion_ids"].shape[1]
+        logits = logits[:, -width - 1:-1]
         logprobs = _token_logprobs(logits, batch["completion_ids"], self.settings.temperature)
-        return logprobs, (values[:, start:-1] if values is not None else None)
+        return logprobs, (values[:, -width - 1:-1] if values is not None else None)
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -218,7 +218,7 @@ class PPOTrainer(Trainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], 1)
         batch = {"input_ids": torch.cat([prompt_ids, completion_ids], 1), "attention_mask": attention_mask,
                  "position_ids": _positions(attention_mask), "completion_ids": completion_ids,
-                 "completion_mask": completion_mask.float(), "prompt_width": prompt_ids.shape[1]}
+                 "completion_mask": completion_mask.float()}
 
         texts = self.processing_class.batch_decode(completion_ids * completion_mask, skip_special_tokens=True)
         prompts = [row["prompt"] for row in rows]
