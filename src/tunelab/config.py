@@ -287,6 +287,11 @@ class TrainConfig(BaseModel):
         if self.quantization_bit and self.pissa_init:
             problems.append("pissa_init with quantization_bit: PiSSA rewrites the base weights from their singular "
                             "vectors, which a quantized base cannot hold; train PiSSA in 16/32 bits")
+        if chosen.name == "prefix" and self.prefix_projection and (self.resume_from_checkpoint or
+                                                                  self.adapter_name_or_path):
+            problems.append("prefix_projection cannot continue training: PEFT saves a projected prefix as the "
+                            "computed prefix itself, without its projection MLP; retrain, or use prefix tuning "
+                            "without prefix_projection to resume")
         if self.pre_seq_len and "num_virtual_tokens" in self.model_fields_set and \
                 self.pre_seq_len != self.num_virtual_tokens:
             problems.append(f"pre_seq_len {self.pre_seq_len} and num_virtual_tokens {self.num_virtual_tokens} are "

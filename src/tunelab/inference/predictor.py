@@ -15,6 +15,7 @@ import torch
 from tunelab.data.templates import render
 from tunelab.errors import ConfigError
 from tunelab.inference.loading import LoadOptions, load_for_inference
+from tunelab.models.generation import generate
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
 # tokenizer's eos is another token (a base model's </s> under a chatml template, say).
@@ -140,7 +141,7 @@ class Predictor:
             return []
         inputs = self._encode(conversations, tools)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **self._generate_kwargs(generation_overrides))
+            output = generate(self.model, **inputs, **self._generate_kwargs(generation_overrides))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -159,7 +160,7 @@ class Predictor:
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**inputs, **kwargs, streamer=streamer)
+                    generate(self.model, **inputs, **kwargs, streamer=streamer)
             except BaseException as error:  # re-raised in the consumer; end() unblocks its loop
                 failure.append(error)
                 streamer.end()

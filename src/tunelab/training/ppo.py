@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from tunelab.models.generation import generate
 from tunelab.training import ppo_math
 from tunelab.training.samples import SampleLog
 
@@ -167,7 +168,7 @@ class PPOTrainer(Trainer):
         settings = self.settings
         was_training = policy.training
         policy.eval()
-        sampled = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
+        sampled = generate(policy, prompt_ids, prompt_mask, do_sample=True,
                                   temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None,
                                   max_new_tokens=settings.max_completion_length, eos_token_id=self.stop_token_ids,
                                   pad_token_id=self.processing_class.pad_token_id)
