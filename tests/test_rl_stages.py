@@ -36,6 +36,8 @@ def _cfg(stage: str, out: Path, *overrides: str):
         base += ["num_generations=8", "per_device_train_batch_size=32"]
     else:
         base += ["per_device_train_batch_size=16", "ppo_epochs=2", "ppo_kl_coef=0.05"]
+    if any(o.startswith("finetuning_type=") and o != "finetuning_type=lora" for o in overrides):
+        base.remove("additional_target=lm_head")  # a LoRA key
     return load_config(None, [*base, *overrides])
 
 
@@ -120,20 +122,36 @@ def test_ppo_learns_from_a_reward_model_trained_by_stage_rm(tmp_path):
 
 # --- resume -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stage", ["grpo", "ppo"])
-def test_rl_runs_resume_from_their_last_checkpoint(tmp_path, stage, stop_after):
+@pytest.mark.parametrize("stage, extra", [("grpo", []), ("ppo", ["ppo_epochs=2"]),
+                                          ("ppo", ["finetuning_type=full", "ppo_epochs=3", "learning_rate=1e-3"])],
+                         ids=["grpo", "ppo-lora", "ppo-full"])
+def test_rl_runs_resume_from_their_last_checkpoint(tmp_path, stage, extra, stop_after, monkeypatch):
     out = tmp_path / stage
-    first = _train(_cfg(stage, out, "max_steps=8", "save_steps=4"), callbacks=[stop_after(6)])
+    overrides = ["max_steps=8", "save_steps=4", *extra]
+    first = _train(_cfg(stage, out, *overrides), callbacks=[stop_after(6)])
     assert first.global_step == 6 and (out / "checkpoint-4").is_dir()
-    resumed = _train(_cfg(stage, out, "max_steps=8", "save_steps=4", "resume_from_checkpoint=last",
-                          "overwrite_output_dir=false"))
+    if stage == "ppo":  # the value head and the KL controller come back from checkpoint-4
+        from tunelab.training.ppo import PPOTrainer
+
+        restored = {}
+        original = PPOTrainer._load_from_checkpoint
+
+        def spy(self, checkpoint, model=None):
+            original(self, checkpoint, model)
+            restored.update(value_head=self.model.value_head.weight.detach().clone(),
+                            kl_coef=self.kl_controller.value)
+
+        monkeypatch.setattr(PPOTrainer, "_load_from_checkpoint", spy)
+    resumed = _train(_cfg(stage, out, *overrides, "resume_from_checkpoint=last", "overwrite_output_dir=false"))
     assert resumed.global_step == 8 and (out / "checkpoint-8").is_dir()
-    if stage == "ppo":  # the value head and the KL controller come back with the adapter
+    if stage == "ppo":
         from safetensors.torch import load_file
 
-        saved = load_file(str(out / "checkpoint-8" / "value_head.safetensors"))
-        assert torch.equal(saved["weight"], resumed.model.value_head.weight.detach().cpu())
-        assert json.loads((out / "checkpoint-8" / "ppo_state.json").read_text())["kl_coef"] > 0
+        saved = load_file(str(out / "checkpoint-4" / "value_head.safetensors"))
+        assert torch.equal(restored["value_head"], saved["weight"]) and saved["weight"].abs().sum() > 0
+        assert restored["kl_coef"] == json.loads((out / "checkpoint-4" / "ppo_state.json").read_text())["kl_coef"]
+    steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+    assert steps == list(range(1, 9))
 
 
 # --- mistakes, before any model loads ---------------------------------------------------------------

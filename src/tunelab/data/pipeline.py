@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,7 +159,21 @@ def _prompt_dataset(samples: Iterator[dict[str, Any]]) -> Any:
     from datasets import Dataset
 
     rows = list(samples)
-    return Dataset.from_list(rows) if rows else None
+    return Dataset.from_list(_uniform_columns(rows)) if rows else None
+
+
+def _uniform_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Arrow needs one type per column; an extra column whose values mix types (a LIMO gold answer that is a
+    number in one row and text or a list in another) reaches the rewards as text (JSON for lists and objects)."""
+    mixed = {key for key in {k for row in rows for k in row if k != "prompt"}
+             if len({type(row[key]) for row in rows if row.get(key) is not None}) > 1}
+    if not mixed:
+        return rows
+
+    def text(value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    return [{key: text(value) if key in mixed else value for key, value in row.items()} for row in rows]
 
 
 def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,

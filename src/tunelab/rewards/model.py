@@ -22,9 +22,15 @@ def is_adapter(path: str) -> bool:
 
 def load_scorer(path: str) -> Any:
     """A RewardScorer for a full rm model folder or an rm adapter folder."""
+    import os
+
+    import torch
+
     from tunelab.inference.reward import RewardScorer
 
-    return RewardScorer(None, adapter=path) if is_adapter(path) else RewardScorer(path)
+    # each process of a multi-GPU run scores on its own GPU (cuda alone would mean cuda:0 before training starts)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    return RewardScorer(None, adapter=path, device=device) if is_adapter(path) else RewardScorer(path, device=device)
 
 
 def reward_model(settings: RewardSettings) -> Callable[..., list[float]]:

@@ -43,6 +43,9 @@ class OnlineRLKeys(RewardSettings):
     @model_validator(mode="after")
     def _checked(self) -> OnlineRLKeys:
         if self.max_new_tokens is not None:
+            if "max_completion_length" in self.model_fields_set and self.max_completion_length != self.max_new_tokens:
+                raise ValueError(f"max_new_tokens {self.max_new_tokens} and max_completion_length "
+                                 f"{self.max_completion_length} are the same setting; give one")
             self.max_completion_length = self.max_new_tokens
         from tunelab.rewards.registry import check_reward_specs
 
@@ -52,6 +55,8 @@ class OnlineRLKeys(RewardSettings):
 
 class GroupKeys(OnlineRLKeys):
     num_generations: int = Field(8, ge=2, description="Answers sampled per prompt, compared with each other.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient toward the reference (0 = no reference pass; "
+                                                "TRL's RLOO defaults to 0.05, its GRPO to 0).")
     epsilon: float = Field(0.2, gt=0, description="Clip range of the probability ratio (lower side, and upper "
                                                   "unless epsilon_high is set).")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO's clip-higher, e.g. 0.28).")
@@ -69,7 +74,6 @@ class GroupKeys(OnlineRLKeys):
 
 
 class GRPOKeys(GroupKeys):
-    beta: float = Field(0.04, ge=0, description="KL coefficient toward the reference (0 = no reference pass).")
     loss_type: Literal[GRPO_LOSSES] = Field("dapo", description="Loss aggregation: grpo (per answer), dr_grpo, "
                                             "dapo (per token, TRL's default), bnpo, cispo, sapo, luspo, vespo.")
     scale_rewards: Literal["group", "batch", "none"] = Field(
@@ -79,7 +83,6 @@ class GRPOKeys(GroupKeys):
 
 
 class RLOOKeys(GroupKeys):
-    beta: float = Field(0.05, ge=0, description="KL coefficient toward the reference (0 = no reference pass).")
     normalize_advantages: bool = Field(False, description="Scale RLOO's advantages to unit variance per batch.")
 
 
@@ -94,13 +97,17 @@ STAGES = [
 def check_group_batch(cfg: TrainConfig) -> None:
     """TRL compares the num_generations answers of a prompt within one generation batch (completions per
     device x gradient accumulation steps): it must hold whole groups."""
+    import os
+
     from tunelab.errors import ConfigError
 
-    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
     if batch % cfg.num_generations:
-        raise ConfigError(f"stage {cfg.stage}: per_device_train_batch_size x gradient_accumulation_steps = {batch} "
-                          f"answers per generation batch, not a multiple of num_generations {cfg.num_generations}; "
-                          "each prompt's answers are compared within one batch")
+        raise ConfigError(f"stage {cfg.stage}: per_device_train_batch_size x gradient_accumulation_steps x "
+                          f"{processes} process(es) = {batch} answers per generation batch, not a multiple of "
+                          f"num_generations {cfg.num_generations}; a prompt's answers are compared within one "
+                          "generation batch")
 
 
 def check_vllm(cfg: TrainConfig) -> None:
@@ -164,7 +171,8 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
     samples = SampleLog(cfg.output_dir, cfg.logging_steps, cfg.num_completions_to_log, cfg.log_completions)
     trainer = trainer_class(
         model=model,
-        reward_funcs=samples.wrap(rewards, cfg.reward_weights, is_main=run.is_main),
+        reward_funcs=samples.wrap(rewards, cfg.reward_weights, is_main=run.is_main,
+                                  steps_per_batch=cfg.num_iterations),
         args=training_arguments(cfg, config_class, **sampling_settings(cfg), **extra),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -172,6 +180,14 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
         callbacks=callbacks,
         peft_config=peft_config,
     )
+    samples.training = lambda: trainer.model.training
+    if peft_config is None and getattr(trainer, "ref_model", None) is not None:
+        # TRL loads its own reference from the model's path, without tunelab's resized embeddings (a template's
+        # added tokens), revision or cache folder: the reference is tunelab's frozen copy instead
+        from tunelab.stages.dpo import reference_model
+
+        trainer.ref_model = None
+        trainer.ref_model = trainer.accelerator.prepare_model(reference_model(cfg, tokenizer), evaluation_mode=True)
     return train_and_save(trainer, cfg, run, tokenizer, report, command)
 
 

@@ -75,6 +75,9 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     if cfg.eval_strategy != "no":
         raise ConfigError("stage ppo does not evaluate during training; set eval_strategy: no and score the result "
                           "with `tunelab rewards score` or `tunelab predict`")
+    if cfg.deepspeed or cfg.fsdp:
+        raise ConfigError("stage ppo runs data-parallel (accelerate launch / torchrun, one model copy per GPU); "
+                          "DeepSpeed and FSDP sharding are not supported by its generation and checkpoints yet")
     check_rewards(cfg)
     run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
     tokenizer, train_dataset, _, report = prepare_data(cfg)
@@ -88,9 +91,10 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
     rewards = load_rewards(cfg.reward_funcs, RewardSettings.model_validate(
         {key: getattr(cfg, key) for key in RewardSettings.model_fields}))
+    check_rollout_size(cfg, len(train_dataset))
+    train_dataset = train_dataset.map(lambda row: {"prompt_ids": _prompt_ids(row, tokenizer)})
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)
-    train_dataset = train_dataset.map(lambda row: {"prompt_ids": _prompt_ids(row, tokenizer)})
     trainer = PPOTrainer(
         model=model,
         ref_model=reference_model(cfg, tokenizer),  # None under LoRA: the base with the adapter disabled
@@ -105,6 +109,21 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         callbacks=callbacks,
     )
     return train_and_save(trainer, cfg, run, tokenizer, report, command)
+
+
+def check_rollout_size(cfg: TrainConfig, prompts: int) -> None:
+    """A rollout takes batch x accumulation x ppo_buffer_size prompts per process; fewer prompts than one rollout
+    would train nothing."""
+    import os
+
+    from tunelab.errors import ConfigError
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    rollout = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.ppo_buffer_size * processes
+    if prompts < rollout:
+        raise ConfigError(f"stage ppo: {prompts} train prompts, fewer than one rollout of {rollout} "
+                          "(per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size x processes); "
+                          "add prompts or lower those settings")
 
 
 def _prompt_ids(row: dict[str, Any], tokenizer: Any) -> list[int]:

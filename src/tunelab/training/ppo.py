@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import GenerationConfig, Trainer
 
 from tunelab.models.generation import generate
 from tunelab.training import ppo_math
@@ -154,6 +154,8 @@ class PPOTrainer(Trainer):
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         cycle = self.settings.ppo_epochs * self._minibatches_per_rollout
+        if self._rollout is None:  # a start, or a resume that may fall inside a rollout: align with the loader
+            self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
         if self._rollout is None or self._micro_step % cycle == 0:
             self._rollout = self._collect_rollout(super()._prepare_inputs(inputs))
         minibatch = self._rollout[self._micro_step % self._minibatches_per_rollout]
@@ -168,10 +170,12 @@ class PPOTrainer(Trainer):
         settings = self.settings
         was_training = policy.training
         policy.eval()
-        sampled = generate(policy, prompt_ids, prompt_mask, do_sample=True,
-                                  temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None,
-                                  max_new_tokens=settings.max_completion_length, eos_token_id=self.stop_token_ids,
-                                  pad_token_id=self.processing_class.pad_token_id)
+        # a complete GenerationConfig: the model's own defaults (a repetition penalty, say) would sample from
+        # another distribution than the log-probabilities PPO computes
+        config = GenerationConfig(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                                  top_k=settings.top_k or None, max_new_tokens=settings.max_completion_length,
+                                  eos_token_id=self.stop_token_ids, pad_token_id=self.processing_class.pad_token_id)
+        sampled = generate(policy, prompt_ids, prompt_mask, generation_config=config)
         policy.train(was_training)
         return sampled[:, prompt_ids.shape[1]:]
 
@@ -221,7 +225,7 @@ class PPOTrainer(Trainer):
                  "position_ids": _positions(attention_mask), "completion_ids": completion_ids,
                  "completion_mask": completion_mask.float()}
 
-        texts = self.processing_class.batch_decode(completion_ids * completion_mask, skip_special_tokens=True)
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)  # padding is pad_token
         prompts = [row["prompt"] for row in rows]
         completions = [[{"role": "assistant", "content": text}] for text in texts]
         columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
@@ -252,8 +256,10 @@ class PPOTrainer(Trainer):
         self._record_rollout(per_function, scores, sequence_kl, mask)
         self.kl_controller.update(sequence_kl, len(prompts) * self.accelerator.num_processes)
         if self.sample_log is not None and self.accelerator.is_main_process:
-            self.sample_log.record(self.state.global_step + 1, prompts, completions, per_function,
-                                   list(getattr(self.score, "weights", None) or []) or None)
+            first = self.state.global_step + 1  # this rollout trains steps first .. first + its steps - 1
+            self.sample_log.record(first, prompts, completions, per_function,
+                                   list(getattr(self.score, "weights", None) or []) or None,
+                                   steps=settings.ppo_epochs * settings.ppo_buffer_size)
 
         self._note(f"learning (reward {scores.mean().item():.3f})")
         batch.update(old_logprobs=old_logprobs, old_values=old_values, advantages=advantages, returns=returns)
@@ -273,7 +279,8 @@ class PPOTrainer(Trainer):
         for name, values in per_function.items():
             gathered = gather(torch.tensor(values, dtype=torch.float32, device=device))
             metrics[f"rewards/{name}/mean"].append(gathered.nanmean().item())
-            metrics[f"rewards/{name}/std"].append(gathered.std().item() if gathered.numel() > 1 else 0.0)
+            known = gathered[~gathered.isnan()]  # a reward may skip answers (None)
+            metrics[f"rewards/{name}/std"].append(known.std().item() if known.numel() > 1 else 0.0)
         totals = gather(scores)
         metrics["reward"].append(totals.mean().item())
         metrics["reward_std"].append(totals.std().item() if totals.numel() > 1 else 0.0)
@@ -343,10 +350,14 @@ class PPOTrainer(Trainer):
 
             set_peft_model_state_dict(policy, load_file(str(folder / "adapter_model.safetensors")))
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
+            from transformers.trainer_utils import load_sharded_checkpoint
 
             if (folder / "model.safetensors").is_file():
-                policy.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+                missing, _ = policy.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+                # tied weights (lm_head = embeddings) are saved once; anything else missing is a broken checkpoint
+                missing = [key for key in missing if key not in getattr(policy, "_tied_weights_keys", None) or []]
+                if missing and not all(key.endswith("lm_head.weight") for key in missing):
+                    raise RuntimeError(f"checkpoint {folder} lacks weights: {missing[:5]}")
             else:
                 load_sharded_checkpoint(policy, str(folder), strict=False)
         self.model.value_head.load_state_dict(load_file(str(folder / VALUE_HEAD_FILE)))

@@ -49,14 +49,22 @@ class SampleLog:
         self.count = count
         self.enabled = enabled and count > 0
         self._last_step: int | None = None
+        self.training: Callable[[], bool] = lambda: True  # set to the trainer's mode: eval batches are not logged
 
-    def due(self, step: int) -> bool:
-        """Once per logging step (and at the first step), on the main process only."""
-        return self.enabled and step != self._last_step and (step <= 1 or step % self.every_steps == 0)
+    def due(self, first: int, steps: int = 1) -> int | None:
+        """The logging step (or the first step) among the ``steps`` steps that one batch of answers trains, from
+        ``first`` on (PPO's rollout, GRPO's generation batch reused for num_iterations), if any."""
+        if not self.enabled:
+            return None
+        for step in range(first, first + steps):
+            if step != self._last_step and (step <= 1 or step % self.every_steps == 0):
+                return step
+        return None
 
-    def record(self, step: int, prompts: Sequence[Any], completions: Sequence[Any],
-               rewards: dict[str, Sequence[float]], weights: Sequence[float] | None = None) -> None:
-        if not self.due(step):
+    def record(self, first: int, prompts: Sequence[Any], completions: Sequence[Any],
+               rewards: dict[str, Sequence[float]], weights: Sequence[float] | None = None, steps: int = 1) -> None:
+        step = self.due(first, steps)
+        if step is None:
             return
         self._last_step = step
         names = list(rewards)
@@ -72,8 +80,10 @@ class SampleLog:
                                          "rewards": values, "total": total}, ensure_ascii=False) + "\n")
 
     def wrap(self, functions: list[Callable[..., list[float]]], weights: Sequence[float] | None,
-             is_main: bool = True) -> list[Callable[..., list[float]]]:
-        """The reward functions, unchanged in name and result, recording one batch per logging step."""
+             is_main: bool = True, steps_per_batch: int = 1) -> list[Callable[..., list[float]]]:
+        """The reward functions, unchanged in name and result, recording one batch per logging step; a batch of
+        answers trains ``steps_per_batch`` optimizer steps. Evaluation batches (no training state) are not
+        recorded."""
         if not self.enabled or not is_main:
             return functions
         batch: dict[str, list[float]] = {}
@@ -84,11 +94,11 @@ class SampleLog:
             def call(*args: Any, **kwargs: Any) -> list[float]:
                 values = function(*args, **kwargs)
                 batch[function.__name__] = list(values)
+                state = kwargs.get("trainer_state")
+                if position == last and state is not None and self.training():
+                    self.record(state.global_step + 1, kwargs.get("prompts") or [], kwargs.get("completions") or [],
+                                dict(batch), weights, steps=steps_per_batch)
                 if position == last:
-                    state = kwargs.get("trainer_state")
-                    step = (state.global_step + 1) if state is not None else 0  # the step this batch trains
-                    self.record(step, kwargs.get("prompts") or [], kwargs.get("completions") or [], dict(batch),
-                                weights)
                     batch.clear()
                 return values
             return call
