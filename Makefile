@@ -27,7 +27,7 @@ test: install
 	$(OFFLINE) $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -192,7 +192,7 @@ def test_every_unknown_key_is_reported() -> None:
         ("lora_rank", "abc", "valid integer"),
         ("lora_rank", 0, "greater than 0"),
         ("learning_rate", "fast", "valid number"),
-        ("finetuning_type", "qlora", "'lora', 'full' or 'freeze'"),
+        ("finetuning_type", "qlora", "finetuning_type: lora and quantization_bit: 4"),
         ("stage", "dop", "did you mean 'dpo'?"),
         ("warmup_ratio", 1.5, "less than or equal to 1"),
     ],

@@ -17,7 +17,10 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 def test_there_are_examples_for_each_finetuning_type_and_stage():
     configs = [load_config(path) for path in EXAMPLES]
-    assert {c.finetuning_type for c in configs} == {"lora", "full", "freeze"}
+    from tunelab.method_registry import method_names
+
+    assert {c.finetuning_type for c in configs} == set(method_names())  # every fine-tuning method has one
+    assert any(c.quantization_bit for c in configs)
     from tunelab.stage_registry import stage_names
 
     assert {c.stage for c in configs} == set(stage_names())  # every stage has a runnable example

@@ -18,9 +18,11 @@ def _text(completion: Any) -> str:
 
 def uses_requested_name(completions: list[Any], name: list[str], **kwargs: Any) -> list[float]:
     """1.0 when the story names the requested character, else 0.0."""
-    return [1.0 if requested in _text(completion) else 0.0 for completion, requested in zip(completions, name)]
+    return [1.0 if requested in _text(completion) else 0.0
+            for completion, requested in zip(completions, name, strict=True)]
 
 
 def uses_requested_animal(completions: list[Any], animal: list[str], **kwargs: Any) -> list[float]:
     """1.0 when the story mentions the requested animal, else 0.0."""
-    return [1.0 if requested in _text(completion) else 0.0 for completion, requested in zip(completions, animal)]
+    return [1.0 if requested in _text(completion) else 0.0
+            for completion, requested in zip(completions, animal, strict=True)]

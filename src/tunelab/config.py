@@ -206,6 +206,9 @@ class TrainConfig(BaseModel):
         from tunelab.method_registry import ALIASES, canonical_name, method_names
 
         name = canonical_name(value)
+        if name == "qlora":
+            raise ValueError("finetuning_type 'qlora' is LoRA on a quantized base: set finetuning_type: lora and "
+                             "quantization_bit: 4")
         if name not in method_names():
             raise ValueError(f"unknown finetuning_type '{value}'{_suggest(value, [*method_names(), *ALIASES])} "
                              f"(methods: {', '.join(method_names())})")
