@@ -46,10 +46,10 @@ How memory is measured:
   the heap and the resident set drifts run to run: in trials, the same QLoRA run grew by 253 MiB once and 581 MiB
   the next, and LoRA with and without rsLoRA (the same computation) by 381 and 492 MiB. The workers therefore get
   a fixed ``MALLOC_MMAP_THRESHOLD_`` (0 leaves glibc's adaptive one): 4 MiB for the methods table
-  (``--malloc-mmap-threshold``; those two LoRA runs then grew by 380 and 375 MiB, at the same tokens/s within
-  the noise) and 128 KiB for the memory part (``--memory-malloc-mmap-threshold``: every tensor over 128 KiB is
-  returned when freed; this costs about a third of the tokens/s on a 2-core EPYC, which that part does not
-  compare).
+  (``--malloc-mmap-threshold``; those two LoRA runs then grew by 380 and 375 MiB, at a cost of about 5-15% of
+  the tokens/s, alike for every row) and 128 KiB for the memory part (``--memory-malloc-mmap-threshold``: every
+  tensor over 128 KiB is returned when freed; this cost a quarter to a third of the tokens/s on a 2-core EPYC,
+  which that part does not compare).
 
 Throughput is measured by ``sft_throughput.py``'s ``StepClock`` callback; use ``--threads 1`` on a shared 2-core
 machine, and look at the "busy" column (CPU cores used by other processes while timing).

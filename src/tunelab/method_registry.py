@@ -107,9 +107,14 @@ def method(name: str) -> Method:
     return METHODS[canonical_name(name)]
 
 
+# LoRA's basic keys sit in most YAML files (LLaMA-Factory's included): switching the method on the command line
+# (finetuning_type=full) leaves them unread rather than refused. Every other method-specific key is refused.
+UNREAD_ALLOWED = _LORA_KEYS
+
+
 def keys_of_other_methods(name: str) -> dict[str, list[str]]:
-    """Every method-specific key that ``name`` does not read -> the methods that do."""
-    own = set(method(name).keys)
+    """Every method-specific key that ``name`` does not read -> the methods that do (LoRA's basic keys aside)."""
+    own = set(method(name).keys) | set(UNREAD_ALLOWED)
     others: dict[str, list[str]] = {}
     for other in METHODS.values():
         for key in other.keys:
