@@ -121,7 +121,13 @@ def train(
     from tunelab.stage_registry import all_stages
 
     command = " ".join(shlex.quote(arg) for arg in ["tunelab", *sys.argv[1:]])
-    if all_stages()[cfg.stage].run()(cfg, command=command).interrupted:
+    from tunelab.training.lifecycle import end_distributed
+
+    try:
+        result = all_stages()[cfg.stage].run()(cfg, command=command)
+    finally:
+        end_distributed()
+    if result.interrupted:
         raise typer.Exit(INTERRUPTED)
 
 

@@ -110,6 +110,18 @@ def check_group_batch(cfg: TrainConfig) -> None:
                           "generation batch")
 
 
+def check_method(cfg: TrainConfig) -> None:
+    """TRL samples through the PEFT model's own generate, which drifts for prompt-learning adapters under
+    transformers 5 (see models/generation.py): refused rather than trained on wrong samples."""
+    from tunelab.errors import ConfigError
+    from tunelab.method_registry import method
+
+    if method(cfg.finetuning_type).is_prompt_learning:
+        raise ConfigError(f"stage {cfg.stage} with finetuning_type {cfg.finetuning_type}: TRL would sample through "
+                          "PEFT's generate, which is wrong for prompt-learning adapters under transformers 5; use "
+                          "stage ppo (tunelab's own generation) or an adapter method (lora, adalora, ia3)")
+
+
 def check_vllm(cfg: TrainConfig) -> None:
     import importlib.util
 
@@ -155,6 +167,7 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
     from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
     check_group_batch(cfg)
+    check_method(cfg)
     check_vllm(cfg)
     check_rewards(cfg)
     run = preflight(cfg)

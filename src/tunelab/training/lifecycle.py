@@ -200,3 +200,19 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage
     flag = "--adapter" if (out / "adapter_config.json").is_file() else "--model"
     lines.append(f"use it        {usage or 'tunelab chat'} {flag} {out}")
     console.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))
+
+
+def end_distributed() -> None:
+    """Under torchrun/accelerate: wait for every rank (rank 0 may still be writing the model), then close the
+    process group, so no rank tears the communication down under another (seen as SIGABRT at exit)."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:  # a run that stopped before torch: nothing to close
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
