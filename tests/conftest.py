@@ -128,3 +128,25 @@ def stop_after() -> Callable[[int], Any]:
             return control
 
     return StopAfter
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Callable[[str], Path]:
+    """Factory: ``tiny_model("llama" | "qwen2")`` saves a small random model with the real minimind tokenizer
+    (Qwen2's attention has bias terms) and returns its folder."""
+
+    def factory(arch: str = "llama") -> Path:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+
+        tokenizer = AutoTokenizer.from_pretrained(FIXTURES_DIR / "tokenizers" / "minimind")
+        torch.manual_seed(0)
+        config = (Qwen2Config if arch == "qwen2" else LlamaConfig)(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+        folder = tmp_path / f"tiny-{arch}"
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return factory

@@ -131,16 +131,10 @@ def test_pissa_is_saved_as_plain_lora_of_twice_the_rank(tmp_path):
     assert config["r"] == 8 and config["init_lora_weights"] is True
 
 
-def test_bitfit_trains_only_the_biases_of_a_model_that_has_them(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+def test_bitfit_trains_only_the_biases_of_a_model_that_has_them(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "minimind")
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    model_dir = tmp_path / "tiny-qwen2"
-    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_model("qwen2")
     out = tmp_path / "bitfit"
     result = _train(_cfg(out, "bitfit", "learning_rate=5e-2", "max_steps=15", "template=null",
                          model=str(model_dir)))

@@ -176,16 +176,8 @@ def test_rl_mistakes_are_refused_before_anything_loads(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
-def test_llamafactory_ppo_yaml_runs_with_the_paths_changed(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "minimind")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    model_dir = tmp_path / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+def test_llamafactory_ppo_yaml_runs_with_the_paths_changed(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
     data = [f"dataset_dir={FIXTURES / 'data' / 'llamafactory'}", "max_samples=16", "cutoff_len=512"]
     for name in ("reward", "ppo"):
         text = (REPO / "tests" / "data" / f"llamafactory_llama3_lora_{name}.yaml").read_text()

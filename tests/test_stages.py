@@ -191,16 +191,8 @@ def test_every_preference_stage_resumes_on_the_same_curve_and_reloads(tmp_path, 
     ("dpo", []),
     ("kto", ["per_device_train_batch_size=2", "eval_steps=2", "val_size=4"]),  # KTO's KL estimate needs 2
 ])
-def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path, name, sizes):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "minimind")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    model_dir = tmp_path / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path, name, sizes, tiny_model):
+    model_dir = tiny_model("llama")
     text = (REPO / "tests" / "data" / f"llamafactory_llama3_lora_{name}.yaml").read_text()
     (tmp_path / "lf.yaml").write_text(text.replace("meta-llama/Meta-Llama-3-8B-Instruct", str(model_dir)))
     cfg = load_config(tmp_path / "lf.yaml", [f"dataset_dir={FIXTURES / 'data' / 'llamafactory'}",
