@@ -169,6 +169,8 @@ def test_rl_mistakes_are_refused_before_anything_loads(tmp_path, monkeypatch):
         _train(_cfg("grpo", tmp_path / "g", "per_device_train_batch_size=12"))
     with pytest.raises(ConfigError, match="wrong for prompt-learning adapters"):
         _train(_cfg("grpo", tmp_path / "g", "finetuning_type=prefix", "pre_seq_len=4"))
+    with pytest.raises(ConfigError, match="not checked for virtual tokens"):
+        _train(_cfg("ppo", tmp_path / "p", "finetuning_type=prompt"))
     with pytest.raises(ConfigError, match="does not evaluate"):
         _train(_cfg("ppo", tmp_path / "p", "eval_strategy=steps", "eval_steps=5", "val_size=8"))
     with pytest.raises(ConfigError, match="`ppo_epochs` applies to stage ppo; this run is `grpo`"):

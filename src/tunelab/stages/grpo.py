@@ -118,8 +118,8 @@ def check_method(cfg: TrainConfig) -> None:
 
     if method(cfg.finetuning_type).is_prompt_learning:
         raise ConfigError(f"stage {cfg.stage} with finetuning_type {cfg.finetuning_type}: TRL would sample through "
-                          "PEFT's generate, which is wrong for prompt-learning adapters under transformers 5; use "
-                          "stage ppo (tunelab's own generation) or an adapter method (lora, adalora, ia3)")
+                          "PEFT's generate, which is wrong for prompt-learning adapters under transformers 5; use an "
+                          "adapter method (lora, adalora, ia3) or freeze/full")
 
 
 def check_vllm(cfg: TrainConfig) -> None:
