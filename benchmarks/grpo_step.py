@@ -69,6 +69,7 @@ from sft_throughput import (  # noqa: E402  (the shared measurement helpers)
     paired_step_ratio,
     resolve_device,
     run_order,
+    run_worker,
     summarize,
 )
 
@@ -277,24 +278,6 @@ def worker_main(side: str, spec_path: Path, result_path: Path) -> None:
     result_path.write_text(json.dumps(asdict(result)))
 
 
-def run_worker(side: str, index: int, spec: Spec, spec_path: Path) -> SideResult:
-    import subprocess
-
-    result_path = Path(spec.workdir) / f"{side}-{index}.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if spec.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
-    if spec.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    log = result_path.with_suffix(".log")
-    with log.open("w") as handle:
-        done = subprocess.run([sys.executable, __file__, "--worker", side, "--spec", str(spec_path), "--result",
-                               str(result_path)], env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if done.returncode:
-        raise SystemExit(f"{side} worker failed:\n" + "\n".join(log.read_text().splitlines()[-30:]))
-    return SideResult(**json.loads(result_path.read_text()))
-
-
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
@@ -464,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[SideResult]] = {side: [] for side in SIDES}
         for index, side in enumerate(run_order(["trl", "tunelab"], args.repeats)):
             print(f"[{index + 1}/{2 * args.repeats}] GRPO with {side} ...", file=sys.stderr, flush=True)
-            results[side].append(run_worker(side, index, spec, spec_path))
+            results[side].append(run_worker(side, index, spec, spec_path, script=__file__))
     info = machine_description(device, args.threads)
     if not model["params"]:
         model["params"] = results["tunelab"][0].settings.get("total_params", 0)

@@ -466,8 +466,10 @@ def machine_description(device: str, threads: int | None) -> dict[str, str]:
     return info
 
 
-def run_worker(side: str, index: int, spec: Spec, spec_path: Path, verbose: bool) -> SideResult:
-    """One side, once, in a fresh interpreter; its output goes to a log file shown only on failure."""
+def run_worker(side: str, index: int, spec: Any, spec_path: Path, verbose: bool = False,
+               script: str | None = None) -> SideResult:
+    """One side, once, in a fresh interpreter running ``script`` (default: this file) with ``--worker side``; its
+    output goes to a log file shown only on failure. The other benchmarks call it with their own script."""
     result_path = Path(spec.workdir) / f"{side}-{index}.json"
     log_path = result_path.with_suffix(".log")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -475,7 +477,7 @@ def run_worker(side: str, index: int, spec: Spec, spec_path: Path, verbose: bool
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
     if spec.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # tunelab has no device key; hiding GPUs treats both sides alike
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path),
+    command = [sys.executable, str(Path(script or __file__).resolve()), "--worker", side, "--spec", str(spec_path),
                "--result", str(result_path)]
     with log_path.open("w") as log:
         completed = subprocess.run(command, env=env, stdout=None if verbose else log,

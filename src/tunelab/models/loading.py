@@ -68,12 +68,7 @@ def quantization_config(cfg: Any) -> Any | None:
     """bitsandbytes settings of the quantization_* keys, or None for a 16/32-bit base."""
     if not cfg.quantization_bit:
         return None
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise TunelabError(f"quantization_bit {cfg.quantization_bit} needs bitsandbytes: pip install "
-                           "'tunelab[gpu]' (or pip install bitsandbytes)")
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # bitsandbytes itself was checked by models.sources
 
     if cfg.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)

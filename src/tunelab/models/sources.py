@@ -95,6 +95,15 @@ def check_adapter_source(name: str, key: str = "adapter_name_or_path") -> None:
         raise ConfigError(f"{key}: folder '{name}' holds no PEFT adapter (no {ADAPTER_FILE}){hint}")
 
 
+def check_quantization_backend(bits: int | None) -> None:
+    """A 4/8-bit base needs bitsandbytes: said before anything is read or written."""
+    import importlib.util
+
+    if bits and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"quantization_bit {bits} needs bitsandbytes: pip install 'tunelab[gpu]' (or pip install "
+                          "bitsandbytes; it also runs on CPUs)")
+
+
 def _adapter_setting(adapter: str, key: str) -> str | None:
     config = Path(adapter) / ADAPTER_FILE
     if not config.is_file():

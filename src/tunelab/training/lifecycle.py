@@ -20,6 +20,7 @@ from tunelab.models.sources import (
     check_adapter_method,
     check_adapter_source,
     check_model_source,
+    check_quantization_backend,
     default_template,
 )
 from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints
@@ -43,6 +44,7 @@ def preflight(cfg: TrainConfig, extra_models: dict[str, str | None] | None = Non
     ``extra_models``: a stage's other model keys (ref_model, reward_model) -> path or id, checked alike."""
     run = RunDir(cfg)
     check_model_source(cfg.model_name_or_path)
+    check_quantization_backend(cfg.quantization_bit)
     if cfg.adapter_name_or_path:
         check_adapter_source(cfg.adapter_name_or_path)
         check_adapter_method(cfg.adapter_name_or_path, cfg.finetuning_type)
