@@ -15,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     {"errors", "console", "stage_registry", "method_registry"},
     {"config"},
-    {"data"},
+    {"data", "metrics"},
     {"models"},
     {"runs", "plots", "callbacks"},
-    {"training", "inference"},
+    {"training", "inference", "evaluation"},
     {"rewards"},
     {"stages"},
     {"commands", "demo"},

@@ -1,4 +1,4 @@
-"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, demo.
+"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, eval, demo.
 
 Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
 never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
@@ -357,6 +357,133 @@ def predict(
     samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
     predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p, options)
     run_predict(predictor, samples, output=target, batch_size=batch_size)
+
+
+def _eval_systems(models: list[str], adapters: list[str], predictions: list[str], with_base: bool) -> list[Any]:
+    """The columns of the comparison, checked (paths, no model load): predictions files, adapters (on one base
+    model) or models. A run folder of a full fine-tune passed as --adapter is evaluated as a model."""
+    from tunelab.evaluation.run import System
+    from tunelab.inference.loading import check_inference_sources
+
+    if predictions:
+        if models or adapters or with_base:
+            raise TunelabError("--predictions scores existing answers; it does not go with --model, --adapter or "
+                               "--with-base")
+        return [System(Path(p).stem if len(predictions) > 1 else "predictions", predictions=p)
+                for p in _unique_labels(predictions)]
+    from tunelab.inference.loading import base_model_for
+
+    full_runs = [a for a in adapters if not (Path(a) / "adapter_config.json").is_file()
+                 and (Path(a) / "config.json").is_file()]
+    adapters = [a for a in adapters if a not in full_runs]
+    models = models + full_runs
+    if not adapters:
+        if with_base:
+            raise TunelabError("--with-base adds the base model beside adapters; give --adapter (or compare models "
+                               "with several --model)")
+        for model in models:
+            check_inference_sources(model, None)
+        systems = [System(Path(base_model_for(m, None)).name, model=m) for m in models or [None]]
+    else:
+        if len(models) > 1:
+            raise TunelabError("several --model with --adapter: adapters are compared on one base model; give at "
+                               "most one --model (pass full-model runs as --model, without adapters)")
+        base = models[0] if models else None
+        for adapter in adapters:
+            check_inference_sources(base, adapter)
+        base_name = base_model_for(base, adapters[0])
+        systems = [System(f"base ({Path(base_name).name})", model=base_name)] if with_base else []
+        systems += [System(Path(a).name, model=base, adapter=a) for a in adapters]
+    if len({s.label for s in systems}) < len(systems):  # runs named alike in different folders: use the paths
+        systems = [System(s.adapter or s.model or s.label, s.model, s.adapter) for s in systems]
+    return systems
+
+
+def _unique_labels(paths: list[str]) -> list[str]:
+    if len({Path(p).stem for p in paths}) < len(paths):
+        raise TunelabError("two --predictions files share a name; rename one so the comparison can tell them apart")
+    return paths
+
+
+@app.command("eval")
+@_friendly_errors
+def evaluate(
+    dataset: Annotated[str | None, typer.Argument(help="Registry name or file of the evaluation data (prompts "
+                                                       "with reference answers).")] = None,
+    predictions: Annotated[list[str] | None, typer.Option(
+        "--predictions", help="Score a JSONL of {prediction, reference} rows (from `tunelab predict`) instead of "
+                              "generating; repeat to compare several.")] = None,
+    dataset_dir: DatasetDirOption = "data",
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Model id or folder (repeat to compare models; default: the adapter's base, else the "
+                        "embedded stories260K).")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", help="Adapter or run folder; repeat to compare several on one base model.")] = None,
+    with_base: Annotated[bool, typer.Option("--with-base", help="Also evaluate the base model without adapter, "
+                                            "as the first column.")] = False,
+    template: TemplateOption = None,
+    metrics: Annotated[str, typer.Option(
+        "--metrics", help="Comma-separated: bleu-1..bleu-4, rouge-1..rouge-4, rouge-l, meteor, ter, chrf, "
+                          "exact_match, accuracy, perplexity; groups bleu, rouge, text, all. Default: the text "
+                          "metrics, plus accuracy when the references are GSM8K solutions or choice letters.")]
+    = "auto",
+    task: Annotated[str, typer.Option("--task", help="Accuracy task: auto, gsm8k, math (math-verify), choice "
+                                      "(multiple-choice letters).")] = "auto",
+    language: Annotated[str, typer.Option("--language", help="auto, en or zh (jieba words, character BLEU).")]
+    = "auto",
+    output_dir: Annotated[str, typer.Option("--output-dir", help="Where eval_results.json, the per-sample JSONL "
+                                            "and the comparison chart go.")] = "outputs/eval",
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    max_samples: Annotated[int | None, typer.Option(help="Use at most this many records.")] = None,
+    skip_invalid: SkipInvalidOption = False,
+    max_new_tokens: MaxNewTokensOption = 256,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
+    cutoff_len: Annotated[int, typer.Option(help="Perplexity: tokens per conversation, as in training.")] = 2048,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    revision: RevisionOption = "main",
+    attn: AttnOption = "auto",
+) -> None:
+    """Score generations: BLEU, ROUGE, METEOR, TER, chrF, exact match, task accuracy, perplexity; several
+    models or adapters give one comparison table and chart."""
+    from tunelab.metrics import GROUPS, parse_metrics
+
+    if (dataset is None) == (not predictions):
+        raise TunelabError("give a DATASET to generate on, or --predictions FILE to score (not both)")
+    if batch_size < 1 or max_new_tokens < 1 or cutoff_len < 1:
+        raise TunelabError("--batch-size, --max-new-tokens and --cutoff-len must be at least 1")
+    if max_samples is not None and max_samples < 1:
+        raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
+    chosen = parse_metrics(GROUPS["text"] if metrics == "auto" else metrics)
+    if Path(output_dir).is_file():
+        raise TunelabError(f"--output-dir '{output_dir}' is a file; give a folder")
+    options = _load_options(trust_remote_code, revision, attn)
+    systems = _eval_systems(model or [], adapter or [], predictions or [], with_base)
+    samples = None
+    if dataset is not None:
+        from tunelab.inference.predict import load_samples
+
+        samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
+    from tunelab.evaluation.run import read_predictions
+    from tunelab.metrics.scoring import resolve_task
+
+    golds = [s[1] for s in samples] if samples is not None else [r[0] for r in read_predictions(predictions[0])[1]]
+    named = {part.strip() for part in metrics.split(",")}
+    chosen = [name for name in chosen if name != "accuracy"]  # accuracy goes where a task applies:
+    found = resolve_task(task, golds, ["accuracy"] if named & {"accuracy", "acc"} else [])  # asked for, it must
+    if found is not None and (metrics == "auto" or named & {"accuracy", "acc", "all"}):  # (before any model loads)
+        chosen.append("accuracy")
+    from tunelab.evaluation.report import print_results
+    from tunelab.evaluation.run import GenerationSettings, run_eval
+
+    settings = GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len)
+    results = run_eval(systems, samples, chosen, output_dir=output_dir, settings=settings, options=options,
+                       language=language, task=found, template=template)
+    if as_json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        print_results(results, output_dir)
 
 
 @app.command()

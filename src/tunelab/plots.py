@@ -107,3 +107,38 @@ def _draw_rewards(axes: Any, data: dict[str, tuple[list, list]]) -> None:
     axes.set_ylabel("rewards (mean ± std)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
+
+
+def plot_comparison(summaries: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """Grouped bars: one group per metric on the [0, 1] scale (perplexity, on its own scale, in a second panel),
+    one bar per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(summaries)
+    shared = [name for name in next(iter(summaries.values()))
+              if all(isinstance(s.get(name), (int, float)) for s in summaries.values())
+              and name not in ("num_samples", "perplexity", "loss")]
+    panels = [shared] + ([["perplexity"]] if all(isinstance(s.get("perplexity"), (int, float))
+                                                  for s in summaries.values()) else [])
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(max(6, 0.4 * len(shared) * len(labels) ** 0.5 + 3)
+                                                                 + 1.5 * (len(panels) - 1), 4),
+                                     gridspec_kw={"width_ratios": [max(len(p), 1) for p in panels]}, squeeze=False)
+    width = 0.8 / len(labels)
+    for axes, names in zip(axes_list[0], panels, strict=True):
+        for index, label in enumerate(labels):
+            positions = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(names))]
+            axes.bar(positions, [summaries[label][name] for name in names], width, label=label)
+        ticks = [f"{name} (lower\nis better)" if name in ("ter", "perplexity") else name for name in names]
+        tilted = len(names) > 3
+        axes.set_xticks(range(len(names)), ticks, rotation=45 if tilted else 0, ha="right" if tilted else "center")
+        axes.grid(axis="y", alpha=0.3)
+    axes_list[0][0].set_ylabel("mean over samples")
+    axes_list[0][0].legend(fontsize=8)
+    figure.suptitle("evaluation: " + " vs ".join(labels), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

@@ -23,10 +23,12 @@ The policy is asked (``R1_SYSTEM_PROMPT``) to answer as ``<reasoning>\n...\n</re
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from tunelab.metrics.answers import extract_answer, gold_answer, same_answer
 from tunelab.rewards.text import column, completion_text
+
+__all__ = ["R1_SYSTEM_PROMPT", "extract_answer", "gold_answer", "same_answer"]  # answers live in metrics
 
 R1_SYSTEM_PROMPT = """
 Respond in the following format:
@@ -43,38 +45,6 @@ TRAILING_PENALTY = 0.001  # per character after the closing answer tag
 
 _STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$")
 _SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
-
-
-def extract_answer(text: str) -> str:
-    """The recipe's answer: after the last ``<answer>``, before the next ``</answer>``, stripped."""
-    return text.rsplit("<answer>", 1)[-1].split("</answer>", 1)[0].strip()
-
-
-def gold_answer(gold: Any) -> str:
-    """A gold column's answer; a whole GSM8K solution gives its final "#### N"."""
-    text = str(gold)
-    return text.rsplit("####", 1)[-1].strip() if "####" in text else text.strip()
-
-
-def _as_number(text: str) -> Decimal | None:
-    """ "$1,600.00" -> 1600.00; anything but a plain number -> None."""
-    cleaned = _THOUSANDS.sub("", text.strip().removeprefix("$").strip()).rstrip(".")
-    if not _NUMBER.fullmatch(cleaned):
-        return None
-    try:
-        return Decimal(cleaned)
-    except InvalidOperation:
-        return None
-
-
-def same_answer(answer: str, gold: str) -> bool:
-    """Equal as numbers when both are plain numbers, else equal as stripped text."""
-    number, expected = _as_number(answer), _as_number(gold)
-    if number is not None and expected is not None:
-        return number == expected
-    return answer.strip() == gold.strip()
 
 
 def _texts(completions: list[Any]) -> list[str]:

@@ -1,0 +1,1 @@
+"""tunelab eval: generate, score and compare (run.py), perplexity, and the console report."""
