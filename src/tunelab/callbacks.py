@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from tunelab.config import TrainConfig
 from tunelab.console import console
+from tunelab.metrics.text import TEXT_METRICS
 from tunelab.models.saving import record_base_model
 from tunelab.runs import CHECKPOINT_CONFIG
 
@@ -94,7 +95,7 @@ _SHOWN = ("loss", "grad_norm", "learning_rate", "mean_token_accuracy", "rewards/
 
 
 def _shown(key: str) -> bool:
-    return key.removeprefix("eval_") in _SHOWN
+    return key.removeprefix("eval_") in _SHOWN or key.removeprefix("eval_") in TEXT_METRICS
 
 
 class ProgressCallback(TrainerCallback):

@@ -1,13 +1,15 @@
 """The loss plot of a run, from metrics.jsonl: train and eval loss (log scale when they span orders of
 magnitude), the stage's own measures when it logs them (preference stages: reward accuracy and margin;
 rm: pair accuracy; train and eval; RL stages: each reward's mean and spread, the KL to the reference and the
-clip fraction), and the learning rate."""
+clip fraction), the generated-text metrics of predict_with_generate (eval_bleu-4, ...), and the learning rate.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from tunelab.metrics.text import TEXT_METRICS
 from tunelab.runs import PLOT_FILE, read_metrics
 
 LOG_SCALE_RATIO = 20  # max/min loss beyond which a linear axis flattens the interesting part
@@ -36,13 +38,15 @@ def plot_loss(output_dir: str | Path) -> Path | None:
                 if (series := _series(records, f"{prefix}{key}"))}
     rewards = _reward_series(records)
     policy = {key: series for key in POLICY_MEASURES if (series := _series(records, key))}
+    generated = {f"eval_{key}": series for key in (*TEXT_METRICS, "accuracy")
+                 if (series := _series(records, f"eval_{key}")) and f"eval_{key}" not in measures}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     extra = [(draw, data) for draw, data in ((_draw_lines, measures), (_draw_rewards, rewards),
-                                             (_draw_lines, policy)) if data]
+                                             (_draw_lines, policy), (_draw_lines, generated)) if data]
     ratios = [3, *[2] * len(extra), 1]
     figure, panels = plt.subplots(len(ratios), 1, figsize=(7, 2 * len(ratios) + 1.5), sharex=True,
                                   gridspec_kw={"height_ratios": ratios})
@@ -90,7 +94,9 @@ def _reward_series(records: list[dict]) -> dict[str, tuple[list, list]]:
 def _draw_lines(axes: Any, data: dict[str, list[tuple[int, float]]]) -> None:
     for name, series in data.items():
         axes.plot(*zip(*series, strict=True), marker="o" if name.startswith("eval_") else None, label=name)
-    axes.set_ylabel("policy" if "kl" in data or "clip_ratio" in data else "stage measures")
+    axes.set_ylabel("policy" if "kl" in data or "clip_ratio" in data else
+                    "generated text" if any(key.removeprefix("eval_") in TEXT_METRICS for key in data) else
+                    "stage measures")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
 

@@ -33,6 +33,8 @@ class DataReport:
     truncated: int = 0
     trained_tokens: int = 0
     skipped: Skipped = field(default_factory=Skipped)
+    # The held-out rows themselves, for generating answers at evaluation (predict_with_generate); not reported.
+    eval_rows: list[dict] = field(default_factory=list, repr=False)
 
     def lines(self) -> list[str]:
         out = [f"dataset {d['name']}: {d['rows']} records ({d['format']} format) from {d['source']}"
@@ -72,6 +74,7 @@ def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], DataReport]:
     train, held_out = split_rows(rows, cfg.val_size, cfg.seed)
     for part in _load(cfg.eval_dataset or [], cfg, report):
         held_out += part
+    report.eval_rows = held_out
     return train, held_out, report
 
 

@@ -89,6 +89,24 @@ class Predictor:
         self.model.to(self.device).eval()
         self.stop_token_ids = stop_token_ids(self.tokenizer, self.model)
 
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, max_new_tokens: int = 256,
+                    temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0) -> Predictor:
+        """A predictor over a model already in memory (a model in training): same rendering, stopping and
+        decoding as a loaded one. The tokenizer is copied, so left padding does not reach the trainer's."""
+        import copy
+
+        check_generation_settings(max_new_tokens, temperature, top_p, repetition_penalty)
+        predictor = cls.__new__(cls)
+        predictor.settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                              "repetition_penalty": repetition_penalty}
+        predictor.model, predictor.model_name = model, name
+        predictor.tokenizer = copy.copy(tokenizer)
+        predictor.tokenizer.padding_side = "left"
+        predictor.device = next(model.parameters()).device
+        predictor.stop_token_ids = stop_token_ids(tokenizer, model)
+        return predictor
+
     # --- building blocks ----------------------------------------------------------------------
 
     @staticmethod

@@ -10,17 +10,61 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from tunelab.config import TrainConfig
+from tunelab.errors import ConfigError
+from tunelab.metrics import parse_metrics
 from tunelab.stage_registry import Stage
 from tunelab.training.lifecycle import TrainResult, begin, load_trainable_model, preflight, prepare_data, train_and_save
 
+
+class GenerationKeys(BaseModel):
+    """Generated-text metrics on the held-out data (the ChatGLM P-Tuning and LLaMA-Factory keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predict_with_generate: bool = Field(False, description="At each evaluation also generate answers to the eval "
+                                        "prompts and log generation_metrics (eval_bleu-4, ...) beside eval_loss.")
+    do_predict: bool = Field(False, description="After training, generate answers to the eval prompts: "
+                             "generated_predictions.jsonl and predict_results.json (predict_bleu-4, ...).")
+    generation_metrics: list[str] = Field(["bleu-4", "rouge-1", "rouge-2", "rouge-l"], description="Metrics of "
+                                          "predict_with_generate/do_predict (see `tunelab eval --help`).")
+    generation_max_new_tokens: int = Field(128, gt=0, description="Tokens generated per eval answer.")
+    generation_max_samples: int | None = Field(None, gt=0, description="Generate for at most this many eval "
+                                               "prompts (default: all).")
+
+    @field_validator("generation_metrics", mode="before")
+    @classmethod
+    def _metrics(cls, value: Any) -> list[str]:
+        try:
+            names = parse_metrics(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        if "perplexity" in names:
+            raise ValueError("perplexity is exp(eval_loss), which evaluation already logs; leave it out")
+        return names
+
+
 STAGES = [
-    Stage("sft", "sft", "supervised fine-tuning on conversations (loss on the answers)", "tunelab.stages.sft:run_sft"),
+    Stage("sft", "sft", "supervised fine-tuning on conversations (loss on the answers)", "tunelab.stages.sft:run_sft",
+          GenerationKeys),
     Stage("pt", "pt", "continued pretraining on plain text (loss on every token)", "tunelab.stages.sft:run_sft"),
 ]
 
 
+def check_generation_keys(cfg: TrainConfig) -> None:
+    """Generating on held-out prompts needs held-out data (and, during training, evaluations)."""
+    wants = [key for key in ("predict_with_generate", "do_predict") if getattr(cfg, key, False)]
+    if wants and not (cfg.val_size or cfg.eval_dataset):
+        raise ConfigError(f"{' and '.join(wants)} generate for the eval prompts; set val_size or eval_dataset")
+    if getattr(cfg, "predict_with_generate", False) and cfg.eval_strategy == "no":
+        raise ConfigError("predict_with_generate logs at each evaluation, but eval_strategy is 'no'; set "
+                          "eval_strategy: steps with eval_steps (or use do_predict for one pass after training)")
+
+
 def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+    check_generation_keys(cfg)
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import SFTTrainer

@@ -152,6 +152,10 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
     from tunelab.plots import plot_loss
 
     progress = _attach_callbacks(trainer, cfg, run)
+    from tunelab.training.generation_eval import attach_generation_metrics, predict_after_training
+
+    eval_rows = report.eval_rows if report is not None else []
+    attach_generation_metrics(trainer, cfg, eval_rows)
     if run.is_main:
         trainable, parameters = count_parameters(trainer.model)
         console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): {trainable:,} of "
@@ -177,19 +181,24 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
             tokenizer.save_pretrained(cfg.output_dir)
             record_base_model(cfg.output_dir, cfg.model_name_or_path)
             write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
+    predictions = predict_after_training(trainer.model, tokenizer, cfg, eval_rows) \
+        if run.is_main and not interrupted else None
     if run.is_main:
         plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
-        _print_outputs(cfg, plot, interrupted, usage)
+        _print_outputs(cfg, plot, interrupted, usage, predictions)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, final_loss, interrupted, trainer.model)
 
 
-def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage: str | None) -> None:
+def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage: str | None,
+                   predictions: Path | None = None) -> None:
     what = ("reward " if cfg.stage == "rm" else "") + (
         "adapter (PEFT)" if method(cfg.finetuning_type).is_peft else "model")
     out = Path(cfg.output_dir)
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:
         lines.append(f"loss curve    {plot}")
+    if predictions:
+        lines.append(f"predictions   {predictions.parent / 'generated_predictions.jsonl'} (scores in {predictions})")
     saved = checkpoints(out)
     if saved:
         lines.append(f"checkpoints   {', '.join(c.name for c in saved)} in {out}")

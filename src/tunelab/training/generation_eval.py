@@ -1,0 +1,92 @@
+"""Generation metrics while training (stage sft): ``predict_with_generate`` and ``do_predict``.
+
+Eval loss says how likely the reference answers are; users of the ChatGLM P-Tuning and LLaMA-Factory recipes
+also judge a run by what it writes. With ``predict_with_generate`` each evaluation generates answers to the
+held-out prompts (greedy, through the same ``Predictor`` as ``tunelab predict``) and logs
+``generation_metrics`` as ``eval_bleu-4``, ``eval_rouge-l``, ... beside ``eval_loss`` in metrics.jsonl and the
+plot. ``do_predict`` does the same once after training and writes ``generated_predictions.jsonl`` and
+``predict_results.json`` (``predict_bleu-4``, ...) into output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunelab.config import TrainConfig
+from tunelab.console import console
+from tunelab.inference.predict import Sample, run_predict, split_prompt
+from tunelab.inference.predictor import Predictor
+from tunelab.metrics import parse_metrics
+from tunelab.metrics.scoring import score_predictions
+
+PREDICTIONS_FILE = "generated_predictions.jsonl"
+PREDICT_RESULTS_FILE = "predict_results.json"
+
+
+def held_out_samples(rows: list[dict], limit: int | None) -> list[Sample]:
+    """(prompt messages, reference, tools) of the held-out SFT rows: the last answer is the reference."""
+    samples = [(*split_prompt(row["messages"]), row.get("tools")) for row in rows]
+    return samples[:limit] if limit else samples
+
+
+def generate_and_score(model: Any, tokenizer: Any, samples: list[Sample], cfg: TrainConfig,
+                       output: Path) -> dict[str, float | None]:
+    """Generate for the samples with the model as it is now, write them to ``output`` (predict's JSONL), and
+    return the metric means."""
+    was_training = model.training
+    model.eval()
+    try:
+        predictor = Predictor.from_loaded(model, tokenizer, cfg.model_name_or_path,
+                                          max_new_tokens=cfg.generation_max_new_tokens)
+        run_predict(predictor, samples, output=output, batch_size=cfg.per_device_eval_batch_size)
+    finally:
+        model.train(was_training)
+    predictions, references = [], []
+    with output.open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            predictions.append(record["prediction"])
+            references.append([record["reference"]])
+    scores = score_predictions(predictions, references, parse_metrics(cfg.generation_metrics))
+    return {name: value for name, value in scores.summary.items() if isinstance(value, (int, float))
+            and name != "num_samples"}
+
+
+class GenerationMetricsCallback(TrainerCallback):
+    """After each evaluation: generate for the held-out prompts and log the generation metrics (``eval_*``)."""
+
+    def __init__(self, trainer: Any, cfg: TrainConfig, samples: list[Sample]):
+        self.trainer, self.cfg, self.samples = trainer, cfg, samples
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        output = Path(args.output_dir) / "eval_generations" / f"step-{state.global_step}.jsonl"
+        values = generate_and_score(self.trainer.model, self.trainer.processing_class, self.samples, self.cfg,
+                                    output)
+        self.trainer.log({f"eval_{name}": value for name, value in values.items()})
+
+
+def attach_generation_metrics(trainer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> None:
+    """Add the callback when the run asks for predict_with_generate."""
+    if getattr(cfg, "predict_with_generate", False) and eval_rows:
+        trainer.add_callback(GenerationMetricsCallback(trainer, cfg, held_out_samples(
+            eval_rows, cfg.generation_max_samples)))
+
+
+def predict_after_training(model: Any, tokenizer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> Path | None:
+    """do_predict: generated_predictions.jsonl and predict_results.json in output_dir; their path, or None."""
+    if not getattr(cfg, "do_predict", False) or not eval_rows:
+        return None
+    out = Path(cfg.output_dir)
+    console.print(f"[bold]predict[/bold] generating answers to {len(eval_rows)} held-out prompts ...")
+    values = generate_and_score(model, tokenizer, held_out_samples(eval_rows, cfg.generation_max_samples), cfg,
+                                out / PREDICTIONS_FILE)
+    results = {f"predict_{name}": value for name, value in values.items()}
+    (out / PREDICT_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    console.print("[bold]predict[/bold] " + "  ".join(f"{name} {value:.4f}" for name, value in results.items()))
+    return out / PREDICT_RESULTS_FILE
