@@ -60,6 +60,26 @@ BAD_INVOCATIONS = [
     (["predict", STORIES, "--max-samples", "-2"], "--max-samples must be at least 1"),
     (["predict", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
     (["predict", "{tmp}/missing.json"], "neither a name"),
+    # eval
+    (["eval"], "give a DATASET to generate on, or --predictions FILE to score"),
+    (["eval", STORIES, "--predictions", "{tmp}/answers.jsonl"], "(not both)"),
+    (["eval", STORIES, "--metrics", "meteo"], "unknown metric 'meteo' (did you mean 'meteor'?)"),
+    (["eval", STORIES, "--metrics", "accuracy"], "metric accuracy needs a task"),
+    (["eval", STORIES, "--task", "mcq"], "task 'mcq' is not one of auto, gsm8k, math, choice"),
+    (["eval", STORIES, "--language", "fr"], "language 'fr' is not one of auto, en, zh"),
+    (["eval", STORIES, "--with-base"], "--with-base adds the base model beside adapters"),
+    (["eval", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["eval", STORIES, "--output-dir", "{file}"], "--output-dir '{file}' is a file"),
+    (["eval", "--predictions", "{tmp}/missing.jsonl"], "--predictions '{tmp}/missing.jsonl' is not a file"),
+    (["eval", "--predictions", "{tmp}/answers.jsonl"], "answers.jsonl, line 1, field 'prediction': missing"),
+    (["eval", "--predictions", "{tmp}/predictions.jsonl", "--metrics", "perplexity"],
+     "perplexity needs a model, not a predictions file"),
+    (["eval", "--predictions", "{tmp}/predictions.jsonl", "--model", "stories260K"], "does not go with --model"),
+    (["train", DEMO, "predict_with_generate=true"], "predict_with_generate: generating for the eval prompts needs "
+     "eval data; set val_size or eval_dataset"),
+    (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "predict_with_generate=true"],
+     "eval_strategy is 'no'"),
+    (["train", DEMO, "generation_metrics=bleu-5"], "unknown metric 'bleu-5'"),
     # chat
     (["chat", "--max-new-tokens", "-1", "--query", "hi"], "max_new_tokens must be at least 1"),
     (["chat", "--temperature", "-1", "--query", "hi"], "temperature must be 0 (greedy) or more"),
@@ -122,6 +142,7 @@ def scratch(tmp_path_factory) -> dict[str, str]:
     (tmp / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K"}))
     (tmp / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\n')
     (tmp / "answers.jsonl").write_text('{"prompt": "How many?", "completion": "18"}\n')
+    (tmp / "predictions.jsonl").write_text('{"prediction": "18", "reference": "#### 18"}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
 
 

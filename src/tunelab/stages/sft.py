@@ -57,7 +57,8 @@ def check_generation_keys(cfg: TrainConfig) -> None:
     """Generating on held-out prompts needs held-out data (and, during training, evaluations)."""
     wants = [key for key in ("predict_with_generate", "do_predict") if getattr(cfg, key, False)]
     if wants and not (cfg.val_size or cfg.eval_dataset):
-        raise ConfigError(f"{' and '.join(wants)} generate for the eval prompts; set val_size or eval_dataset")
+        raise ConfigError(f"{' and '.join(wants)}: generating for the eval prompts needs eval data; set val_size "
+                          "or eval_dataset")
     if getattr(cfg, "predict_with_generate", False) and cfg.eval_strategy == "no":
         raise ConfigError("predict_with_generate logs at each evaluation, but eval_strategy is 'no'; set "
                           "eval_strategy: steps with eval_steps (or use do_predict for one pass after training)")
