@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: install demo test lint clean
+.PHONY: install wordnet demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,18 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed wordnet
+
+# METEOR's synonym stage reads WordNet 3.0, which no Python package carries: Debian/Ubuntu's wordnet-base
+# (installed here when this runs as root with apt-get). Without it tunelab still works; METEOR says it is missing.
+wordnet:
+	@if [ -f /usr/share/wordnet/data.noun ] || [ -n "$$WNSEARCHDIR" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing WordNet 3.0 (Debian's wordnet-base) for METEOR"; \
+		apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1; } || \
+		echo "note: could not install wordnet-base; METEOR will be reported as unavailable"; \
+	else echo "note: WordNet is not installed, so METEOR will be reported as unavailable; on Debian/Ubuntu: sudo apt-get install wordnet-base"; fi
 
 demo: install
 	$(OFFLINE) $(BIN)/tunelab demo

@@ -224,12 +224,12 @@ def check_choice(completion: str, gold: Any) -> AnswerCheck:
 
 
 def detect_task(golds: list[Any]) -> str | None:
-    """The task the gold answers look like: GSM8K solutions ("####"), choice letters, else None (text)."""
+    """The task the gold answers look like: GSM8K solutions ("####") or plain numbers, choice letters, else None."""
     texts = [str(gold) for gold in golds if gold not in (None, "")]
     if not texts:
         return None
-    if all("####" in text for text in texts):
-        return "gsm8k"
+    if all("####" in text or _as_number(text) is not None for text in texts):
+        return "gsm8k"  # GSM8K solutions, or plain numbers (GSM8K with extract_answer, AIME)
     if all(choice_letter(text) for text in texts):
         return "choice"
     return None
