@@ -18,7 +18,7 @@ LAYERS = [
     {"data", "metrics"},
     {"models"},
     {"runs", "plots", "callbacks"},
-    {"training", "inference", "evaluation"},
+    {"training", "inference", "evaluation", "export"},
     {"rewards"},
     {"stages"},
     {"commands", "demo"},

@@ -1,4 +1,5 @@
-"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, eval, demo.
+"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, eval, export,
+demo.
 
 Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
 never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shlex
 import sys
@@ -38,6 +40,10 @@ def _quiet_libraries() -> None:
     """Deprecation chatter from the libraries underneath says nothing a tunelab user can act on."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
+    # bitsandbytes' CPU backend asks for a kernel from the hub (offline: never there) and then uses its own
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # notes about tokenizer post-processors GGUF does not store
+    warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")  # tunelab says it (export)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
@@ -484,6 +490,54 @@ def evaluate(
         print(json.dumps(results, ensure_ascii=False))
     else:
         print_results(results, output_dir)
+
+
+@app.command("export")
+@_friendly_errors
+def export(
+    config: Annotated[str | None, typer.Argument(help="YAML with LLaMA-Factory's export keys (model_name_or_path, "
+                                                      "adapter_name_or_path, export_dir, export_size, ...).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base model, or a full/freeze run folder (default: "
+                                              "the adapter's base).")] = None,
+    adapter: Annotated[str | None, typer.Option("--adapter", help="Adapter (run folder) to merge.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "--export-dir", help="Output folder.")] = None,
+    export_format: Annotated[str | None, typer.Option("--format", help="hf (safetensors, default) or gguf.")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="hf weights: auto (the base's), float32, float16, "
+                                              "bfloat16.")] = None,
+    quantization: Annotated[str | None, typer.Option(
+        "--quantization", help="gguf: f32, f16 (default), bf16, q8_0, q5_1, q5_0, q4_1, q4_0; hf: 4 or 8 "
+                               "(bitsandbytes).")] = None,
+    template: TemplateOption = None,
+    shard_size: Annotated[float | None, typer.Option("--shard-size", help="Largest safetensors shard in GB.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or auto (a GPU if any) for the merge.")] = None,
+    legacy_format: Annotated[bool | None, typer.Option("--legacy-format/--safetensors",
+                                                       help="Save .bin files instead of safetensors.")] = None,
+    ollama: Annotated[bool | None, typer.Option("--ollama", help="gguf: also write an Ollama Modelfile.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an earlier export in the output "
+                                                   "folder.")] = None,
+    trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code", help="Allow model code from the "
+                                                           "hub.")] = None,
+) -> None:
+    """Export a model: the adapter merged into its base (safetensors, or 4/8-bit), or GGUF for llama.cpp/Ollama."""
+    from tunelab.export.settings import load_export_settings
+
+    flags: dict[str, Any] = {"model_name_or_path": model, "adapter_name_or_path": adapter, "export_dir": output,
+                             "export_format": export_format, "export_dtype": dtype, "template": template,
+                             "export_size": shard_size, "export_device": device, "export_legacy_format": legacy_format,
+                             "export_ollama": ollama, "export_overwrite": overwrite,
+                             "trust_remote_code": trust_remote_code}
+    if quantization is not None:
+        gguf_format = (export_format or "") == "gguf" or (export_format is None and quantization not in ("4", "8"))
+        if gguf_format:
+            flags["export_gguf_type"] = quantization
+        else:
+            flags["export_quantization_bit"] = int(quantization)
+        if gguf_format and export_format is None:
+            flags["export_format"] = "gguf"
+    settings = load_export_settings(config, flags)
+    from tunelab.export.run import run_export
+
+    run_export(settings)
 
 
 @app.command()

@@ -1,0 +1,179 @@
+"""``tunelab export``: checks first, then merge, save (hf, bitsandbytes 4/8-bit, or GGUF with an optional Ollama
+Modelfile) into a temporary folder beside ``export_dir``, and move it into place only when everything was
+written, so a failure leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunelab import __version__
+from tunelab.console import console
+from tunelab.errors import TunelabError
+from tunelab.export.settings import ExportSettings
+from tunelab.models.sources import adapter_base, portable_base_name, resolve_model_path
+
+RECORD = "export.json"  # what was exported from what; also marks a folder as an earlier export
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def _config(model: str) -> dict[str, Any] | None:
+    path = Path(resolve_model_path(model)) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def check_adapter_base(model: str, adapter: str) -> None:
+    """An adapter on another base than it was trained on: refused when both configs are at hand and differ."""
+    recorded = adapter_base(adapter)
+    if recorded is None or portable_base_name(recorded) == portable_base_name(model):
+        return
+    trained_on, given = _config(recorded), _config(model)
+    if trained_on is None or given is None:
+        return  # the recorded base is not here to compare with; loading the adapter checks the shapes
+    differences = [f"{key} {trained_on.get(key)} vs {given.get(key)}" for key in _SHAPE_KEYS
+                   if trained_on.get(key) != given.get(key)]
+    if differences:
+        raise TunelabError(f"adapter '{adapter}' was trained on '{recorded}', which differs from the model "
+                           f"'{model}' ({', '.join(differences)}); pass --model {recorded} or leave --model out")
+
+
+def check_target(settings: ExportSettings, base: str) -> Path:
+    """export_dir must be new, empty, or (with export_overwrite) an earlier export; never the model or adapter."""
+    target = Path(settings.export_dir)
+    sources = [Path(resolve_model_path(base)), *([Path(settings.adapter_name_or_path)]
+                                                  if settings.adapter_name_or_path else [])]
+    if any(target.resolve() == source.resolve() for source in sources):
+        raise TunelabError(f"export_dir '{target}' is the model or adapter folder being exported; choose a new folder")
+    if target.is_file():
+        raise TunelabError(f"export_dir '{target}' is a file; give a folder")
+    if target.is_dir() and any(target.iterdir()):
+        entries = sorted(p.name for p in target.iterdir())
+        if not (target / RECORD).is_file():
+            raise TunelabError(f"export_dir '{target}' holds other files ({', '.join(entries[:4])}"
+                               f"{', ...' if len(entries) > 4 else ''}); choose a new or empty folder")
+        if not settings.export_overwrite:
+            raise TunelabError(f"export_dir '{target}' holds an earlier export; pass --overwrite "
+                               "(export_overwrite: true) to replace it")
+    return target
+
+
+def _size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def _usage_hf(target: Path, quantized: bool) -> str:
+    extra = "  # needs bitsandbytes" if quantized else ""
+    return (f"tunelab chat --model {target}\n\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{target}\"){extra}\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{target}\")")
+
+
+def _usage_gguf(target: Path, file: str, ollama: bool) -> str:
+    lines = [f"llama-cli -m {target / file} -cnv",
+             f"python -c \"from transformers import AutoModelForCausalLM; "
+             f"AutoModelForCausalLM.from_pretrained('{target}', gguf_file='{file}')\""]
+    if ollama:
+        lines.append(f"ollama create {target.name} -f {target / 'Modelfile'} && ollama run {target.name}")
+    return "\n".join(lines)
+
+
+def run_export(settings: ExportSettings) -> Path:
+    """Export as ``settings`` say; returns the folder written."""
+    from tunelab.export.merge import check_mergeable
+    from tunelab.inference.loading import check_inference_sources
+
+    adapter = settings.adapter_name_or_path
+    base = check_inference_sources(settings.model_name_or_path, adapter)
+    if adapter is not None:
+        check_mergeable(adapter, gguf=settings.export_format == "gguf")
+        check_adapter_base(base, adapter)
+    if settings.export_quantization_bit:
+        from tunelab.models.sources import check_quantization_backend
+
+        check_quantization_backend(settings.export_quantization_bit)
+    target = check_target(settings, base)
+    work = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        file, usage = _export_into(work, settings, base, target)
+        (work / RECORD).write_text(json.dumps({
+            "tunelab": __version__, "format": settings.export_format, "base_model": portable_base_name(base),
+            "adapter": adapter, "dtype": settings.export_dtype, "gguf_type": settings.export_gguf_type
+            if settings.export_format == "gguf" else None, "quantization_bit": settings.export_quantization_bit,
+            "file": file}, indent=2) + "\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    console.print(f"[bold green]exported[/bold green] {_human(_size(target))} to {target}")
+    console.print("use it\n  " + usage.replace("\n", "\n  "), markup=False, highlight=False)
+    return target
+
+
+def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) -> tuple[str | None, str]:
+    """Write the export into ``work``; returns the GGUF file name (None for hf) and how to use the result."""
+    from tunelab.export.merge import is_reward_model, load_merged, quantize_saved, save_hf, write_card
+
+    adapter = settings.adapter_name_or_path
+    gguf = settings.export_format == "gguf"
+    what = f"{base}" + (f" + {adapter}" if adapter else "")
+    with console.status(f"loading {what} ..."):
+        tokenizer, model = load_merged(settings, base, "float32" if gguf else settings.export_dtype)
+    console.print(f"[bold]export[/bold] {'merged' if adapter else 'loaded'} {what}")
+    hf_folder = work / "hf" if gguf or settings.export_quantization_bit else work
+    with console.status("saving the model ..."):
+        save_hf(model, tokenizer, hf_folder, settings, base)
+    del model
+    if settings.export_quantization_bit:
+        with console.status(f"quantizing to {settings.export_quantization_bit} bits (bitsandbytes) ..."):
+            quantize_saved(hf_folder, settings.export_quantization_bit, work, is_reward_model(base, adapter))
+        shutil.rmtree(hf_folder)
+    if not gguf:
+        kind = f"A {settings.export_quantization_bit}-bit model" if settings.export_quantization_bit else "A model"
+        usage = _usage_hf(target, bool(settings.export_quantization_bit))
+        write_card(work, settings, base, kind, usage)
+        return None, usage
+    file = _write_gguf(work, hf_folder, settings, base, target, tokenizer)
+    return file, _usage_gguf(target, file, settings.export_ollama)
+
+
+def _write_gguf(work: Path, hf_folder: Path, settings: ExportSettings, base: str, target: Path,
+                tokenizer: Any) -> str:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tunelab.export.merge import write_card
+    from tunelab.export.ollama import write_modelfile
+    from tunelab.export.to_gguf import write_gguf
+
+    if (hf_folder / "README.md").exists():
+        (hf_folder / "README.md").unlink()
+    name = target.name
+    file = f"{name}-{settings.export_gguf_type}.gguf"
+    columns = (TextColumn(f"writing {file}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("gguf", total=None)
+        summary = write_gguf(hf_folder, work / file, settings.export_gguf_type, name, tokenizer,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    types = ", ".join(f"{count} {kind}" for kind, count in sorted(summary["types"].items()))
+    console.print(f"[bold]export[/bold] {summary['architecture']} GGUF, {summary['tokenizer']} tokenizer, "
+                  f"{summary['tensors']} tensors ({types})")
+    if settings.export_ollama:
+        write_modelfile(work, file, getattr(tokenizer, "chat_template", None), tokenizer.eos_token)
+    shutil.rmtree(hf_folder)
+    write_card(work, settings, base, f"GGUF ({settings.export_gguf_type})",
+               _usage_gguf(target, file, settings.export_ollama))
+    return file
