@@ -150,3 +150,18 @@ def tiny_model(tmp_path: Path) -> Callable[[str], Path]:
         return folder
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def demo_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's LoRA run (examples/demo_lora_sft.yaml), also evaluated on the held-out demo prompts at the end of
+    each epoch in one batch (its eval_loss is what perplexity must reproduce)."""
+    from tunelab.config import load_config
+    from tunelab.stages.sft import run_sft
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    cfg = load_config(REPO_ROOT / "examples" / "demo_lora_sft.yaml", [
+        f"output_dir={out}", f"dataset_dir={REPO_ROOT / 'examples' / 'data'}", "eval_dataset=demo_stories_heldout",
+        "eval_strategy=epoch", "per_device_eval_batch_size=32", "plot_loss=false"])
+    assert not run_sft(cfg).interrupted
+    return out

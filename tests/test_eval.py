@@ -28,19 +28,6 @@ def _run(*args: str) -> str:
     return result.output
 
 
-@pytest.fixture(scope="module")
-def demo_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's LoRA run, evaluated on the held-out prompts at the end of each epoch in one batch."""
-    from tunelab.stages.sft import run_sft
-
-    out = tmp_path_factory.mktemp("demo") / "run"
-    cfg = load_config(REPO / "examples" / "demo_lora_sft.yaml", [
-        f"output_dir={out}", f"dataset_dir={DATA}", f"eval_dataset={HELD_OUT}", "eval_strategy=epoch",
-        "per_device_eval_batch_size=32", "plot_loss=false"])
-    assert not run_sft(cfg).interrupted
-    return out
-
-
 @pytest.mark.slow
 def test_adapter_beats_base_in_one_comparison(demo_adapter: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"

@@ -151,10 +151,26 @@ def quantize_saved(folder: Path, bits: int, target: Path, reward: bool = False) 
             shutil.copy2(extra, target / extra.name)
 
 
-def write_card(folder: Path, settings: ExportSettings, base: str, what: str, usage: str) -> None:
+def recorded_base(model: str) -> str | None:
+    """The hub id (or the embedded model's name) a model descends from: a local folder's own model card says
+    which (a full fine-tune, an earlier export); a hub id is its own base; a bare local path gives None."""
+    name = portable_base_name(model)
+    if name == EMBEDDED_MODEL or not Path(model).exists():
+        return name
+    card = Path(model) / "README.md"
+    if card.is_file():
+        for line in card.read_text(encoding="utf-8").splitlines()[:20]:
+            if line.startswith("base_model:"):
+                return line.split(":", 1)[1].strip() or None
+    return None
+
+
+def write_card(folder: Path, title: str, settings: ExportSettings, base: str, what: str, usage: str) -> None:
     """README.md naming the base, the adapter, the data and the training config; the run's config beside it."""
     adapter = settings.adapter_name_or_path
-    run_config = Path(adapter or resolve_model_path(base)) / "config.yaml"
+    source_folder = Path(adapter or resolve_model_path(base))
+    run_config = next((source_folder / name for name in ("config.yaml", TRAINING_CONFIG)
+                       if (source_folder / name).is_file()), source_folder / "config.yaml")
     data, trained = "not recorded", ""
     if run_config.is_file():
         import yaml
@@ -165,15 +181,17 @@ def write_card(folder: Path, settings: ExportSettings, base: str, what: str, usa
         data = ", ".join(f"`{name}`" for name in (datasets if isinstance(datasets, list) else [datasets])) or data
         trained = (f"Trained with stage `{values.get('stage')}` and `{values.get('finetuning_type')}` tuning; the "
                    f"training config is `{TRAINING_CONFIG}` beside this file.\n")
-    base_name = portable_base_name(base)
-    source = f"`{base_name}`" + (" (the model embedded in tunelab)" if base_name == EMBEDDED_MODEL else "")
+    base_name, given = recorded_base(base), portable_base_name(base)
+    source = f"`{given}`" + (" (the model embedded in tunelab)" if given == EMBEDDED_MODEL else "")
+    if base_name and base_name != given:
+        source += f", a fine-tune of `{base_name}`"
+    front = f"base_model: {base_name}\n" if base_name else ""
     card = f"""---
-base_model: {base_name}
-library_name: {"gguf" if what.startswith("GGUF") else "transformers"}
+{front}library_name: {"gguf" if what.startswith("GGUF") else "transformers"}
 tags: [tunelab, export]
 ---
 
-# {folder.name}
+# {title}
 
 {what} exported by `tunelab export` from {source}{f" with the adapter `{adapter}` merged in" if adapter else ""}.
 

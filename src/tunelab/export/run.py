@@ -98,6 +98,12 @@ def run_export(settings: ExportSettings) -> Path:
     if adapter is not None:
         check_mergeable(adapter, gguf=settings.export_format == "gguf")
         check_adapter_base(base, adapter)
+    if settings.export_format == "gguf":
+        from tunelab.export.to_gguf import architecture_of
+
+        config = _config(base)
+        if config is not None:
+            architecture_of(config)  # an architecture GGUF export cannot write: said before anything loads
     if settings.export_quantization_bit:
         from tunelab.models.sources import check_quantization_backend
 
@@ -145,7 +151,7 @@ def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) 
     if not gguf:
         kind = f"A {settings.export_quantization_bit}-bit model" if settings.export_quantization_bit else "A model"
         usage = _usage_hf(target, bool(settings.export_quantization_bit))
-        write_card(work, settings, base, kind, usage)
+        write_card(work, target.name, settings, base, kind, usage)
         return None, usage
     file = _write_gguf(work, hf_folder, settings, base, target, tokenizer)
     return file, _usage_gguf(target, file, settings.export_ollama)
@@ -159,10 +165,11 @@ def _write_gguf(work: Path, hf_folder: Path, settings: ExportSettings, base: str
     from tunelab.export.ollama import write_modelfile
     from tunelab.export.to_gguf import write_gguf
 
-    if (hf_folder / "README.md").exists():
-        (hf_folder / "README.md").unlink()
     name = target.name
     file = f"{name}-{settings.export_gguf_type}.gguf"
+    usage = _usage_gguf(target, file, settings.export_ollama)
+    card = f"GGUF ({settings.export_gguf_type})"
+    write_card(hf_folder, target.name, settings, base, card, usage)  # the GGUF's base model and tags come from the card
     columns = (TextColumn(f"writing {file}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("gguf", total=None)
@@ -174,6 +181,5 @@ def _write_gguf(work: Path, hf_folder: Path, settings: ExportSettings, base: str
     if settings.export_ollama:
         write_modelfile(work, file, getattr(tokenizer, "chat_template", None), tokenizer.eos_token)
     shutil.rmtree(hf_folder)
-    write_card(work, settings, base, f"GGUF ({settings.export_gguf_type})",
-               _usage_gguf(target, file, settings.export_ollama))
+    write_card(work, target.name, settings, base, card, usage)
     return file

@@ -39,9 +39,11 @@ _TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF1
 class Architecture:
     gguf_name: str  # gguf.MODEL_ARCH member
     permute_qk: bool  # llama.cpp's rope on adjacent pairs (Llama) vs halves (Qwen2, NEOX)
+    # head sizes, rope dimensions and vocabulary size written out (llama.cpp derives them for Qwen2)
+    explicit_sizes: bool
 
 
-SUPPORTED = {"llama": Architecture("LLAMA", True), "qwen2": Architecture("QWEN2", False)}
+SUPPORTED = {"llama": Architecture("LLAMA", True, True), "qwen2": Architecture("QWEN2", False, False)}
 
 # Byte-level BPE pre-tokenizers llama.cpp implements, known by the regular expression of the tokenizer's Split
 # step (llama.cpp itself knows them by a hash of sample output, so it cannot tell a renamed copy).
@@ -70,13 +72,17 @@ def _head_dim(config: dict[str, Any]) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
-def write_metadata(writer: Any, config: dict[str, Any], name: str, file_type: str, parameters: int = 0) -> None:
+def write_metadata(writer: Any, folder: Path, config: dict[str, Any], arch: Architecture, name: str,
+                   file_type: str, parameters: int) -> None:
+    """General metadata (name, size label, and the base model, tags and licence of the folder's model card, read
+    by the gguf package's own ``Metadata``), then the architecture's hyperparameters."""
     import gguf
 
-    writer.add_type("model")
-    writer.add_name(name)
-    if parameters:
-        writer.add_size_label(gguf.size_label(parameters, 0, 0, 0))
+    writer.add_type(gguf.GGUFType.MODEL)
+    metadata = gguf.Metadata.load(None, folder, name, parameters)
+    if metadata.size_label is None and parameters:
+        metadata.size_label = gguf.size_label(parameters, 0, 0, 0)
+    metadata.set_gguf_meta_model(writer)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -88,11 +94,13 @@ def write_metadata(writer: Any, config: dict[str, Any], name: str, file_type: st
     if theta is not None:
         writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_key_length(_head_dim(config))
-    writer.add_value_length(_head_dim(config))
+    if arch.explicit_sizes:
+        writer.add_key_length(_head_dim(config))
+        writer.add_value_length(_head_dim(config))
     writer.add_file_type(getattr(gguf.LlamaFileType, file_type))
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_rope_dimension_count(_head_dim(config))
+    if arch.explicit_sizes:
+        writer.add_vocab_size(config["vocab_size"])
+        writer.add_rope_dimension_count(_head_dim(config))
     kind, factor = rope.get("rope_type"), rope.get("factor")
     if kind == "linear" and factor is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -308,7 +316,7 @@ def write_gguf(folder: Path, target: Path, requested: str, name: str, tokenizer:
     planned = plan_tensors(folder, config, arch, requested)
     writer = gguf.GGUFWriter(target, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_name)])
     parameters = sum(int(np.prod(tensor.shape)) for tensor in planned if tensor.source is not None)
-    write_metadata(writer, config, name, _TYPES[requested][1], parameters)
+    write_metadata(writer, folder, config, arch, name, _TYPES[requested][1], parameters)
     kind = write_tokenizer(writer, folder, tokenizer, config["vocab_size"])
     for tensor in planned:
         _declare(writer, tensor)
