@@ -80,6 +80,26 @@ BAD_INVOCATIONS = [
     (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "predict_with_generate=true"],
      "eval_strategy is 'no'"),
     (["train", DEMO, "generation_metrics=bleu-5"], "unknown metric 'bleu-5'"),
+    # export
+    (["export"], "no output folder; set export_dir (or --output)"),
+    (["export", "--output", "{tmp}/out"], "nothing to export; set model_name_or_path (--model)"),
+    (["export", "--adapter", "{tmp}/no_adapter", "--output", "{tmp}/out"], "adapter folder '{tmp}/no_adapter' does "
+     "not exist"),
+    (["export", "--adapter", "{tmp}/prefix", "--output", "{tmp}/out"], "is a prefix (PREFIX_TUNING) adapter: its "
+     "virtual tokens are added at run time and cannot be merged"),
+    (["export", "--adapter", "{tmp}/prefix", "--output", "{tmp}/out", "--format", "gguf"], "cannot become a GGUF file"),
+    (["export", "--model", "stories260K", "--output", "{tmp}"], "export_dir '{tmp}' holds other files"),
+    (["export", "--model", "stories260K", "--output", "{file}"], "export_dir '{file}' is a file"),
+    (["export", "--adapter", "{adapter}", "--model", "{tmp}/other", "--output", "{tmp}/out"],
+     "was trained on 'stories260K', which differs from the model '{tmp}/other' (hidden_size 64 vs 32"),
+    (["export", "--model", "{tmp}/gpt2", "--output", "{tmp}/out", "--format", "gguf"],
+     "GGUF export supports the architectures llama, qwen2; this model is 'gpt2'"),
+    (["export", "--model", "stories260K", "--output", "{tmp}/out", "--quantization", "q4_k_m"],
+     "the gguf package writes no k-quants"),
+    (["export", "--model", "stories260K", "--output", "{tmp}/out", "--format", "gguf", "--quantization", "4"],
+     "key 'export_gguf_type'"),
+    (["export", "{tmp}/export.yaml"], "{tmp}/export.yaml: unknown export key 'export_dri'; did you mean 'export_dir'?"),
+    (["export", "--model", "stories260K", "--output", "{tmp}/out", "--dtype", "fp8"], "key 'export_dtype'"),
     # chat
     (["chat", "--max-new-tokens", "-1", "--query", "hi"], "max_new_tokens must be at least 1"),
     (["chat", "--temperature", "-1", "--query", "hi"], "temperature must be 0 (greedy) or more"),
@@ -142,6 +162,15 @@ def scratch(tmp_path_factory) -> dict[str, str]:
     (tmp / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K"}))
     (tmp / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\n')
     (tmp / "answers.jsonl").write_text('{"prompt": "How many?", "completion": "18"}\n')
+    (tmp / "prefix").mkdir()
+    (tmp / "prefix" / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING",
+                                                                    "base_model_name_or_path": "stories260K"}))
+    for name, config in (("other", {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 5,
+                                    "vocab_size": 512}), ("gpt2", {"model_type": "gpt2"})):
+        (tmp / name).mkdir()
+        (tmp / name / "config.json").write_text(json.dumps(config))
+        (tmp / name / "tokenizer_config.json").write_text("{}")
+    (tmp / "export.yaml").write_text("model_name_or_path: stories260K\nexport_dri: out\n")
     (tmp / "predictions.jsonl").write_text('{"prediction": "18", "reference": "#### 18"}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
 

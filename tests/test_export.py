@@ -293,3 +293,58 @@ def test_same_file_as_llama_cpp_converter_for_qwen2_bpe(converter: Path, tiny_qw
     theirs = _convert_with_llama_cpp(converter, hf, tmp_path / "theirs.gguf", "f16", pre="qwen2")
     differences = gguf_differences(tmp_path / "ours" / "ours-f16.gguf", theirs)
     assert [d for d in differences if d.split()[1].rstrip(":") not in DELIBERATE] == []
+
+
+# --- configs ---------------------------------------------------------------------------------------------------
+
+
+def test_export_examples_are_valid() -> None:
+    from tunelab.export.settings import load_export_settings
+
+    examples = sorted((REPO / "examples" / "export").glob("*.yaml"))
+    assert {p.name for p in examples} >= {"llama3_lora_sft.yaml", "qwen2.5_7b_lora_merge.yaml", "demo_merge.yaml",
+                                          "demo_gguf.yaml"}
+    for path in examples:
+        settings = load_export_settings(str(path), {})
+        assert settings.export_dir and (settings.adapter_name_or_path or settings.model_name_or_path)
+    assert load_export_settings(str(REPO / "examples/export/demo_gguf.yaml"), {}).export_gguf_type == "q8_0"
+
+
+@pytest.mark.slow
+def test_llamafactory_merge_config_runs_with_only_the_paths_changed(llama3_tokenizer, tmp_path: Path) -> None:
+    """LLaMA-Factory's merge_lora/llama3_lora_sft.yaml on a tiny Llama with the real Llama-3 tokenizer and a LoRA
+    trained on it with template llama3."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    base = tmp_path / "tiny-llama3"
+    llama3_tokenizer.save_pretrained(base)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(llama3_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         bos_token_id=llama3_tokenizer.bos_token_id, eos_token_id=llama3_tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    adapter = _train("demo_lora_sft.yaml", tmp_path / "sft", f"model_name_or_path={base}", "template=llama3",
+                     "max_steps=2")
+    text = (REPO / "examples" / "export" / "llama3_lora_sft.yaml").read_text()
+    for old, new in (("meta-llama/Meta-Llama-3-8B-Instruct", base), ("saves/llama3-8b/lora/sft", adapter),
+                     ("output/llama3_lora_sft", tmp_path / "merged")):
+        assert old in text
+        text = text.replace(old, str(new))
+    (tmp_path / "merge.yaml").write_text(text)
+    _export(str(tmp_path / "merge.yaml"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.config.vocab_size == len(llama3_tokenizer)
+    assert (tmp_path / "merged" / "chat_template.jinja").read_text().count("<|start_header_id|>") >= 1
+
+
+def test_failed_export_leaves_nothing_behind(merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunelab.export.to_gguf as to_gguf
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(to_gguf, "write_gguf", broken)
+    result = CliRunner().invoke(app, ["export", "--model", str(merged), "--output", str(tmp_path / "out"),
+                                      "--format", "gguf"])
+    assert result.exit_code != 0
+    assert list(tmp_path.iterdir()) == []  # neither the export folder nor its temporary folder
