@@ -107,3 +107,11 @@ def test_predict_with_generate_logs_generation_metrics(tmp_path: Path) -> None:
     # the last evaluation and do_predict generate with the same final model: same text, same scores
     assert results["predict_bleu-4"] == pytest.approx(generated[-1]["eval_bleu-4"])
     assert (out / "loss.png").is_file()
+
+
+def test_skipped_records_are_counted_and_said(tmp_path: Path) -> None:
+    output = _run("eval", str(DATA / "messy_stories.jsonl"), "--skip-invalid", "--max-new-tokens", "4",
+                  "--metrics", "exact_match", "--json", "--output-dir", str(tmp_path))
+    for reason in ("missing field", "empty answer", "invalid JSON"):
+        assert f"skipped 1 records of {DATA / 'messy_stories.jsonl'}: {reason}" in output.replace("\n", " ")
+    assert json.loads(output.strip().splitlines()[-1])["num_samples"] == 5

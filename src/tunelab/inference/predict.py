@@ -33,14 +33,23 @@ def load_samples(dataset: str, dataset_dir: str = "data", max_samples: int | Non
     reference; data without answers (prompts only, e.g. GSM8K questions) is read as prompt rows."""
     options = {"skip_invalid": skip_invalid, "skip_hint": skip_hint}
     try:
-        rows = load_dataset_rows(dataset, dataset_dir, "sft", max_samples, **options).rows
-        return [(*split_prompt(row["messages"]), row.get("tools")) for row in rows]
+        loaded = load_dataset_rows(dataset, dataset_dir, "sft", max_samples, **options)
+        _report_skipped(loaded)
+        return [(*split_prompt(row["messages"]), row.get("tools")) for row in loaded.rows]
     except DataError as sft_error:
         try:
-            rows = load_dataset_rows(dataset, dataset_dir, "rl", max_samples, **options).rows
+            loaded = load_dataset_rows(dataset, dataset_dir, "rl", max_samples, **options)
         except DataError:
             raise sft_error from None
-    return [(row["prompt"], _reference(row), row.get("tools")) for row in rows]
+    _report_skipped(loaded)
+    return [(row["prompt"], _reference(row), row.get("tools")) for row in loaded.rows]
+
+
+def _report_skipped(loaded: Any) -> None:
+    """With --skip-invalid, what was left out is said, by reason with an example: nothing goes uncounted."""
+    for reason, info in loaded.skipped.as_dict().items():
+        console.print(f"skipped {info['count']} records of {loaded.name}: {reason} (e.g. {info['examples'][0]})",
+                      markup=False, highlight=False)
 
 
 def _reference(row: dict[str, Any]) -> str:
