@@ -80,6 +80,8 @@ BAD_INVOCATIONS = [
     (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "predict_with_generate=true"],
      "eval_strategy is 'no'"),
     (["train", DEMO, "generation_metrics=bleu-5"], "unknown metric 'bleu-5'"),
+    (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "do_predict=true",
+      "generation_metrics=accuracy", "output_dir={tmp}/run_accuracy"], "metric accuracy needs a task"),
     # export
     (["export"], "no output folder; set export_dir (or --output)"),
     (["export", "--output", "{tmp}/out"], "nothing to export; set model_name_or_path (--model)"),

@@ -21,7 +21,7 @@ from tunelab.console import console
 from tunelab.inference.predict import Sample, run_predict, split_prompt
 from tunelab.inference.predictor import Predictor
 from tunelab.metrics import parse_metrics
-from tunelab.metrics.scoring import score_predictions
+from tunelab.metrics.scoring import resolve_task, score_predictions
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 PREDICT_RESULTS_FILE = "predict_results.json"
@@ -72,10 +72,15 @@ class GenerationMetricsCallback(TrainerCallback):
 
 
 def attach_generation_metrics(trainer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> None:
-    """Add the callback when the run asks for predict_with_generate."""
-    if getattr(cfg, "predict_with_generate", False) and eval_rows:
-        trainer.add_callback(GenerationMetricsCallback(trainer, cfg, held_out_samples(
-            eval_rows, cfg.generation_max_samples)))
+    """Add the callback when the run asks for predict_with_generate; an accuracy whose references are no task is
+    refused here, before the first step, not at the first evaluation."""
+    wanted = getattr(cfg, "predict_with_generate", False) or getattr(cfg, "do_predict", False)
+    if not wanted or not eval_rows:
+        return
+    samples = held_out_samples(eval_rows, cfg.generation_max_samples)
+    resolve_task(None, [reference for _, reference, _ in samples], parse_metrics(cfg.generation_metrics))
+    if cfg.predict_with_generate:
+        trainer.add_callback(GenerationMetricsCallback(trainer, cfg, samples))
 
 
 def predict_after_training(model: Any, tokenizer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> Path | None:
