@@ -70,6 +70,10 @@ BAD_INVOCATIONS = [
     (["eval", STORIES, "--with-base"], "--with-base adds the base model beside adapters"),
     (["eval", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
     (["eval", STORIES, "--output-dir", "{file}"], "--output-dir '{file}' is a file"),
+    (["eval", STORIES, "--adapter", "{adapter}", "--adapter", "{adapter}"], "--adapter {adapter} is given twice"),
+    (["eval", "{tmp}/prompts.jsonl"], "has no reference answers to score against"),
+    (["eval", "--predictions", "{tmp}/predictions.jsonl", "--predictions", "{tmp}/answers.jsonl"],
+     "answers.jsonl, line 1, field 'prediction': missing"),
     (["eval", "--predictions", "{tmp}/missing.jsonl"], "--predictions '{tmp}/missing.jsonl' is not a file"),
     (["eval", "--predictions", "{tmp}/answers.jsonl"], "answers.jsonl, line 1, field 'prediction': missing"),
     (["eval", "--predictions", "{tmp}/predictions.jsonl", "--metrics", "perplexity"],
@@ -100,6 +104,8 @@ BAD_INVOCATIONS = [
      "the gguf package writes no k-quants"),
     (["export", "--model", "stories260K", "--output", "{tmp}/out", "--format", "gguf", "--quantization", "4"],
      "key 'export_gguf_type'"),
+    (["export", "--model", "stories260K", "--output", "{tmp}/out", "--format", "hf", "--quantization", "q8_0"],
+     "--quantization q8_0 with --format hf: an hf export quantizes to 4 or 8 bits"),
     (["export", "{tmp}/export.yaml"], "{tmp}/export.yaml: unknown export key 'export_dri'; did you mean 'export_dir'?"),
     (["export", "--model", "stories260K", "--output", "{tmp}/out", "--dtype", "fp8"], "key 'export_dtype'"),
     # chat
@@ -173,6 +179,7 @@ def scratch(tmp_path_factory) -> dict[str, str]:
         (tmp / name / "config.json").write_text(json.dumps(config))
         (tmp / name / "tokenizer_config.json").write_text("{}")
     (tmp / "export.yaml").write_text("model_name_or_path: stories260K\nexport_dri: out\n")
+    (tmp / "prompts.jsonl").write_text('{"prompt": "Write a story about Tim."}\n')
     (tmp / "predictions.jsonl").write_text('{"prediction": "18", "reference": "#### 18"}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
 

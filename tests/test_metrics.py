@@ -150,6 +150,7 @@ def test_gsm8k_accuracy_on_real_answers() -> None:
         ("16 - 3 - 4 = 9 eggs; 9 * 2 = 18\n#### 18", golds[0], True, "after ####"),
         ("<reasoning>2 + 1</reasoning>\n<answer>\n3\n</answer>", golds[1], True, "<answer> tag"),
         ("The profit is $70,000.", golds[2], True, "last number"),
+        ("The answer is 18, since 16 - 3 - 4 = 9 and 9 * 2 = 18.", golds[0], True, "answer is"),
         ("So the total is \\boxed{70000}", golds[2], True, "\\boxed{}"),
         ("The answer is 17.", golds[0], False, "answer is"),
         ("I do not know.", golds[1], False, "no answer found"),
@@ -185,7 +186,9 @@ def test_choice_accuracy_on_real_gpqa_answers() -> None:
     assert check_choice("The lifetimes give ... so \\boxed{A}", rows[0]["answer"]).rule == "\\boxed{}"
     assert check_choice("Therefore, the answer is (A).", "A").correct
     assert not check_choice("The answer is C", "A").correct
-    assert check_choice("Answer: b", "B").correct
+    assert check_choice("Answer: B", "B").correct and check_choice("The answer is **C**.", "C").correct
+    subtle = check_choice("The answer is a bit subtle: energies must differ by more than the width, so (C)", "C")
+    assert (subtle.correct, subtle.rule) == (True, "last lone letter")  # "a bit" names no choice
     assert check_choice("I would say D", "D").correct
     assert check_choice("no letter here", "A").rule == "no answer found"
 

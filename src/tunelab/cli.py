@@ -379,6 +379,10 @@ def _eval_systems(models: list[str], adapters: list[str], predictions: list[str]
                 for p in _unique_labels(predictions)]
     from tunelab.inference.loading import base_model_for
 
+    for flag, given in (("--adapter", adapters), ("--model", models)):
+        twice = sorted({item for item in given if given.count(item) > 1})
+        if twice:
+            raise TunelabError(f"{flag} {twice[0]} is given twice; each system is evaluated once")
     full_runs = [a for a in adapters if not (Path(a) / "adapter_config.json").is_file()
                  and (Path(a) / "config.json").is_file()]
     adapters = [a for a in adapters if a not in full_runs]
@@ -453,35 +457,55 @@ def evaluate(
 ) -> None:
     """Score generations: BLEU, ROUGE, METEOR, TER, chrF, exact match, task accuracy, perplexity; several
     models or adapters give one comparison table and chart."""
-    from tunelab.metrics import GROUPS, parse_metrics
-
     if (dataset is None) == (not predictions):
         raise TunelabError("give a DATASET to generate on, or --predictions FILE to score (not both)")
     if batch_size < 1 or max_new_tokens < 1 or cutoff_len < 1:
         raise TunelabError("--batch-size, --max-new-tokens and --cutoff-len must be at least 1")
     if max_samples is not None and max_samples < 1:
         raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
-    chosen = parse_metrics(GROUPS["text"] if metrics == "auto" else metrics)
     if Path(output_dir).is_file():
         raise TunelabError(f"--output-dir '{output_dir}' is a file; give a folder")
     options = _load_options(trust_remote_code, revision, attn)
     systems = _eval_systems(model or [], adapter or [], predictions or [], with_base)
+    if as_json:
+        console.file = sys.stderr  # progress and notes to stderr: stdout is the one JSON object
+    try:
+        _evaluate(systems, dataset, dataset_dir, max_samples, skip_invalid, metrics, task, language, output_dir,
+                  options, template, batch_size, max_new_tokens, temperature, top_p, cutoff_len, as_json)
+    finally:
+        console.file = None  # type: ignore[assignment]  # back to whatever sys.stdout is
+
+
+def _evaluate(systems: list[Any], dataset: str | None, dataset_dir: str, max_samples: int | None, skip_invalid: bool,
+              metrics: str, task: str, language: str, output_dir: str, options: Any, template: str | None,
+              batch_size: int, max_new_tokens: int, temperature: float, top_p: float, cutoff_len: int,
+              as_json: bool) -> None:
+    from tunelab.evaluation.run import (
+        GenerationSettings,
+        check_references,
+        choose_metrics,
+        read_predictions,
+        run_eval,
+    )
+
     samples = None
     if dataset is not None:
         from tunelab.inference.predict import load_samples
 
         samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
-    from tunelab.evaluation.run import read_predictions
-    from tunelab.metrics.scoring import resolve_task
-
-    golds = [s[1] for s in samples] if samples is not None else [r[0] for r in read_predictions(predictions[0])[1]]
-    named = {part.strip() for part in metrics.split(",")}
-    chosen = [name for name in chosen if name != "accuracy"]  # accuracy goes where a task applies:
-    found = resolve_task(task, golds, ["accuracy"] if named & {"accuracy", "acc"} else [])  # asked for, it must
-    if found is not None and (metrics == "auto" or named & {"accuracy", "acc", "all"}):  # (before any model loads)
-        chosen.append("accuracy")
+        golds = [reference for _, reference, _ in samples]
+        notes = check_references(golds, f"dataset '{dataset}'")
+    else:
+        files = [s.predictions for s in systems]
+        golds, notes = [], []
+        for file in files:  # every file is read (and checked) before any is scored
+            references = [refs[0] for refs in read_predictions(file)[1]]
+            notes += check_references(references, f"--predictions '{file}'")
+            golds = golds or references
+    chosen, found, more = choose_metrics(metrics, task, golds, generating=samples is not None)
+    for note in notes + more:
+        console.print(f"note: {note}", markup=False, highlight=False)
     from tunelab.evaluation.report import print_results
-    from tunelab.evaluation.run import GenerationSettings, run_eval
 
     settings = GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len)
     results = run_eval(systems, samples, chosen, output_dir=output_dir, settings=settings, options=options,
@@ -530,8 +554,11 @@ def export(
         gguf_format = (export_format or "") == "gguf" or (export_format is None and quantization not in ("4", "8"))
         if gguf_format:
             flags["export_gguf_type"] = quantization
-        else:
+        elif quantization in ("4", "8"):
             flags["export_quantization_bit"] = int(quantization)
+        else:
+            raise TunelabError(f"--quantization {quantization} with --format hf: an hf export quantizes to 4 or 8 bits "
+                               "(bitsandbytes); GGUF types (q8_0, ...) need --format gguf")
         if gguf_format and export_format is None:
             flags["export_format"] = "gguf"
     settings = load_export_settings(config, flags)

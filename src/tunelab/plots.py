@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab.metrics import LOWER_IS_BETTER
 from tunelab.metrics.text import TEXT_METRICS
 from tunelab.runs import PLOT_FILE, read_metrics
 
@@ -137,7 +138,7 @@ def plot_comparison(summaries: dict[str, dict[str, Any]], path: str | Path) -> P
         for index, label in enumerate(labels):
             positions = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(names))]
             axes.bar(positions, [summaries[label][name] for name in names], width, label=label)
-        ticks = [f"{name} (lower\nis better)" if name in ("ter", "perplexity") else name for name in names]
+        ticks = [f"{name} (lower\nis better)" if name in LOWER_IS_BETTER else name for name in names]
         tilted = len(names) > 3
         axes.set_xticks(range(len(names)), ticks, rotation=45 if tilted else 0, ha="right" if tilted else "center")
         axes.grid(axis="y", alpha=0.3)

@@ -6,10 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.console import console
-from tunelab.metrics import METRICS
-
-# How each metric reads: higher is better unless listed here.
-LOWER_IS_BETTER = ("ter", "perplexity", "loss")
+from tunelab.metrics import LOWER_IS_BETTER, METRICS
 
 
 def _cell(value: Any, name: str) -> str:

@@ -21,7 +21,8 @@ from tunelab.data.jsonstream import iter_json_values
 from tunelab.errors import DataError, TunelabError
 from tunelab.inference.loading import LoadOptions
 from tunelab.inference.predict import Sample
-from tunelab.metrics.scoring import score_predictions
+from tunelab.metrics import GROUPS, canonical_metric, parse_metrics
+from tunelab.metrics.scoring import resolve_task, score_predictions
 
 RESULTS_FILE = "eval_results.json"
 CHART_FILE = "comparison.png"
@@ -86,6 +87,40 @@ def read_predictions(path: str) -> tuple[list[str], list[list[str]], list[str]]:
     return predictions, references, prompts
 
 
+def choose_metrics(spec: str, task: str, golds: list[str], generating: bool) -> tuple[list[str], str | None,
+                                                                                  list[str]]:
+    """(metrics to compute, accuracy task, notes on what a group left out) for ``--metrics spec``: ``auto`` is the
+    text metrics plus accuracy where the references are a task; a metric named outright that cannot be computed
+    is an error, one that came with a group (``all``) is left out with a note. Runs before any model loads."""
+    chosen = parse_metrics(GROUPS["text"] if spec == "auto" else spec)
+    named = {canonical_metric(part) for part in spec.split(",")}
+    found = resolve_task(task, golds, ["accuracy"] if "accuracy" in named else [])
+    notes = []
+    chosen = [name for name in chosen if name != "accuracy"]
+    if found is not None and (spec == "auto" or named & {"accuracy", "all"}):
+        chosen.append("accuracy")
+    elif "all" in named:
+        notes.append("accuracy left out: the references look like neither GSM8K answers nor choice letters "
+                      "(pass --task math or --task choice)")
+    if not generating and "perplexity" in chosen:
+        if "perplexity" in named:
+            raise TunelabError("perplexity needs a model, not a predictions file; drop it from --metrics or "
+                               "evaluate a model on a dataset")
+        chosen.remove("perplexity")
+        notes.append("perplexity left out: it needs a model, and predictions files were scored")
+    return chosen, found, notes
+
+
+def check_references(golds: list[str], where: str) -> list[str]:
+    """All references empty is an error (nothing to score against); some empty is a note."""
+    empty = sum(1 for gold in golds if not str(gold).strip())
+    if golds and empty == len(golds):
+        raise TunelabError(f"{where} has no reference answers to score against (no assistant answer, nor an "
+                           "answer/output/... column); use `tunelab predict` to generate without scoring")
+    return [f"{empty} of {len(golds)} samples have an empty reference; they score against empty text"] if empty \
+        else []
+
+
 def _file_suffix(label: str, several: bool) -> str:
     return "-" + re.sub(r"[^\w.-]+", "_", label).strip("_") if several else ""
 
@@ -125,9 +160,6 @@ def evaluate_system(system: System, samples: list[Sample] | None, metrics: list[
     suffix = _file_suffix(system.label, several)
     extra: dict[str, Any] = {}
     if system.predictions is not None:
-        if "perplexity" in metrics:
-            raise TunelabError("perplexity needs a model, not a predictions file; drop it from --metrics or "
-                               "evaluate a model on a dataset")
         source = Path(system.predictions)
     else:
         assert samples is not None

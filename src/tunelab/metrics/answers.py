@@ -165,7 +165,7 @@ def check_math(completion: str, gold: Any, choice: Any = None) -> AnswerCheck:
 
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:(]?\s*\$?\s*([^\n]+)", re.IGNORECASE)
-_LAST_NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
+_LAST_NUMBER = re.compile(r"[-+]?\$?\d(?:[\d,]*\d)?(?:\.\d+)?")  # "18, since" is 18; "1,600" is 1,600
 
 
 def _gsm8k_candidate(completion: str) -> tuple[str | None, str]:
@@ -201,7 +201,8 @@ def check_gsm8k(completion: str, gold: Any) -> AnswerCheck:
 
 _CHOICE_LETTER = re.compile(r"^\s*\(?\s*([A-J])\s*\)?\s*[.)]?\s*$")
 _BOXED_LETTER = re.compile(r"\\boxed\s*\{\s*(?:\\text\{)?\s*\(?([A-J])\)?\s*\}?\s*\}")
-_STATED_LETTER = re.compile(r"answer\s*(?:is|:)?\s*[:：]?\s*\(?\**\s*([A-J])\b", re.IGNORECASE)
+# The letter itself is upper case and stands alone ("The answer is a bit subtle" names no choice).
+_STATED_LETTER = re.compile(r"(?i:answer)\s*(?i:is)?\s*[:：]?\s*[(\[]?\**\s*([A-J])\s*\**[)\]]?(?=[\s.,;:!)]|$)")
 _LONE_LETTER = re.compile(r"(?<![A-Za-z])\(?([A-J])\)?(?![A-Za-z])")
 
 
@@ -218,8 +219,7 @@ def check_choice(completion: str, gold: Any) -> AnswerCheck:
                           (_LONE_LETTER, "last lone letter")):
         found = pattern.findall(completion)
         if found:
-            letter = found[-1].upper() if pattern is _STATED_LETTER else found[-1]
-            return AnswerCheck(letter == expected, letter, rule, expected)
+            return AnswerCheck(found[-1] == expected, found[-1], rule, expected)
     return AnswerCheck(False, None, "no answer found", expected)
 
 
