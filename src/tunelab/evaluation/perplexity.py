@@ -11,11 +11,14 @@ import torch
 
 from tunelab.data.masking import IGNORE_INDEX, encode_conversation
 
+MAX_BATCH = 4
+
 
 def conversation_losses(model: Any, tokenizer: Any, conversations: list[tuple[list[dict], Any]], *,
-                        cutoff_len: int = 2048, batch_size: int = 8) -> list[tuple[float, int]]:
+                        cutoff_len: int = 2048, batch_size: int = 4) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, trained tokens) per conversation; (0.0, 0) when none is left after
-    ``cutoff_len``."""
+    ``cutoff_len``. Batches of at most ``MAX_BATCH``: the model's own logits are batch x length x vocabulary."""
+    batch_size = max(1, min(batch_size, MAX_BATCH))
     encoded = [encode_conversation(tokenizer, messages, tools, "assistant", cutoff_len) for messages, tools in
                conversations]
     device = next(model.parameters()).device
@@ -34,12 +37,13 @@ def conversation_losses(model: Any, tokenizer: Any, conversations: list[tuple[li
             mask[row, :len(item.input_ids)] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logits = logits[:, -width:].float()  # prompt tuning and P-tuning put their virtual tokens in front
-        targets = labels[:, 1:].to(logits.device)
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none",
-                                                   ignore_index=IGNORE_INDEX)
-        counts = (targets != IGNORE_INDEX).sum(dim=1)
-        results += [(float(total), int(count)) for total, count in zip(losses.sum(dim=1), counts, strict=True)]
+        logits = logits[:, -width:]  # prompt tuning and P-tuning put their virtual tokens in front
+        for row in range(len(batch)):  # one row at a time in fp32: a full batch of vocabulary-wide fp32
+            targets = labels[row, 1:].to(logits.device)  # logits would be many GB for a large vocabulary
+            losses = torch.nn.functional.cross_entropy(logits[row, :-1].float(), targets, reduction="sum",
+                                                       ignore_index=IGNORE_INDEX)
+            results.append((float(losses), int((targets != IGNORE_INDEX).sum())))
+        del logits
     return results
 
 

@@ -185,6 +185,16 @@ def evaluate_system(system: System, samples: list[Sample] | None, metrics: list[
     return summary
 
 
+def _clear_earlier_results(folder: Path, keep: set[Path]) -> None:
+    """An earlier evaluation's files in the folder would read as this one's: remove them (never an input)."""
+    patterns = (RESULTS_FILE, CHART_FILE, "samples.jsonl", "samples-*.jsonl", "predictions.jsonl",
+                "predictions-*.jsonl")
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.resolve() not in keep:
+                path.unlink()
+
+
 def run_eval(systems: list[System], samples: list[Sample] | None, metrics: list[str], *, output_dir: str | Path,
              settings: GenerationSettings | None = None, options: LoadOptions | None = None,
              language: str = "auto", task: str | None = None, template: str | None = None) -> dict[str, Any]:
@@ -194,6 +204,7 @@ def run_eval(systems: list[System], samples: list[Sample] | None, metrics: list[
     if folder.is_file():
         raise TunelabError(f"--output-dir '{output_dir}' is a file; give a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    _clear_earlier_results(folder, {Path(s.predictions).resolve() for s in systems if s.predictions})
     several = len(systems) > 1
     settings, options = settings or GenerationSettings(), options or LoadOptions()
     summaries = {system.label: evaluate_system(system, samples, metrics, output_dir=folder, several=several,

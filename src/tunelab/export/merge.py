@@ -42,13 +42,17 @@ def check_mergeable(adapter: str, gguf: bool = False) -> None:
         raise TunelabError(f"adapter '{adapter}' has PEFT type {peft_type}, which tunelab cannot merge")
 
 
+def model_config(model: str) -> dict[str, Any] | None:
+    """A local model's config.json (None for a hub id not at hand)."""
+    path = Path(resolve_model_path(model)) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def is_reward_model(model: str, adapter: str | None) -> bool:
+    """A stage-rm result: a SEQ_CLS adapter, or a model saved with a sequence-classification head."""
     if adapter is not None:
         return adapter_setting(adapter, "task_type") == "SEQ_CLS"
-    config = Path(resolve_model_path(model)) / "config.json"
-    if not config.is_file():
-        return False
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    architectures = (model_config(model) or {}).get("architectures") or []
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
@@ -103,13 +107,10 @@ def _base_dtype(base: str) -> Any:
     """The dtype the base model's config names (its own precision), float32 when it names none."""
     import torch
 
-    config = Path(resolve_model_path(base)) / "config.json"
-    if config.is_file():
-        values = json.loads(config.read_text(encoding="utf-8"))
-        name = values.get("dtype") or values.get("torch_dtype")
-        if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-    return torch.float32
+    values = model_config(base) or {}
+    name = values.get("dtype") or values.get("torch_dtype")
+    return getattr(torch, name) if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype) \
+        else torch.float32
 
 
 def save_hf(model: Any, tokenizer: Any, folder: Path, settings: ExportSettings, base: str) -> None:
@@ -147,7 +148,8 @@ def quantize_saved(folder: Path, bits: int, target: Path, reward: bool = False) 
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(folder).save_pretrained(target)
     for extra in folder.iterdir():
-        if extra.is_file() and not (target / extra.name).exists() and extra.suffix not in (".safetensors", ".bin"):
+        weights = extra.suffix in (".safetensors", ".bin") or extra.name.endswith(".index.json")  # the 16-bit ones
+        if extra.is_file() and not (target / extra.name).exists() and not weights:
             shutil.copy2(extra, target / extra.name)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.console import console
 from tunelab.errors import TunelabError
+from tunelab.export.merge import model_config
 from tunelab.export.settings import ExportSettings
 from tunelab.models.sources import adapter_base, portable_base_name, resolve_model_path
 
@@ -20,17 +21,12 @@ RECORD = "export.json"  # what was exported from what; also marks a folder as an
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
-def _config(model: str) -> dict[str, Any] | None:
-    path = Path(resolve_model_path(model)) / "config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def check_adapter_base(model: str, adapter: str) -> None:
     """An adapter on another base than it was trained on: refused when both configs are at hand and differ."""
     recorded = adapter_base(adapter)
     if recorded is None or portable_base_name(recorded) == portable_base_name(model):
         return
-    trained_on, given = _config(recorded), _config(model)
+    trained_on, given = model_config(recorded), model_config(model)
     if trained_on is None or given is None:
         return  # the recorded base is not here to compare with; loading the adapter checks the shapes
     differences = [f"{key} {trained_on.get(key)} vs {given.get(key)}" for key in _SHAPE_KEYS
@@ -90,7 +86,7 @@ def _usage_gguf(target: Path, file: str, ollama: bool) -> str:
 
 def run_export(settings: ExportSettings) -> Path:
     """Export as ``settings`` say; returns the folder written."""
-    from tunelab.export.merge import check_mergeable
+    from tunelab.export.merge import check_mergeable, is_reward_model
     from tunelab.inference.loading import check_inference_sources
 
     adapter = settings.adapter_name_or_path
@@ -98,12 +94,15 @@ def run_export(settings: ExportSettings) -> Path:
     if adapter is not None:
         check_mergeable(adapter, gguf=settings.export_format == "gguf")
         check_adapter_base(base, adapter)
-    if settings.export_format == "gguf":
+    if settings.export_format == "gguf":  # what GGUF cannot hold is said before anything loads
         from tunelab.export.to_gguf import architecture_of
 
-        config = _config(base)
+        if is_reward_model(base, adapter):
+            raise TunelabError("GGUF export writes causal language models; a reward model (score head) exports "
+                               "with --format hf")
+        config = model_config(base)
         if config is not None:
-            architecture_of(config)  # an architecture GGUF export cannot write: said before anything loads
+            architecture_of(config)
     if settings.export_quantization_bit:
         from tunelab.models.sources import check_quantization_backend
 
@@ -138,7 +137,9 @@ def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) 
     gguf = settings.export_format == "gguf"
     what = f"{base}" + (f" + {adapter}" if adapter else "")
     with console.status(f"loading {what} ..."):
-        tokenizer, model = load_merged(settings, base, "float32" if gguf else settings.export_dtype)
+        # the GGUF's source in the base's own precision (f32 when asked for f32), as llama.cpp's converter reads it
+        dtype = ("float32" if settings.export_gguf_type == "f32" else "auto") if gguf else settings.export_dtype
+        tokenizer, model = load_merged(settings, base, dtype)
     console.print(f"[bold]export[/bold] {'merged' if adapter else 'loaded'} {what}")
     hf_folder = work / "hf" if gguf or settings.export_quantization_bit else work
     with console.status("saving the model ..."):

@@ -44,6 +44,7 @@ class Architecture:
 
 
 SUPPORTED = {"llama": Architecture("LLAMA", True, True), "qwen2": Architecture("QWEN2", False, False)}
+_ROPE_TYPES = (None, "default", "linear", "yarn", "llama3")
 
 # Byte-level BPE pre-tokenizers llama.cpp implements, known by the regular expression of the tokenizer's Split
 # step (llama.cpp itself knows them by a hash of sample output, so it cannot tell a renamed copy).
@@ -56,11 +57,19 @@ _PRE_TOKENIZERS = {
 
 
 def architecture_of(config: dict[str, Any]) -> Architecture:
+    """The architecture's GGUF layout; a model GGUF export cannot write is refused, with what to do instead."""
     model_type = config.get("model_type")
     if model_type not in SUPPORTED:
         raise TunelabError(f"GGUF export supports the architectures {', '.join(SUPPORTED)}; this model is "
                            f"'{model_type}' ({', '.join(config.get('architectures') or [])}); export it with "
                            "--format hf and convert that with llama.cpp's convert_hf_to_gguf.py")
+    if any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or []):
+        raise TunelabError("GGUF export writes causal language models; a reward model (score head) exports with "
+                           "--format hf")
+    kind = _rope(config).get("rope_type")
+    if kind not in _ROPE_TYPES:
+        raise TunelabError(f"rope scaling '{kind}' is not supported by tunelab's GGUF export (supported: "
+                           f"{', '.join(str(k) for k in _ROPE_TYPES if k)})")
     return SUPPORTED[model_type]
 
 
@@ -109,15 +118,13 @@ def write_metadata(writer: Any, folder: Path, config: dict[str, Any], arch: Arch
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(factor)
         writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-    elif kind not in (None, "default", "llama3"):
-        raise TunelabError(f"rope scaling '{kind}' is not supported by tunelab's GGUF export")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
 def llama3_rope_factors(config: dict[str, Any]) -> np.ndarray:
     """Llama-3.1's frequency-dependent rope scaling as the per-frequency factors llama.cpp reads (rope_freqs)."""
     rope, dim = _rope(config), _head_dim(config)
-    base = rope.get("rope_theta", 10000.0)
+    base = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     original = rope.get("original_max_position_embeddings", 8192)
     factors = []
@@ -201,9 +208,9 @@ def tensor_data(folder: Path, tensor: PlannedTensor, config: dict[str, Any], arc
     file, key = tensor.source.split(":", 1)
     with safe_open(folder / file, framework="pt") as handle:
         data = handle.get_tensor(key).float().numpy()
-    if arch.permute_qk and key.endswith("q_proj.weight"):
+    if arch.permute_qk and key.endswith(("q_proj.weight", "q_proj.bias")):  # biases (attention_bias) too
         data = interleave_rotary(data, config["num_attention_heads"])
-    elif arch.permute_qk and key.endswith("k_proj.weight"):
+    elif arch.permute_qk and key.endswith(("k_proj.weight", "k_proj.bias")):
         data = interleave_rotary(data, config.get("num_key_value_heads") or config["num_attention_heads"])
     return data
 

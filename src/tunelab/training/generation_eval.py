@@ -45,13 +45,12 @@ def generate_and_score(model: Any, tokenizer: Any, samples: list[Sample], cfg: T
         run_predict(predictor, samples, output=output, batch_size=cfg.per_device_eval_batch_size)
     finally:
         model.train(was_training)
-    predictions, references = [], []
-    with output.open(encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            predictions.append(record["prediction"])
-            references.append([record["reference"]])
+    from tunelab.evaluation.run import read_predictions
+
+    predictions, references, _ = read_predictions(str(output))
     scores = score_predictions(predictions, references, parse_metrics(cfg.generation_metrics))
+    for note in scores.summary.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
     return {name: value for name, value in scores.summary.items() if isinstance(value, (int, float))
             and name != "num_samples"}
 
@@ -88,9 +87,9 @@ def predict_after_training(model: Any, tokenizer: Any, cfg: TrainConfig, eval_ro
     if not getattr(cfg, "do_predict", False) or not eval_rows:
         return None
     out = Path(cfg.output_dir)
-    console.print(f"[bold]predict[/bold] generating answers to {len(eval_rows)} held-out prompts ...")
-    values = generate_and_score(model, tokenizer, held_out_samples(eval_rows, cfg.generation_max_samples), cfg,
-                                out / PREDICTIONS_FILE)
+    samples = held_out_samples(eval_rows, cfg.generation_max_samples)
+    console.print(f"[bold]predict[/bold] generating answers to {len(samples)} held-out prompts ...")
+    values = generate_and_score(model, tokenizer, samples, cfg, out / PREDICTIONS_FILE)
     results = {f"predict_{name}": value for name, value in values.items()}
     (out / PREDICT_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     console.print("[bold]predict[/bold] " + "  ".join(f"{name} {value:.4f}" for name, value in results.items()))
