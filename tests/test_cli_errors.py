@@ -84,6 +84,8 @@ BAD_INVOCATIONS = [
     (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "predict_with_generate=true"],
      "eval_strategy is 'no'"),
     (["train", DEMO, "generation_metrics=bleu-5"], "unknown metric 'bleu-5'"),
+    (["train", DEMO, f"dataset_dir={DATA}", "val_size=4", "do_predict=true", "fsdp=full_shard"],
+     "do_predict: generation runs on the main process, which under DeepSpeed/FSDP"),
     (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "do_predict=true",
       "generation_metrics=accuracy", "output_dir={tmp}/run_accuracy"], "metric accuracy needs a task"),
     # export

@@ -60,8 +60,8 @@ def check_generation_keys(cfg: TrainConfig) -> None:
         raise ConfigError(f"{' and '.join(wants)}: generating for the eval prompts needs eval data; set val_size "
                           "or eval_dataset")
     if wants and (cfg.deepspeed or cfg.fsdp):
-        raise ConfigError(f"{' and '.join(wants)} generate on the main process, which under DeepSpeed/FSDP holds "
-                          "only a shard of the weights; train without them and score the saved model with "
+        raise ConfigError(f"{' and '.join(wants)}: generation runs on the main process, which under DeepSpeed/FSDP "
+                          "holds only a shard of the weights; train without them and score the saved model with "
                           "`tunelab eval`")
     if getattr(cfg, "predict_with_generate", False) and cfg.eval_strategy == "no":
         raise ConfigError("predict_with_generate logs at each evaluation, but eval_strategy is 'no'; set "
