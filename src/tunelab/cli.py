@@ -365,56 +365,6 @@ def predict(
     run_predict(predictor, samples, output=target, batch_size=batch_size)
 
 
-def _eval_systems(models: list[str], adapters: list[str], predictions: list[str], with_base: bool) -> list[Any]:
-    """The columns of the comparison, checked (paths, no model load): predictions files, adapters (on one base
-    model) or models. A run folder of a full fine-tune passed as --adapter is evaluated as a model."""
-    from tunelab.evaluation.run import System
-    from tunelab.inference.loading import check_inference_sources
-
-    if predictions:
-        if models or adapters or with_base:
-            raise TunelabError("--predictions scores existing answers; it does not go with --model, --adapter or "
-                               "--with-base")
-        return [System(Path(p).stem if len(predictions) > 1 else "predictions", predictions=p)
-                for p in _unique_labels(predictions)]
-    from tunelab.inference.loading import base_model_for
-
-    for flag, given in (("--adapter", adapters), ("--model", models)):
-        twice = sorted({item for item in given if given.count(item) > 1})
-        if twice:
-            raise TunelabError(f"{flag} {twice[0]} is given twice; each system is evaluated once")
-    full_runs = [a for a in adapters if not (Path(a) / "adapter_config.json").is_file()
-                 and (Path(a) / "config.json").is_file()]
-    adapters = [a for a in adapters if a not in full_runs]
-    models = models + full_runs
-    if not adapters:
-        if with_base:
-            raise TunelabError("--with-base adds the base model beside adapters; give --adapter (or compare models "
-                               "with several --model)")
-        for model in models:
-            check_inference_sources(model, None)
-        systems = [System(Path(base_model_for(m, None)).name, model=m) for m in models or [None]]
-    else:
-        if len(models) > 1:
-            raise TunelabError("several --model with --adapter: adapters are compared on one base model; give at "
-                               "most one --model (pass full-model runs as --model, without adapters)")
-        base = models[0] if models else None
-        for adapter in adapters:
-            check_inference_sources(base, adapter)
-        base_name = base_model_for(base, adapters[0])
-        systems = [System(f"base ({Path(base_name).name})", model=base_name)] if with_base else []
-        systems += [System(Path(a).name, model=base, adapter=a) for a in adapters]
-    if len({s.label for s in systems}) < len(systems):  # runs named alike in different folders: use the paths
-        systems = [System(s.adapter or s.model or s.label, s.model, s.adapter) for s in systems]
-    return systems
-
-
-def _unique_labels(paths: list[str]) -> list[str]:
-    if len({Path(p).stem for p in paths}) < len(paths):
-        raise TunelabError("two --predictions files share a name; rename one so the comparison can tell them apart")
-    return paths
-
-
 @app.command("eval")
 @_friendly_errors
 def evaluate(
@@ -463,57 +413,21 @@ def evaluate(
         raise TunelabError("--batch-size, --max-new-tokens and --cutoff-len must be at least 1")
     if max_samples is not None and max_samples < 1:
         raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
-    if Path(output_dir).is_file():
-        raise TunelabError(f"--output-dir '{output_dir}' is a file; give a folder")
+    from tunelab.commands.evaluate import eval_systems, evaluate_and_report
+    from tunelab.evaluation.run import GenerationSettings
+
     options = _load_options(trust_remote_code, revision, attn)
-    systems = _eval_systems(model or [], adapter or [], predictions or [], with_base)
+    systems = eval_systems(model or [], adapter or [], predictions or [], with_base)
     if as_json:
         console.file = sys.stderr  # progress and notes to stderr: stdout is the one JSON object
     try:
-        _evaluate(systems, dataset, dataset_dir, max_samples, skip_invalid, metrics, task, language, output_dir,
-                  options, template, batch_size, max_new_tokens, temperature, top_p, cutoff_len, as_json)
+        evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
+                            skip_invalid=skip_invalid, skip_hint=SKIP_HINT, metrics=metrics, task=task,
+                            language=language, output_dir=output_dir, options=options, template=template,
+                            settings=GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len),
+                            as_json=as_json)
     finally:
         console.file = None  # type: ignore[assignment]  # back to whatever sys.stdout is
-
-
-def _evaluate(systems: list[Any], dataset: str | None, dataset_dir: str, max_samples: int | None, skip_invalid: bool,
-              metrics: str, task: str, language: str, output_dir: str, options: Any, template: str | None,
-              batch_size: int, max_new_tokens: int, temperature: float, top_p: float, cutoff_len: int,
-              as_json: bool) -> None:
-    from tunelab.evaluation.run import (
-        GenerationSettings,
-        check_references,
-        choose_metrics,
-        read_predictions,
-        run_eval,
-    )
-
-    samples = None
-    if dataset is not None:
-        from tunelab.inference.predict import load_samples
-
-        samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
-        golds = [reference for _, reference, _ in samples]
-        notes = check_references(golds, f"dataset '{dataset}'")
-    else:
-        files = [s.predictions for s in systems]
-        golds, notes = [], []
-        for file in files:  # every file is read (and checked) before any is scored
-            references = [refs[0] for refs in read_predictions(file)[1]]
-            notes += check_references(references, f"--predictions '{file}'")
-            golds = golds or references
-    chosen, found, more = choose_metrics(metrics, task, golds, generating=samples is not None)
-    for note in notes + more:
-        console.print(f"note: {note}", markup=False, highlight=False)
-    from tunelab.evaluation.report import print_results
-
-    settings = GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len)
-    results = run_eval(systems, samples, chosen, output_dir=output_dir, settings=settings, options=options,
-                       language=language, task=found, template=template)
-    if as_json:
-        print(json.dumps(results, ensure_ascii=False))
-    else:
-        print_results(results, output_dir)
 
 
 @app.command("export")
@@ -543,28 +457,14 @@ def export(
                                                            "hub.")] = None,
 ) -> None:
     """Export a model: the adapter merged into its base (safetensors, or 4/8-bit), or GGUF for llama.cpp/Ollama."""
-    from tunelab.export.settings import load_export_settings
-
-    flags: dict[str, Any] = {"model_name_or_path": model, "adapter_name_or_path": adapter, "export_dir": output,
-                             "export_format": export_format, "export_dtype": dtype, "template": template,
-                             "export_size": shard_size, "export_device": device, "export_legacy_format": legacy_format,
-                             "export_ollama": ollama, "export_overwrite": overwrite,
-                             "trust_remote_code": trust_remote_code}
-    if quantization is not None:
-        gguf_format = (export_format or "") == "gguf" or (export_format is None and quantization not in ("4", "8"))
-        if gguf_format:
-            flags["export_gguf_type"] = quantization
-        elif quantization in ("4", "8"):
-            flags["export_quantization_bit"] = int(quantization)
-        else:
-            raise TunelabError(f"--quantization {quantization} with --format hf: an hf export quantizes to 4 or 8 bits "
-                               "(bitsandbytes); GGUF types (q8_0, ...) need --format gguf")
-        if gguf_format and export_format is None:
-            flags["export_format"] = "gguf"
-    settings = load_export_settings(config, flags)
+    from tunelab.commands.export import export_settings
     from tunelab.export.run import run_export
 
-    run_export(settings)
+    run_export(export_settings(config, export_format, quantization, {
+        "model_name_or_path": model, "adapter_name_or_path": adapter, "export_dir": output, "export_dtype": dtype,
+        "template": template, "export_size": shard_size, "export_device": device,
+        "export_legacy_format": legacy_format, "export_ollama": ollama, "export_overwrite": overwrite,
+        "trust_remote_code": trust_remote_code}))
 
 
 @app.command()

@@ -1,1 +1,1 @@
-"""Commands that read a dataset and print or write for the user (above the data and model layers)."""
+"""What the CLI commands do beyond parsing flags: data inspect/convert, rewards, eval, export."""

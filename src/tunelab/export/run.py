@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import __version__
-from tunelab.console import console
+from tunelab.console import console, human_size
 from tunelab.errors import TunelabError
 from tunelab.export.merge import model_config
 from tunelab.export.settings import ExportSettings
@@ -58,14 +58,6 @@ def check_target(settings: ExportSettings, base: str) -> Path:
 
 def _size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def _usage_hf(target: Path, quantized: bool) -> str:
@@ -124,7 +116,7 @@ def run_export(settings: ExportSettings) -> Path:
         work.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    console.print(f"[bold green]exported[/bold green] {_human(_size(target))} to {target}")
+    console.print(f"[bold green]exported[/bold green] {human_size(_size(target))} to {target}")
     console.print("use it\n  " + usage.replace("\n", "\n  "), markup=False, highlight=False)
     return target
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.console import console
+from tunelab.console import console, human_size
 from tunelab.errors import TunelabError, shorten
 from tunelab.models.sources import default_template, resolve_model_path
 from tunelab.training.lifecycle import preflight, prepare_data
@@ -115,10 +115,6 @@ def sample_lengths(dataset: Any, tokenizer: Any, cfg: TrainConfig) -> list[int]:
     return [p + a for p, a in zip(prompts, longest, strict=True)]
 
 
-def _size(count: float) -> str:
-    return f"{count / GIB:.2f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.1f} MiB"
-
-
 def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     run = preflight(cfg)
     tokenizer, train_dataset, _eval_dataset, report = prepare_data(cfg)
@@ -137,9 +133,10 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
                   + (" before packing" if cfg.packing else ""))
     console.print(f"[bold]model[/bold] {cfg.model_name_or_path}: {memory.parameters:,} parameters, "
                   f"{memory.trainable:,} trainable ({cfg.finetuning_type})")
-    console.print(f"[bold]memory[/bold] about {_size(memory.total)} per device for sequences of {sequence} tokens: "
-                  f"weights {_size(memory.weights)}, gradients {_size(memory.gradients)}, AdamW state "
-                  f"{_size(memory.optimizer)}, activations {_size(memory.activations)} (an estimate)")
+    console.print(f"[bold]memory[/bold] about {human_size(memory.total)} per device for sequences of {sequence} "
+                  "tokens: "
+                  f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, AdamW state "
+                  f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)} (an estimate)")
     console.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
                   f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
     return {"train_samples": len(lengths), "eval_samples": report.eval_samples, "tokens": sum(lengths),
