@@ -1,8 +1,10 @@
-"""Bad invocations of every command: exit code 2, one line naming what is wrong, never a traceback.
+"""Bad invocations of every command: exit code 2, one `error:` line on stderr naming what is wrong, never a
+traceback, nothing written.
 
 ``BAD_INVOCATIONS`` is a table: add a row for each mistake a user can make. Paths in a row are
-templates filled from a small scratch tree (``{tmp}``: scratch folder, ``{file}``: a plain file,
-``{empty}``: an empty folder, ``{adapter}``: a folder holding only an adapter config).
+templates filled from a small scratch tree, which is also the current folder (``{tmp}``: scratch folder,
+``{file}``: a plain file, ``{empty}``: an empty folder, ``{adapter}``: a folder holding only an adapter config,
+``{rm}``: the same for a reward model's adapter; ``outputs/`` exists there, as after a first training).
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ BAD_INVOCATIONS = [
     (["train", DEMO, "model_name_or_path={file}"], "is a file; expected a model folder"),
     (["train", DEMO, "model_name_or_path={adapter}"], "is a PEFT adapter, not a model"),
     (["train", DEMO, "model_name_or_path=nobody/no-such-model"], "not in the local cache while HF_HUB_OFFLINE=1"),
+    # a relative path that is not there is a wrong path, not a hub id (outputs/ exists here)
+    (["train", DEMO, "adapter_name_or_path=outputs/nope"], "adapter folder 'outputs/nope' does not exist (looked "
+                                                           "for {tmp}/outputs/nope)"),
+    (["train", DEMO, "adapter_name_or_path=./nope"], "adapter folder './nope' does not exist"),
+    (["train", DEMO, "adapter_name_or_path=~/no-such-tunelab-adapter"], "adapter folder "
+                                                                         "'~/no-such-tunelab-adapter' does not exist"),
+    (["train", DEMO, "--dry-run", "adapter_name_or_path=outputs/nope"], "adapter folder 'outputs/nope' does not"),
+    (["train", DEMO, f"dataset_dir={DATA}", "dataset=demo_storie"], "(did you mean 'demo_stories'?)"),
+    # --dry-run runs the stage's own checks too
+    (["train", DEMO, "--dry-run", f"dataset_dir={DATA}", "do_predict=true"],
+     "do_predict: generating for the eval prompts needs eval data"),
+    (["train", DEMO, "--dry-run", f"dataset_dir={DATA}", "stage=grpo", "dataset=demo_rl_prompts",
+      "per_device_train_batch_size=3", "reward_funcs=[length]"], "not a multiple of num_generations"),
+    (["train", DEMO, "--dry-run", f"dataset_dir={DATA}", "stage=ppo", "dataset=demo_rl_prompts",
+      "reward_funcs=[length]", "eval_strategy=steps", "eval_steps=5", "val_size=4"],
+     "stage ppo does not evaluate during training"),
+    (["train", DEMO, "--dry-run", f"dataset_dir={DATA}", "stage=ppo", "dataset=demo_rl_prompts_heldout",
+      "reward_funcs=[length]", "per_device_train_batch_size=64"], "fewer than one rollout of 64"),
+    (["train", DEMO, "--dry-run", f"dataset_dir={DATA}", "stage=kto", "dataset=demo_kto", "ref_model=outputs/nope"],
+     "ref_model: model folder 'outputs/nope' does not exist"),
+    (["train", DEMO, "--dry-run", "stage=orpo", "pref_loss=sigmoid"], "stage orpo trains with pref_loss orpo"),
     (["train", DEMO, f"dataset_dir={DATA}", "dataset=nope"], "dataset 'nope' is neither a name"),
     (["train", DEMO, "dataset_dir=data", "dataset=nope"], "dataset_dir 'data' is relative to the current folder"),
     (["train", DEMO, f"dataset_dir={DATA}", "resume_from_checkpoint={empty}"], "is not a checkpoint folder"),
@@ -59,6 +82,9 @@ BAD_INVOCATIONS = [
     (["predict", STORIES, "--batch-size", "0"], "--batch-size must be at least 1"),
     (["predict", STORIES, "--max-samples", "-2"], "--max-samples must be at least 1"),
     (["predict", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["predict", STORIES, "--adapter", "outputs/no_such_adapter"], "adapter folder 'outputs/no_such_adapter' does "
+                                                                   "not exist"),
+    (["predict", STORIES, "--adapter", "{rm}"], "--adapter '{rm}' is a reward model (stage rm): it scores answers"),
     (["predict", "{tmp}/missing.json"], "neither a name"),
     # eval
     (["eval"], "give a DATASET to generate on, or --predictions FILE to score"),
@@ -69,6 +95,7 @@ BAD_INVOCATIONS = [
     (["eval", STORIES, "--language", "fr"], "language 'fr' is not one of auto, en, zh"),
     (["eval", STORIES, "--with-base"], "--with-base adds the base model beside adapters"),
     (["eval", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["eval", STORIES, "--adapter", "{rm}"], "--adapter '{rm}' is a reward model (stage rm)"),
     (["eval", STORIES, "--output-dir", "{file}"], "--output-dir '{file}' is a file"),
     (["eval", STORIES, "--adapter", "{adapter}", "--adapter", "{adapter}"], "--adapter {adapter} is given twice"),
     (["eval", "{tmp}/prompts.jsonl"], "has no reference answers to score against"),
@@ -115,6 +142,11 @@ BAD_INVOCATIONS = [
     (["chat", "--temperature", "-1", "--query", "hi"], "temperature must be 0 (greedy) or more"),
     (["chat", "--top-p", "0", "--query", "hi"], "top_p must be in (0, 1]"),
     (["chat", "--adapter", "{tmp}/no_adapter", "--query", "hi"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["chat", "--adapter", "outputs/no_such_adapter", "--query", "hi"], "adapter folder 'outputs/no_such_adapter' "
+                                                                        "does not exist (looked for "
+                                                                        "{tmp}/outputs/no_such_adapter)"),
+    (["chat", "--adapter", "{rm}", "--query", "hi"], "is a reward model (stage rm): it scores answers and cannot "
+                                                     "generate them; score with `tunelab score --adapter {rm}"),
     (["chat", "--adapter", "{empty}", "--query", "hi"], "holds no PEFT adapter"),
     (["chat", "--model", "{tmp}/no_model", "--query", "hi"], "model folder '{tmp}/no_model' does not exist"),
     (["chat", "--model", "{empty}", "--query", "hi"], "holds no model"),
@@ -124,7 +156,9 @@ BAD_INVOCATIONS = [
     (["score"], "give a preference DATASET, or --prompt and --response"),
     (["score", "--prompt", "hi"], "--prompt and --response go together"),
     (["score", STORIES, "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
-    (["score", STORIES], "use stage: sft"),  # an SFT dataset is no preference data
+    (["score", STORIES, "--adapter", "{rm}"], "use stage: sft"),  # an SFT dataset is no preference data
+    (["score", STORIES], "--model 'stories260K' is not a reward model"),
+    (["score", "--adapter", "{adapter}", "--prompt", "a", "--response", "b"], "is not a reward model (no score head"),
     # rewards
     (["rewards", "score", "{tmp}/answers.jsonl", "--reward-funcs", "corectness"],
      "unknown reward function 'corectness' (did you mean 'correctness'?)"),
@@ -170,6 +204,10 @@ def scratch(tmp_path_factory) -> dict[str, str]:
     (tmp / "empty").mkdir()
     (tmp / "adapter").mkdir()
     (tmp / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K"}))
+    (tmp / "rm").mkdir()
+    (tmp / "rm" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "stories260K",
+                                                                "task_type": "SEQ_CLS", "peft_type": "LORA"}))
+    (tmp / "outputs").mkdir()
     (tmp / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a\n')
     (tmp / "answers.jsonl").write_text('{"prompt": "How many?", "completion": "18"}\n')
     (tmp / "prefix").mkdir()
@@ -183,7 +221,8 @@ def scratch(tmp_path_factory) -> dict[str, str]:
     (tmp / "export.yaml").write_text("model_name_or_path: stories260K\nexport_dri: out\n")
     (tmp / "prompts.jsonl").write_text('{"prompt": "Write a story about Tim."}\n')
     (tmp / "predictions.jsonl").write_text('{"prediction": "18", "reference": "#### 18"}\n')
-    return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter")}
+    return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter"),
+            "rm": str(tmp / "rm")}
 
 
 def _fill(text: str, scratch: dict[str, str]) -> str:
@@ -194,13 +233,50 @@ def _fill(text: str, scratch: dict[str, str]) -> str:
 def test_bad_invocation_is_one_clear_line(args, expected, scratch, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(scratch["tmp"])
+    before = _tree(scratch["tmp"])
     result = CliRunner().invoke(app, [_fill(arg, scratch) for arg in args])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
+    assert "error:" not in result.stdout, result.stdout  # stdout is for results only
     assert _fill(expected, scratch) in errors[0], result.output
     assert "at at" not in errors[0]
+    assert _tree(scratch["tmp"]) == before  # a refused command writes nothing
+
+
+def _tree(folder: str) -> set[str]:
+    return {str(path.relative_to(folder)) for path in Path(folder).rglob("*")}
+
+
+def test_a_hub_id_without_network_fails_at_once(scratch, monkeypatch):
+    """HF_HUB_OFFLINE unset and no network: one connection attempt, then one error line (no library retries)."""
+    import socket
+
+    from tunelab import hub
+
+    attempts = []
+
+    def unreachable(address, timeout=None, *args):
+        attempts.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.chdir(scratch["tmp"])
+    hub.hub_unreachable.cache_clear()
+    try:
+        for args in (["chat", "--model", "nobody/no-such-model", "--query", "hi"],
+                     ["chat", "--adapter", "nobody/no-such-adapter", "--query", "hi"],
+                     ["train", DEMO, "adapter_name_or_path=nobody/nope"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, result.output
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and "does not exist locally" in errors[0], result.output
+            assert "cannot be reached (huggingface.co: Name or service not known)" in errors[0]
+        assert attempts == [(("huggingface.co", 443), hub.CONNECT_TIMEOUT)]  # asked once, for a bounded time
+    finally:
+        hub.hub_unreachable.cache_clear()
 
 
 def test_failed_convert_leaves_no_partial_file(scratch):

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from tunelab import __version__
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.errors import TunelabError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -151,15 +151,15 @@ def config_keys(
         return
     import textwrap
 
-    width = max(40, min(console.width, 100))
-    console.print("[bold]stages[/bold] (key `stage`)")
+    width = max(40, min(stdout.width, 100))
+    stdout.print("[bold]stages[/bold] (key `stage`)")
     for line in _stage_lines():
-        console.print(textwrap.fill(line, width, initial_indent="    ", subsequent_indent="      "), markup=False)
+        stdout.print(textwrap.fill(line, width, initial_indent="    ", subsequent_indent="      "), markup=False)
     for name, kind, default, help_text, stages in rows:
         only = f" (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" if stages else ""
-        console.print(textwrap.fill(f"{name}: {kind} = {_shown(default)}{only}", width, subsequent_indent="      "),
+        stdout.print(textwrap.fill(f"{name}: {kind} = {_shown(default)}{only}", width, subsequent_indent="      "),
                       markup=False, style="bold")
-        console.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
+        stdout.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
 
 
 # --- options shared by the commands that load a model to generate ----------------------------------
@@ -323,9 +323,12 @@ def chat(
     attn: AttnOption = "auto",
 ) -> None:
     """Chat with a model (streaming, history, /clear, /exit), or answer one --query."""
-    from tunelab.inference.chat import run_chat
+    from tunelab.inference.loading import check_inference_sources
 
     options = _load_options(trust_remote_code, revision, attn)
+    check_inference_sources(model, adapter, use="generate")  # before torch loads
+    from tunelab.inference.chat import run_chat
+
     run_chat(_predictor(model, adapter, template, max_new_tokens, temperature, top_p, options), query=query,
              system=system)
 
@@ -359,7 +362,7 @@ def predict(
     if max_samples is not None and max_samples < 1:
         raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
     options = _load_options(trust_remote_code, revision, attn)
-    check_inference_sources(model, adapter)  # a wrong path is reported before the data is read
+    check_inference_sources(model, adapter, use="generate")  # a wrong path is reported before the data is read
     samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
     predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p, options)
     run_predict(predictor, samples, output=target, batch_size=batch_size)
@@ -413,21 +416,20 @@ def evaluate(
         raise TunelabError("--batch-size, --max-new-tokens and --cutoff-len must be at least 1")
     if max_samples is not None and max_samples < 1:
         raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
+    from tunelab.metrics.text import LANGUAGES
+
+    if language not in LANGUAGES:  # said before any model loads or generates
+        raise TunelabError(f"--language: language '{language}' is not one of {', '.join(LANGUAGES)}")
     from tunelab.commands.evaluate import eval_systems, evaluate_and_report
     from tunelab.evaluation.run import GenerationSettings
 
     options = _load_options(trust_remote_code, revision, attn)
     systems = eval_systems(model or [], adapter or [], predictions or [], with_base)
-    if as_json:
-        console.file = sys.stderr  # progress and notes to stderr: stdout is the one JSON object
-    try:
-        evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
-                            skip_invalid=skip_invalid, skip_hint=SKIP_HINT, metrics=metrics, task=task,
-                            language=language, output_dir=output_dir, options=options, template=template,
-                            settings=GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len),
-                            as_json=as_json)
-    finally:
-        console.file = None  # type: ignore[assignment]  # back to whatever sys.stdout is
+    evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
+                        skip_invalid=skip_invalid, skip_hint=SKIP_HINT, metrics=metrics, task=task,
+                        language=language, output_dir=output_dir, options=options, template=template,
+                        settings=GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len),
+                        as_json=as_json)
 
 
 @app.command("export")
@@ -494,7 +496,7 @@ def score(
         raise TunelabError("give a preference DATASET, or --prompt and --response")
     target = _output_file(output, "--output") if output else None
     options = _load_options(trust_remote_code, revision, attn)
-    check_inference_sources(model, adapter)
+    check_inference_sources(model, adapter, use="score")
     rows = None
     if dataset is not None:
         from tunelab.data.registry import SKIP_HINT, load_dataset_rows
@@ -520,7 +522,7 @@ def score(
     if as_json:
         print(json.dumps(summary))
     else:
-        console.print(f"[bold]pairs[/bold] {len(rows)}: chosen scored above rejected in {accuracy:.1%}, mean margin "
+        stdout.print(f"[bold]pairs[/bold] {len(rows)}: chosen scored above rejected in {accuracy:.1%}, mean margin "
                       f"{summary['mean_margin']:.4f}" + (f"; scores in {target}" if target else ""))
 
 

@@ -1,8 +1,14 @@
-"""One rich console for all user-facing output, and how sizes read on it."""
+"""Where user-facing output goes, and how sizes read on it.
+
+Results (tables, reports, where the outputs are, answers) go to stdout through ``stdout``; errors, warnings,
+notes and progress go to stderr through ``console``, so ``tunelab ... --json > out.json`` or a pipe gets the
+result alone and still shows the user what happens.
+"""
 
 from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)  # long paths and messages stay on one line
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # long paths and messages stay on one line
+stdout = Console(highlight=False, soft_wrap=True)
 
 
 def human_size(count: float) -> str:

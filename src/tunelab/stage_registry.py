@@ -36,10 +36,22 @@ class Stage:
     keys: type[BaseModel] = NoKeys
     # Settings this stage fixes for its trainer (e.g. orpo = dpo with pref_loss orpo), applied as defaults.
     presets: dict[str, Any] = field(default_factory=dict)
+    # "module:function"(cfg, data) -> None: the stage's own checks beyond its keys' types (batch shapes, other
+    # models' paths, data size), run before any model loads, by the run and by `train --dry-run` alike: once with
+    # data None, and again with the DataReport once the data is read and encoded.
+    check: str | None = None
 
     def run(self) -> Callable[..., Any]:
-        module, function = self.recipe.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _function(self.recipe)
+
+    def check_config(self, cfg: Any, data: Any = None) -> None:
+        if self.check:
+            _function(self.check)(cfg, data)
+
+
+def _function(name: str) -> Callable[..., Any]:
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @functools.cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.data.registry import SKIP_HINT, Skipped, iter_rows, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.stage_registry import kind_of
@@ -38,7 +38,7 @@ def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = 
         partial.unlink(missing_ok=True)
         raise
     partial.replace(output)
-    console.print(f"converted {written:,} rows ({fmt_name} format → {kind} rows) to {output}")
+    stdout.print(f"converted {written:,} rows ({fmt_name} format → {kind} rows) to {output}")
     for reason, info in skipped.as_dict().items():
         console.print(f"  skipped {info['count']}: {reason} (e.g. {info['examples'][0]})", markup=False)
     return written, skipped

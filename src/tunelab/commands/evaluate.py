@@ -44,7 +44,7 @@ def eval_systems(models: list[str], adapters: list[str], predictions: list[str],
             raise TunelabError("--with-base adds the base model beside adapters; give --adapter (or compare models "
                                "with several --model)")
         for model in models:
-            check_inference_sources(model, None)
+            check_inference_sources(model, None, use="generate")
         systems = [System(Path(base_model_for(m, None)).name, model=m) for m in models or [None]]
     else:
         if len(models) > 1:
@@ -52,7 +52,7 @@ def eval_systems(models: list[str], adapters: list[str], predictions: list[str],
                                "most one --model (pass full-model runs as --model, without adapters)")
         base = models[0] if models else None
         for adapter in adapters:
-            check_inference_sources(base, adapter)
+            check_inference_sources(base, adapter, use="generate")
         base_name = base_model_for(base, adapters[0])
         systems = [System(f"base ({Path(base_name).name})", model=base_name)] if with_base else []
         systems += [System(Path(a).name, model=base, adapter=a) for a in adapters]

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tunelab.console import console
+from tunelab.console import stdout
 from tunelab.data.encoders import encode_kto, encode_pair, encode_prompt, encode_pt, encode_sft
 from tunelab.data.masking import Encoded, segments
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
@@ -116,39 +116,39 @@ def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "st
 
 
 def print_inspection(result: dict[str, Any]) -> None:
-    console.print(f"[bold]{result['dataset']}[/bold]  {result['source']}")
+    stdout.print(f"[bold]{result['dataset']}[/bold]  {result['source']}")
     mapping = f"  columns {result['column_mapping']}" if result["column_mapping"] else ""
-    console.print(f"format: {result['format']} ({result['kind']} rows){mapping}")
-    console.print(f"rows: {result['num_rows']} usable, {result['num_skipped']} skipped")
+    stdout.print(f"format: {result['format']} ({result['kind']} rows){mapping}")
+    stdout.print(f"rows: {result['num_rows']} usable, {result['num_skipped']} skipped")
     for reason, info in result["skipped"].items():
-        console.print(f"  skipped {info['count']}: {reason}", markup=False)
+        stdout.print(f"  skipped {info['count']}: {reason}", markup=False)
         for example in info["examples"]:
-            console.print(f"    e.g. {example}", markup=False, style="dim")
+            stdout.print(f"    e.g. {example}", markup=False, style="dim")
     stats = result["token_lengths"]
     if stats:
-        console.print(f"tokens per sample: min {stats['min']}  mean {stats['mean']}  p50 {stats['p50']}  "
+        stdout.print(f"tokens per sample: min {stats['min']}  mean {stats['mean']}  p50 {stats['p50']}  "
                       f"p95 {stats['p95']}  max {stats['max']}; longer than cutoff_len {stats['cutoff_len']} "
                       f"(truncated in training): {stats['over_cutoff']}")
         peak = max(bucket["count"] for bucket in result["histogram"]) or 1
         for bucket in result["histogram"]:
             bar = "█" * round(30 * bucket["count"] / peak)
-            console.print(f"  {bucket['from']:>7}-{bucket['to']:<7} {bar} {bucket['count']}", markup=False)
+            stdout.print(f"  {bucket['from']:>7}-{bucket['to']:<7} {bar} {bucket['count']}", markup=False)
     if result["histogram_png"]:
-        console.print(f"histogram: {result['histogram_png']}")
+        stdout.print(f"histogram: {result['histogram_png']}")
     for sample in result["samples"]:
         label = f", label {sample['label']}" if "label" in sample else ""
-        console.print(f"\n[bold]record at line {sample['line']}[/bold] ({sample['num_tokens']} tokens, "
+        stdout.print(f"\n[bold]record at line {sample['line']}[/bold] ({sample['num_tokens']} tokens, "
                       f"{sample['num_trained_tokens']} trained{label}; [green]green = trained[/green], "
                       "[dim]dim = context[/dim])")
         _print_segments(sample["segments"])
         if "rejected_segments" in sample:
-            console.print("[bold]rejected:[/bold]")
+            stdout.print("[bold]rejected:[/bold]")
             _print_segments(sample["rejected_segments"])
         if sample.get("extra"):
-            console.print(f"extra columns: {sample['extra']}", markup=False)
+            stdout.print(f"extra columns: {sample['extra']}", markup=False)
 
 
 def _print_segments(parts: list[dict[str, Any]]) -> None:
     for segment in parts:
-        console.print(segment["text"], style="green" if segment["trained"] else "dim", end="", markup=False)
-    console.print()
+        stdout.print(segment["text"], style="green" if segment["trained"] else "dim", end="", markup=False)
+    stdout.print()

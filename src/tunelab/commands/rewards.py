@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunelab.console import console
+from tunelab.console import stdout
 from tunelab.data.readers import InvalidRecord, read_records
 from tunelab.errors import ConfigError, DataError, RewardError
 from tunelab.rewards.registry import check_reward_specs, describe_rewards, load_rewards, score_rewards
@@ -53,8 +53,8 @@ def print_reward_list(as_json: bool = False) -> None:
 
     width = max(len(name) for name, _ in rewards)
     for name, summary in rewards:
-        console.print(f"[bold]{name:<{width}}[/bold]  {escape(summary)}")
-    console.print("\nyour own: path/to/file.py:function or module:function (see docs/rewards.md)", style="dim")
+        stdout.print(f"[bold]{name:<{width}}[/bold]  {escape(summary)}")
+    stdout.print("\nyour own: path/to/file.py:function or module:function (see docs/rewards.md)", style="dim")
 
 
 def reward_settings(reward_funcs: str, reward_weights: str | None, reward_model: str | None,
@@ -162,11 +162,11 @@ def print_scores(scores: Scores, as_json: bool = False) -> None:
         text = " ".join(completion_text(row.completion).split())
         table.add_row(str(row.line), Text(text), *(_shown(scores.values[name][index]) for name in names),
                       _shown(scores.totals[index]))
-    if needed <= console.width:
-        console.print(table)
+    if needed <= stdout.width:
+        stdout.print(table)
     else:  # a narrow terminal wraps the rows rather than rich hiding columns
         from rich.console import Console
 
         Console(width=needed, highlight=False).print(table)
     means = "  ".join(f"{name} {_shown(_mean(scores.values[name]))}" for name in names)
-    console.print(f"mean over {len(scores.rows)} rows: {means}  total {_shown(_mean(scores.totals))}", markup=False)
+    stdout.print(f"mean over {len(scores.rows)} rows: {means}  total {_shown(_mean(scores.totals))}", markup=False)

@@ -7,6 +7,7 @@ applies ``max_samples``. Mixing several datasets and the validation split live i
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections import Counter
@@ -19,6 +20,7 @@ from tunelab.data.formats import ColumnSpec, FieldError, Format, detect_format
 from tunelab.data.mixing import split_rows  # noqa: F401  (re-exported: part of the registry API)
 from tunelab.data.readers import InvalidRecord, read_records
 from tunelab.errors import DataError
+from tunelab.hub import hub_offline, hub_unreachable
 
 REGISTRY_FILE = "dataset_info.json"
 EXAMPLES_PER_REASON = 3
@@ -120,16 +122,23 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSource:
             return DatasetSource(candidate.name, candidate)
     if _looks_like_hub_id(name):
         return DatasetSource(name, hub_id=name)
+    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.6)
+    suggestion = f" (did you mean '{close[0]}'?)" if close else ""
     known = ", ".join(sorted(registry)[:8]) + (" ..." if len(registry) > 8 else "")
     where = f"{dataset_dir / REGISTRY_FILE}" if registry else f"{dataset_dir} (no {REGISTRY_FILE} there)"
     relative = "" if dataset_dir.is_absolute() else (
         f"; dataset_dir '{dataset_dir}' is relative to the current folder ({Path.cwd()})"
         + (", and defaults to 'data'" if str(dataset_dir) == "data" else ""))
-    raise DataError(f"dataset '{name}' is neither a name in {where} nor an existing file or folder"
+    raise DataError(f"dataset '{name}' is neither a name in {where} nor an existing file or folder{suggestion}"
                     + (f"; known names: {known}" if registry else "") + relative)
 
 
 def _hub_records(source: DatasetSource) -> Iterator[tuple[str, int, Any]]:
+    unreachable = None if hub_offline() else hub_unreachable()
+    if unreachable:  # said at once, not after the datasets library's retries
+        raise DataError(f"'{source.hub_id}' is no local file or folder, and the Hugging Face hub, where it would be a "
+                        f"dataset id, cannot be reached ({unreachable}); download it elsewhere and point file_name "
+                        "(or the dataset path) at the local copy", file=source.name)
     try:
         import datasets
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tunelab.config import load_config
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.errors import TunelabError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -49,18 +49,18 @@ def run_demo(output_dir: str = "outputs/demo") -> dict | None:
     prompts = [record["instruction"] for record in json.loads(HELD_OUT.read_text(encoding="utf-8"))]
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
 
-    console.rule("1/3  the embedded model before training")
+    stdout.rule("1/3  the embedded model before training")
     with console.status(f"generating answers to {len(prompts)} held-out prompts with the untrained model ..."):
         before = Predictor(cfg.model_name_or_path, template=cfg.template, max_new_tokens=80)
         before_answers = before.generate_batch(conversations)
-    console.print(f"answered {len(prompts)} held-out prompts (score {score(prompts, before_answers):.0%})")
+    stdout.print(f"answered {len(prompts)} held-out prompts (score {score(prompts, before_answers):.0%})")
     del before
 
-    console.rule("2/3  LoRA SFT with examples/demo_lora_sft.yaml")
+    stdout.rule("2/3  LoRA SFT with examples/demo_lora_sft.yaml")
     if run_sft(cfg, command="tunelab demo").interrupted:
         return None
 
-    console.rule("3/3  the fine-tuned model on held-out prompts")
+    stdout.rule("3/3  the fine-tuned model on held-out prompts")
     with console.status(f"generating answers to {len(prompts)} held-out prompts with the fine-tuned model ..."):
         after = Predictor(cfg.model_name_or_path, adapter=cfg.output_dir, max_new_tokens=80)
         after_answers = after.generate_batch(conversations)
@@ -68,16 +68,16 @@ def run_demo(output_dir: str = "outputs/demo") -> dict | None:
     table = Table("held-out prompt", "before", "after", show_lines=True)
     for prompt, old, new in list(zip(prompts, before_answers, after_answers, strict=True))[:3]:
         table.add_row(prompt, old, new)
-    console.print(table)
+    stdout.print(table)
     report = {"prompts": len(prompts), "score_before": score(prompts, before_answers),
               "score_after": score(prompts, after_answers), "output_dir": cfg.output_dir,
               "samples": [{"prompt": p, "before": b, "after": a}
                           for p, b, a in zip(prompts, before_answers, after_answers, strict=True)]}
     report_path = Path(cfg.output_dir) / "demo_report.json"
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    console.print(f"[bold]score[/bold] (stories that use the requested name and animal, {len(prompts)} "
+    stdout.print(f"[bold]score[/bold] (stories that use the requested name and animal, {len(prompts)} "
                   f"held-out prompts): before {report['score_before']:.0%}  ->  after "
                   f"{report['score_after']:.0%}")
-    console.print(f"demo report   {report_path}\ntry it         tunelab chat --adapter {cfg.output_dir} "
+    stdout.print(f"demo report   {report_path}\ntry it         tunelab chat --adapter {cfg.output_dir} "
                   "--query \"Write a story about Tim and a frog.\"")
     return report

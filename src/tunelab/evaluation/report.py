@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.metrics import LOWER_IS_BETTER, METRICS
 
 
@@ -36,7 +36,7 @@ def print_results(results: dict[str, Any], output_dir: str | Path) -> None:
                  else _cell(v, name) for v in values]
         arrow = " (lower is better)" if name.removeprefix("corpus ") in LOWER_IS_BETTER else ""
         table.add_row(name + arrow, *cells)
-    console.print(table)
+    stdout.print(table)
     for note in {note for s in summaries.values() for note in s.get("notes", [])}:
         console.print(f"[yellow]note[/yellow]: {note}")
     folder = Path(output_dir)
@@ -44,4 +44,4 @@ def print_results(results: dict[str, Any], output_dir: str | Path) -> None:
     lines += [f"samples       {s['settings']['samples_file']}" for s in summaries.values()]
     if len(summaries) > 1:
         lines.append(f"chart         {folder / 'comparison.png'}")
-    console.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))
+    stdout.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))

@@ -10,7 +10,6 @@ ties it to the embeddings), the export unties the two, so the saved model keeps 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,16 @@ from typing import Any
 from tunelab.errors import TunelabError, shorten
 from tunelab.export.settings import ExportSettings
 from tunelab.method_registry import method_of_adapter
-from tunelab.models.sources import ADAPTER_FILE, EMBEDDED_MODEL, portable_base_name, resolve_model_path
+from tunelab.models.sources import (
+    EMBEDDED_MODEL,
+    adapter_setting,
+    is_reward_model,
+    model_config,
+    portable_base_name,
+    resolve_model_path,
+)
 
 TRAINING_CONFIG = "training_config.yaml"  # the run's config.yaml, kept beside the exported model
-
-
-def adapter_setting(adapter: str, key: str) -> Any:
-    path = Path(adapter) / ADAPTER_FILE
-    return json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
 
 
 def check_mergeable(adapter: str, gguf: bool = False) -> None:
@@ -40,20 +41,6 @@ def check_mergeable(adapter: str, gguf: bool = False) -> None:
                            "a merging method (lora, dora, ia3, ...) to export")
     if peft_type and made_by is None:
         raise TunelabError(f"adapter '{adapter}' has PEFT type {peft_type}, which tunelab cannot merge")
-
-
-def model_config(model: str) -> dict[str, Any] | None:
-    """A local model's config.json (None for a hub id not at hand)."""
-    path = Path(resolve_model_path(model)) / "config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def is_reward_model(model: str, adapter: str | None) -> bool:
-    """A stage-rm result: a SEQ_CLS adapter, or a model saved with a sequence-classification head."""
-    if adapter is not None:
-        return adapter_setting(adapter, "task_type") == "SEQ_CLS"
-    architectures = (model_config(model) or {}).get("architectures") or []
-    return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
 def _untie_trained_output(model: Any) -> None:

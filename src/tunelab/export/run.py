@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import __version__
-from tunelab.console import console, human_size
+from tunelab.console import console, human_size, stdout
 from tunelab.errors import TunelabError
-from tunelab.export.merge import model_config
 from tunelab.export.settings import ExportSettings
-from tunelab.models.sources import adapter_base, portable_base_name, resolve_model_path
+from tunelab.models.sources import adapter_base, is_reward_model, model_config, portable_base_name, resolve_model_path
 
 RECORD = "export.json"  # what was exported from what; also marks a folder as an earlier export
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
@@ -78,7 +77,7 @@ def _usage_gguf(target: Path, file: str, ollama: bool) -> str:
 
 def run_export(settings: ExportSettings) -> Path:
     """Export as ``settings`` say; returns the folder written."""
-    from tunelab.export.merge import check_mergeable, is_reward_model
+    from tunelab.export.merge import check_mergeable
     from tunelab.inference.loading import check_inference_sources
 
     adapter = settings.adapter_name_or_path
@@ -116,14 +115,14 @@ def run_export(settings: ExportSettings) -> Path:
         work.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    console.print(f"[bold green]exported[/bold green] {human_size(_size(target))} to {target}")
-    console.print("use it\n  " + usage.replace("\n", "\n  "), markup=False, highlight=False)
+    stdout.print(f"[bold green]exported[/bold green] {human_size(_size(target))} to {target}")
+    stdout.print("use it\n  " + usage.replace("\n", "\n  "), markup=False, highlight=False)
     return target
 
 
 def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) -> tuple[str | None, str]:
     """Write the export into ``work``; returns the GGUF file name (None for hf) and how to use the result."""
-    from tunelab.export.merge import is_reward_model, load_merged, quantize_saved, save_hf, write_card
+    from tunelab.export.merge import load_merged, quantize_saved, save_hf, write_card
 
     adapter = settings.adapter_name_or_path
     gguf = settings.export_format == "gguf"

@@ -14,6 +14,7 @@ from tunelab.models.sources import (
     check_adapter_source,
     check_model_source,
     default_template,
+    is_reward_model,
     resolve_model_path,
 )
 
@@ -38,12 +39,22 @@ def base_model_for(model: str | None, adapter: str | None) -> str:
     return (adapter_base(adapter) if adapter else None) or EMBEDDED_MODEL
 
 
-def check_inference_sources(model: str | None, adapter: str | None) -> str:
-    """Adapter and model paths checked (no heavy import); returns the model to load."""
+def check_inference_sources(model: str | None, adapter: str | None, use: str | None = None) -> str:
+    """Adapter and model paths checked (no heavy import); returns the model to load. ``use``: "generate" refuses
+    a reward model (it has a score head, no language-model head), "score" refuses anything else."""
     if adapter is not None:
         check_adapter_source(adapter, "--adapter")
+    flag, given = ("--adapter", adapter) if adapter is not None else ("--model", model)
     model = base_model_for(model, adapter)
     check_model_source(model, "--model")
+    reward = is_reward_model(model, adapter)
+    if use == "generate" and reward:
+        raise TunelabError(f"{flag} '{given}' is a reward model (stage rm): it scores answers and cannot generate "
+                           f"them; score with `tunelab score {flag} {given} --prompt ... --response ...` (or a "
+                           "preference DATASET), or give a model or adapter trained by sft, dpo, ppo, ...")
+    if use == "score" and not reward:
+        raise TunelabError(f"{flag} '{given or model}' is not a reward model (no score head from stage rm); "
+                           "train one with stage: rm, or generate with `tunelab chat` / `tunelab predict`")
     return model
 
 
@@ -52,7 +63,7 @@ def load_for_inference(model: str | None, adapter: str | None, template: str | N
     """(tokenizer, model, base model name). The adapter's saved tokenizer carries its chat template."""
     from tunelab.models.loading import load_model, load_tokenizer
 
-    model = check_inference_sources(model, adapter)
+    model = check_inference_sources(model, adapter, use="score" if head == "score" else "generate")
     source = model
     if adapter is not None and template is None and (Path(adapter) / "tokenizer_config.json").is_file():
         source = adapter

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.data.registry import SKIP_HINT, load_dataset_rows
 from tunelab.errors import DataError, TunelabError
 from tunelab.inference.predictor import Predictor
@@ -87,5 +87,5 @@ def run_predict(predictor: Predictor, dataset: str | list[Sample], *, dataset_di
                           "reference": reference}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             progress.advance(task, len(batch))
-    console.print(f"[bold green]wrote[/bold green] {len(samples)} predictions to {path}")
+    stdout.print(f"[bold green]wrote[/bold green] {len(samples)} predictions to {path}")
     return path

@@ -8,6 +8,7 @@ card should say what was trained on what, and how.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,43 @@ def record_base_model(folder: str | Path, base: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _usage(cfg: TrainConfig, folder: Path) -> str:
-    base = portable_base_name(cfg.model_name_or_path)
+def usage_command(cfg: TrainConfig, folder: str | Path) -> str:
+    """The tunelab command that uses a training output, runnable as printed from where training ran: a reward
+    model scores (its training pairs), anything else chats."""
+    flag = "--adapter" if (Path(folder) / ADAPTER_FILE).is_file() else "--model"
+    if cfg.stage == "rm":
+        dataset = (cfg.dataset or ["PAIRS.jsonl"])[0]
+        return (f"tunelab score {shlex.quote(dataset)} --dataset-dir {shlex.quote(str(cfg.dataset_dir))} "
+                f"{flag} {shlex.quote(str(folder))} --max-samples 100")
+    return f"tunelab chat {flag} {shlex.quote(str(folder))}"
+
+
+def _loading_code(cfg: TrainConfig, folder: Path) -> str:
+    """Python that loads the result with plain transformers/peft (a reward model with its score head)."""
+    reward = cfg.stage == "rm"
+    auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
+    head = ", num_labels=1, pad_token_id=tokenizer.pad_token_id" if reward else ""
+    lines = [f"from transformers import {auto}, AutoTokenizer"]
     if (folder / ADAPTER_FILE).is_file():
-        source = (f"resolve_model_path(\"{base}\")  # the model embedded in tunelab" if base == EMBEDDED_MODEL
-                  else f"\"{base}\"")
-        extra = "from tunelab.models.sources import resolve_model_path\n" if base == EMBEDDED_MODEL else ""
-        return (f"tunelab chat --adapter {folder}\n\n"
-                f"from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n{extra}"
-                f"base = AutoModelForCausalLM.from_pretrained({source})\n"
-                f"model = PeftModel.from_pretrained(base, \"{folder}\")")
-    return (f"tunelab chat --model {folder}\n\nfrom transformers import AutoModelForCausalLM\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"{folder}\")")
+        base = portable_base_name(cfg.model_name_or_path)
+        source = f"{base!r}"
+        if base == EMBEDDED_MODEL:
+            lines.append("from tunelab.models.sources import resolve_model_path  # where tunelab keeps its model")
+            source = f"resolve_model_path({base!r})"
+        lines[:0] = ["from peft import PeftModel"]
+        lines += ["", f"tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})",
+                  f"base = {auto}.from_pretrained({source}{head})",
+                  f"model = PeftModel.from_pretrained(base, {str(folder)!r})"]
+    else:
+        lines += ["", f"tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})",
+                  f"model = {auto}.from_pretrained({str(folder)!r}{head})"]
+    if reward:
+        lines += ["", "# or with the conversation rendered and cut exactly as in training:",
+                  "from tunelab.inference.reward import RewardScorer",
+                  f"scorer = RewardScorer({'adapter' if (folder / ADAPTER_FILE).is_file() else 'model'}="
+                  f"{str(folder)!r})",
+                  'print(scorer("Write a story about Tim.", "Once upon a time, Tim saw a frog."))']
+    return "\n".join(lines)
 
 
 def write_model_card(folder: str | Path, cfg: TrainConfig, data_report: dict[str, Any] | None,
@@ -76,8 +102,12 @@ The full configuration is `config.yaml` beside this file; the loss curve is `met
 
 ## Use
 
+```bash
+{usage_command(cfg, folder)}
 ```
-{_usage(cfg, folder)}
+
+```python
+{_loading_code(cfg, folder)}
 ```
 """
     path = folder / "README.md"

@@ -8,12 +8,13 @@ import of torch or transformers here.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+from typing import Any
 
 from tunelab.config import EMBEDDED_MODEL
 from tunelab.errors import ConfigError
+from tunelab.hub import go_offline, hub_offline, hub_unreachable
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The embedded model is a base model without a chat template; this built-in is its default.
@@ -39,25 +40,42 @@ def default_template(model: str, template: str | None) -> str | None:
     return EMBEDDED_TEMPLATE if template is None and is_embedded(model) else template
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _looks_like_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.startswith(".")
+    """``org/name`` or ``name``, and not written as a path: no ./, ~ or /, and no first folder that exists here
+    (``outputs/run`` with an ``outputs`` folder present is a path to a run that is not there)."""
+    if not _HUB_ID.match(name) or name.startswith("."):
+        return False
+    return "/" not in name or not Path(name.split("/", 1)[0]).is_dir()
+
+
+def _in_hub_cache(name: str, what: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, ADAPTER_FILE if what == "adapter" else "config.json")
+    except Exception:  # a name the hub's own validation refuses is simply not cached
+        return False
+    return isinstance(found, str)
 
 
 def _check_hub_id(name: str, what: str, key: str) -> None:
-    """A name that is no local path: a hub id, which offline works only from the local cache."""
+    """A name that is no local path: a hub id, which works offline only from the local cache."""
+    local = Path(name).expanduser().absolute()
     if not _looks_like_hub_id(name):
-        raise ConfigError(f"{key}: {what} folder '{name}' does not exist")
+        raise ConfigError(f"{key}: {what} folder '{name}' does not exist (looked for {local})")
+    if _in_hub_cache(name, what):
+        if not hub_offline() and hub_unreachable():
+            go_offline()  # load it from the cache without the libraries' retries
+        return
     if hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name, ADAPTER_FILE if what == "adapter" else "config.json")
-        if not isinstance(cached, str):
-            raise ConfigError(f"{key}: '{name}' is not a local folder (checked {Path(name).resolve()}), and as a "
-                              "Hugging Face hub id it is not in the local cache while HF_HUB_OFFLINE=1")
+        raise ConfigError(f"{key}: '{name}' is not a local folder (checked {local}), and as a "
+                          "Hugging Face hub id it is not in the local cache while HF_HUB_OFFLINE=1")
+    reason = hub_unreachable()
+    if reason:
+        article = "an" if what == "adapter" else "a"
+        raise ConfigError(f"{key}: '{name}' does not exist locally (checked {local}), and the Hugging Face hub, "
+                          f"where it would be {article} {what} id, cannot be reached ({reason}); check the path, "
+                          "or download it where there is network and pass its folder")
 
 
 def check_model_source(name: str, key: str = "model_name_or_path", *, need_weights: bool = True) -> None:
@@ -104,7 +122,7 @@ def check_quantization_backend(bits: int | None) -> None:
                           "bitsandbytes; it also runs on CPUs)")
 
 
-def _adapter_setting(adapter: str, key: str) -> str | None:
+def adapter_setting(adapter: str, key: str) -> str | None:
     config = Path(adapter) / ADAPTER_FILE
     if not config.is_file():
         return None
@@ -114,16 +132,30 @@ def _adapter_setting(adapter: str, key: str) -> str | None:
         return None
 
 
+def model_config(model: str) -> dict[str, Any] | None:
+    """A local model's config.json (None for a hub id not at hand)."""
+    path = Path(resolve_model_path(model)) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def is_reward_model(model: str, adapter: str | None) -> bool:
+    """A stage-rm result: a SEQ_CLS adapter, or a model saved with a sequence-classification head."""
+    if adapter is not None:
+        return adapter_setting(adapter, "task_type") == "SEQ_CLS"
+    architectures = (model_config(model) or {}).get("architectures") or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
 def adapter_base(adapter: str) -> str | None:
     """The base model an adapter folder was trained on (``base_model_name_or_path``), if recorded."""
-    return _adapter_setting(adapter, "base_model_name_or_path")
+    return adapter_setting(adapter, "base_model_name_or_path")
 
 
 def check_adapter_method(adapter: str, finetuning_type: str) -> None:
     """Continuing an adapter trains it with the method that made it: another finetuning_type is refused."""
     from tunelab.method_registry import method, method_of_adapter
 
-    peft_type = _adapter_setting(adapter, "peft_type")
+    peft_type = adapter_setting(adapter, "peft_type")
     made_by = method_of_adapter(peft_type) if peft_type else None
     chosen = method(finetuning_type)
     if peft_type and (made_by is None or made_by.name != chosen.name):

@@ -17,6 +17,7 @@ from tunelab.stage_registry import Stage
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
+    from tunelab.data.pipeline import DataReport
     from tunelab.training.lifecycle import TrainResult
 
 # The loss types of TRL's DPOTrainer (installed version), by LLaMA-Factory's key name pref_loss; orpo and
@@ -45,7 +46,24 @@ class PreferenceKeys(BaseModel):
 
 
 STAGES = [Stage("dpo", "preference", "direct preference optimisation on chosen/rejected pairs (pref_loss picks "
-                "the variant)", "tunelab.stages.dpo:run_dpo", PreferenceKeys)]
+                "the variant)", "tunelab.stages.dpo:run_dpo", PreferenceKeys, check="tunelab.stages.dpo:check_dpo")]
+
+
+def check_reference(cfg: TrainConfig, data: DataReport | None = None) -> None:
+    """A ref_model must be a model that loads, like the base."""
+    from tunelab.models.sources import check_model_source
+
+    if data is None and cfg.ref_model:
+        check_model_source(cfg.ref_model, "ref_model")
+
+
+def check_dpo(cfg: TrainConfig, data: DataReport | None = None) -> None:
+    if cfg.pref_loss in REFERENCE_FREE:  # runs the recipe of stages/orpo.py
+        from tunelab.stages.orpo import check_reference_free
+
+        check_reference_free(cfg, data)
+        return
+    check_reference(cfg, data)
 
 
 def _trainer_class() -> type:
@@ -91,7 +109,7 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
         return run_reference_free(cfg, callbacks, command)
 
-    run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
+    run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import DPOConfig
 

@@ -19,6 +19,7 @@ from tunelab.stage_registry import Stage
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
+    from tunelab.data.pipeline import DataReport
     from tunelab.training.lifecycle import TrainResult
 
 # The loss aggregations of the installed TRL's GRPOTrainer (loss_type).
@@ -88,10 +89,18 @@ class RLOOKeys(GroupKeys):
 
 STAGES = [
     Stage("grpo", "rl", "group relative policy optimisation: several answers per prompt scored by named rewards",
-          "tunelab.stages.grpo:run_grpo", GRPOKeys),
+          "tunelab.stages.grpo:run_grpo", GRPOKeys, check="tunelab.stages.grpo:check_group_stage"),
     Stage("rloo", "rl", "REINFORCE leave-one-out: each answer's reward against the mean of the others",
-          "tunelab.stages.grpo:run_rloo", RLOOKeys),
+          "tunelab.stages.grpo:run_rloo", RLOOKeys, check="tunelab.stages.grpo:check_group_stage"),
 ]
+
+
+def check_group_stage(cfg: TrainConfig, data: DataReport | None = None) -> None:
+    if data is None:
+        check_group_batch(cfg)
+        check_method(cfg)
+        check_vllm(cfg)
+        check_rewards(cfg)
 
 
 def check_group_batch(cfg: TrainConfig) -> None:
@@ -166,10 +175,6 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
               callbacks: list[Any] | None, command: str | None) -> TrainResult:
     from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
-    check_group_batch(cfg)
-    check_method(cfg)
-    check_vllm(cfg)
-    check_rewards(cfg)
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from tunelab.rewards.registry import load_rewards

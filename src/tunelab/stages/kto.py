@@ -2,9 +2,10 @@
 or undesirable (LLaMA-Factory's ``kto_en_demo``), no pairs needed.
 
 Reads top to bottom like dpo: tunelab encodes and masks each (prompt, answer) (only the answer's content
-and end marker carry loss); the KL estimate pairs each prompt with another row's answer, rotated within
-each batch as TRL does, which is why the rows are shuffled once here and then read in order. The
-reference is the base with the adapter disabled under LoRA, else a frozen copy or ``ref_model``.
+and end marker carry loss); the KL estimate pairs each prompt with the answer of the row before it in the
+shuffled dataset (as LLaMA-Factory pairs across the data, not within a batch as TRL does), so any batch size
+trains, 1 included; the rows are shuffled once here and then read in order. The reference is the base with the
+adapter disabled under LoRA, else a frozen copy or ``ref_model``.
 """
 
 from __future__ import annotations
@@ -31,17 +32,26 @@ class KTOKeys(BaseModel):
 
 
 STAGES = [Stage("kto", "kto", "Kahneman-Tversky optimisation on answers labelled desirable / undesirable",
-                "tunelab.stages.kto:run_kto", KTOKeys)]
+                "tunelab.stages.kto:run_kto", KTOKeys, check="tunelab.stages.dpo:check_reference")]
 
 
-def with_kl_completions(dataset: Any, batch_size: int) -> Any:
-    """Each row also carries the answer of its neighbour within the batch (rotated by one), for the KL term."""
-    def rotate(batch: dict[str, list]) -> dict[str, list]:
-        for key in ("completion_ids", "completion_mask"):
-            batch[f"KL_{key}"] = [batch[key][-1], *batch[key][:-1]]
-        return batch
+KL_CHUNK = 1000  # rows rotated at a time: memory stays bounded on large datasets
 
-    return dataset.map(rotate, batched=True, batch_size=batch_size) if dataset is not None else None
+
+def with_kl_completions(dataset: Any) -> Any:
+    """Each row also carries the answer of the row before it (the first row the last one's), for the KL term:
+    a mismatched (prompt, answer) whatever the batch size."""
+    if dataset is None:
+        return None
+    columns = ("completion_ids", "completion_mask")
+
+    def rotate(chunk: dict[str, list], indices: list[int]) -> dict[str, list]:
+        before = dataset[(indices[0] - 1) % len(dataset)]
+        for key in columns:
+            chunk[f"KL_{key}"] = [before[key], *chunk[key][:-1]]
+        return chunk
+
+    return dataset.map(rotate, with_indices=True, batched=True, batch_size=KL_CHUNK)
 
 
 def _trainer_class() -> type:
@@ -50,6 +60,18 @@ def _trainer_class() -> type:
     class EncodedKTOTrainer(KTOTrainer):
         """KTOTrainer on rows tunelab already encoded, masked and paired for KL."""
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # TRL refuses batch size 1 because its own pairing rotates within a batch; tunelab's pairs come from
+            # across the dataset (with_kl_completions), so its check is passed over for that case alone.
+            settings = kwargs["args"]
+            batch = settings.per_device_train_batch_size
+            settings.per_device_train_batch_size = max(batch, 2)
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                settings.per_device_train_batch_size = batch
+            self._train_batch_size = settings.train_batch_size
+
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset
 
@@ -57,13 +79,9 @@ def _trainer_class() -> type:
 
 
 def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
-    from tunelab.errors import ConfigError
     from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
-    if cfg.per_device_train_batch_size < 2:
-        raise ConfigError("stage kto needs per_device_train_batch_size of at least 2: its KL estimate pairs each "
-                          "prompt with another answer of the same batch")
-    run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
+    run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import KTOConfig
 
@@ -71,8 +89,8 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     from tunelab.training.arguments import training_arguments
     from tunelab.training.collate import UnpairedCollator
 
-    train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed), cfg.per_device_train_batch_size)
-    eval_dataset = with_kl_completions(eval_dataset, cfg.per_device_eval_batch_size)
+    train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed).flatten_indices())
+    eval_dataset = with_kl_completions(eval_dataset)
     begin(run, report)
     model, peft_config = model_for_trainer(cfg, tokenizer, run)
     settings = {"beta": cfg.pref_beta, "desirable_weight": cfg.kto_chosen_weight,

@@ -17,14 +17,25 @@ from tunelab.stages.dpo import PreferenceKeys
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
+    from tunelab.data.pipeline import DataReport
     from tunelab.training.lifecycle import TrainResult
 
 STAGES = [
     Stage("orpo", "preference", "odds-ratio preference optimisation, reference-free (SFT loss included)",
-          "tunelab.stages.orpo:run_reference_free", PreferenceKeys, presets={"pref_loss": "orpo"}),
+          "tunelab.stages.orpo:run_reference_free", PreferenceKeys, presets={"pref_loss": "orpo"},
+          check="tunelab.stages.orpo:check_reference_free"),
     Stage("simpo", "preference", "simple preference optimisation: length-normalised, reference-free",
-          "tunelab.stages.orpo:run_reference_free", PreferenceKeys, presets={"pref_loss": "simpo"}),
+          "tunelab.stages.orpo:run_reference_free", PreferenceKeys, presets={"pref_loss": "simpo"},
+          check="tunelab.stages.orpo:check_reference_free"),
 ]
+
+
+def check_reference_free(cfg: TrainConfig, data: DataReport | None = None) -> None:
+    from tunelab.errors import ConfigError
+
+    if cfg.stage in ("orpo", "simpo") and cfg.pref_loss != cfg.stage:
+        raise ConfigError(f"stage {cfg.stage} trains with pref_loss {cfg.stage}, not {cfg.pref_loss}; use stage: dpo "
+                          f"for pref_loss {cfg.pref_loss}")
 
 
 def experimental_row(feature: dict[str, Any]) -> dict[str, list[int]]:
@@ -66,12 +77,8 @@ def _trainer(cfg: TrainConfig) -> tuple[type, type, dict[str, Any]]:
 
 def run_reference_free(cfg: TrainConfig, callbacks: list[Any] | None = None,
                        command: str | None = None) -> TrainResult:
-    from tunelab.errors import ConfigError
     from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
 
-    if cfg.stage in ("orpo", "simpo") and cfg.pref_loss != cfg.stage:
-        raise ConfigError(f"stage {cfg.stage} trains with pref_loss {cfg.stage}, not {cfg.pref_loss}; use stage: dpo "
-                          f"for pref_loss {cfg.pref_loss}")
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from tunelab.training.arguments import training_arguments

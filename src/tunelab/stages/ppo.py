@@ -19,6 +19,7 @@ from tunelab.stages.grpo import OnlineRLKeys, check_rewards
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
+    from tunelab.data.pipeline import DataReport
     from tunelab.training.lifecycle import TrainResult
 
 
@@ -41,7 +42,8 @@ class PPOKeys(OnlineRLKeys):
 
 
 STAGES = [Stage("ppo", "rl", "proximal policy optimisation with a value head, a KL penalty to the reference and a "
-                "reward model and/or reward functions", "tunelab.stages.ppo:run_ppo", PPOKeys)]
+                "reward model and/or reward functions", "tunelab.stages.ppo:run_ppo", PPOKeys,
+                check="tunelab.stages.ppo:check_ppo")]
 
 
 def ppo_settings(cfg: TrainConfig) -> Any:
@@ -68,10 +70,13 @@ class WeightedScore:
         return score_rewards(self.functions, self.weights, prompts, completions, columns)
 
 
-def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+def check_ppo(cfg: TrainConfig, data: DataReport | None = None) -> None:
     from tunelab.errors import ConfigError
-    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+    from tunelab.stages.dpo import check_reference
 
+    if data is not None:
+        check_rollout_size(cfg, data.train_samples)
+        return
     if cfg.eval_strategy != "no":
         raise ConfigError("stage ppo does not evaluate during training; set eval_strategy: no and score the result "
                           "with `tunelab rewards score` or `tunelab predict`")
@@ -85,7 +90,13 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         raise ConfigError("stage ppo runs data-parallel (accelerate launch / torchrun, one model copy per GPU); "
                           "DeepSpeed and FSDP sharding are not supported by its generation and checkpoints yet")
     check_rewards(cfg)
-    run = preflight(cfg, extra_models={"ref_model": cfg.ref_model})
+    check_reference(cfg)
+
+
+def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+
+    run = preflight(cfg)
     tokenizer, train_dataset, _, report = prepare_data(cfg)
     from tunelab.inference.predictor import stop_token_ids
     from tunelab.rewards.registry import load_rewards
@@ -97,7 +108,6 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
     rewards = load_rewards(cfg.reward_funcs, RewardSettings.model_validate(
         {key: getattr(cfg, key) for key in RewardSettings.model_fields}))
-    check_rollout_size(cfg, len(train_dataset))
     train_dataset = train_dataset.map(lambda row: {"prompt_ids": _prompt_ids(row, tokenizer)})
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)

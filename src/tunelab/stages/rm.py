@@ -49,4 +49,4 @@ def run_rm(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return train_and_save(trainer, cfg, run, tokenizer, report, command, usage="tunelab score")
+    return train_and_save(trainer, cfg, run, tokenizer, report, command)

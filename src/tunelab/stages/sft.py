@@ -8,7 +8,7 @@ SFTTrainer, save, plot and say where everything is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +17,9 @@ from tunelab.errors import ConfigError
 from tunelab.metrics import parse_metrics
 from tunelab.stage_registry import Stage
 from tunelab.training.lifecycle import TrainResult, begin, load_trainable_model, preflight, prepare_data, train_and_save
+
+if TYPE_CHECKING:
+    from tunelab.data.pipeline import DataReport
 
 
 class GenerationKeys(BaseModel):
@@ -48,12 +51,12 @@ class GenerationKeys(BaseModel):
 
 STAGES = [
     Stage("sft", "sft", "supervised fine-tuning on conversations (loss on the answers)", "tunelab.stages.sft:run_sft",
-          GenerationKeys),
+          GenerationKeys, check="tunelab.stages.sft:check_generation_keys"),
     Stage("pt", "pt", "continued pretraining on plain text (loss on every token)", "tunelab.stages.sft:run_sft"),
 ]
 
 
-def check_generation_keys(cfg: TrainConfig) -> None:
+def check_generation_keys(cfg: TrainConfig, data: DataReport | None = None) -> None:
     """Generating on held-out prompts needs held-out data (and, during training, evaluations)."""
     wants = [key for key in ("predict_with_generate", "do_predict") if getattr(cfg, key, False)]
     if wants and not (cfg.val_size or cfg.eval_dataset):
@@ -66,10 +69,13 @@ def check_generation_keys(cfg: TrainConfig) -> None:
     if getattr(cfg, "predict_with_generate", False) and cfg.eval_strategy == "no":
         raise ConfigError("predict_with_generate logs at each evaluation, but eval_strategy is 'no'; set "
                           "eval_strategy: steps with eval_steps (or use do_predict for one pass after training)")
+    if wants and data is not None:  # an accuracy needs references that name a task
+        from tunelab.training.generation_eval import check_generation_task
+
+        check_generation_task(cfg, data.eval_rows)
 
 
 def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
-    check_generation_keys(cfg)
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import SFTTrainer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.console import console, human_size
+from tunelab.console import human_size, stdout
 from tunelab.errors import TunelabError, shorten
 from tunelab.models.sources import default_template, resolve_model_path
 from tunelab.training.lifecycle import preflight, prepare_data
@@ -124,20 +124,20 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     memory = estimate_memory(cfg, sequence)
     template = default_template(cfg.model_name_or_path, cfg.template) or "the tokenizer's own"
     for line in report.lines():
-        console.print(f"[bold]data[/bold] {line}")
-    console.print(f"[bold]tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples (longest {max(lengths)}, "
+        stdout.print(f"[bold]data[/bold] {line}")
+    stdout.print(f"[bold]tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples (longest {max(lengths)}, "
                   f"mean {sum(lengths) / len(lengths):.0f})" + (f"; template {template}" if cfg.stage != "pt" else ""))
-    console.print(f"[bold]steps[/bold] {steps:,} optimizer steps (batch {cfg.per_device_train_batch_size} x "
+    stdout.print(f"[bold]steps[/bold] {steps:,} optimizer steps (batch {cfg.per_device_train_batch_size} x "
                   f"accumulation {cfg.gradient_accumulation_steps} x {os.environ.get('WORLD_SIZE', '1')} processes"
                   + (f", {cfg.num_train_epochs:g} epochs" if cfg.max_steps <= 0 else "") + ")"
                   + (" before packing" if cfg.packing else ""))
-    console.print(f"[bold]model[/bold] {cfg.model_name_or_path}: {memory.parameters:,} parameters, "
+    stdout.print(f"[bold]model[/bold] {cfg.model_name_or_path}: {memory.parameters:,} parameters, "
                   f"{memory.trainable:,} trainable ({cfg.finetuning_type})")
-    console.print(f"[bold]memory[/bold] about {human_size(memory.total)} per device for sequences of {sequence} "
+    stdout.print(f"[bold]memory[/bold] about {human_size(memory.total)} per device for sequences of {sequence} "
                   "tokens: "
                   f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, AdamW state "
                   f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)} (an estimate)")
-    console.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
+    stdout.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
                   f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
     return {"train_samples": len(lengths), "eval_samples": report.eval_samples, "tokens": sum(lengths),
             "steps": steps, "sequence_length": sequence, "parameters": memory.parameters,

@@ -70,15 +70,17 @@ class GenerationMetricsCallback(TrainerCallback):
         self.trainer.log({f"eval_{name}": value for name, value in values.items()})
 
 
-def attach_generation_metrics(trainer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> None:
-    """Add the callback when the run asks for predict_with_generate; an accuracy whose references are no task is
-    refused here, before the first step, not at the first evaluation."""
-    wanted = getattr(cfg, "predict_with_generate", False) or getattr(cfg, "do_predict", False)
-    if not wanted or not eval_rows:
-        return
+def check_generation_task(cfg: TrainConfig, eval_rows: list[dict]) -> None:
+    """An accuracy whose held-out references are no task is refused before the run starts (and by --dry-run),
+    not at the first evaluation."""
     samples = held_out_samples(eval_rows, cfg.generation_max_samples)
     resolve_task(None, [reference for _, reference, _ in samples], parse_metrics(cfg.generation_metrics))
-    if cfg.predict_with_generate:
+
+
+def attach_generation_metrics(trainer: Any, cfg: TrainConfig, eval_rows: list[dict]) -> None:
+    """Add the callback when the run asks for predict_with_generate."""
+    if getattr(cfg, "predict_with_generate", False) and eval_rows:
+        samples = held_out_samples(eval_rows, cfg.generation_max_samples)
         trainer.add_callback(GenerationMetricsCallback(trainer, cfg, samples))
 
 

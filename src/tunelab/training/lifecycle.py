@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import TrainConfig
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.method_registry import method
+from tunelab.models.saving import record_base_model, usage_command, write_model_card
 from tunelab.models.sources import (
     check_adapter_method,
     check_adapter_source,
@@ -24,6 +25,8 @@ from tunelab.models.sources import (
     default_template,
 )
 from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints
+from tunelab.stage_registry import all_stages
+from tunelab.training.samples import SAMPLES_FILE
 
 # What a checkpoint holds besides the model: trainer internals that a final output does not need.
 _TRAINER_FILES = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "scaler",
@@ -39,18 +42,16 @@ class TrainResult:
     model: Any = None  # the trained model (PEFT-wrapped for adapters), for callers that keep using it
 
 
-def preflight(cfg: TrainConfig, extra_models: dict[str, str | None] | None = None) -> RunDir:
-    """Everything that can be checked before data, tokenizer or model: fails fast, writes nothing.
-    ``extra_models``: a stage's other model keys (ref_model, reward_model) -> path or id, checked alike."""
+def preflight(cfg: TrainConfig) -> RunDir:
+    """Everything that can be checked before data, tokenizer or model: fails fast, writes nothing. The stage's
+    own checks run here and again in ``prepare_data``, so `train --dry-run` runs every check a run runs."""
     run = RunDir(cfg)
     check_model_source(cfg.model_name_or_path)
     check_quantization_backend(cfg.quantization_bit)
     if cfg.adapter_name_or_path:
         check_adapter_source(cfg.adapter_name_or_path)
         check_adapter_method(cfg.adapter_name_or_path, cfg.finetuning_type)
-    for key, name in (extra_models or {}).items():
-        if name:
-            check_model_source(name, key)
+    all_stages()[cfg.stage].check_config(cfg)
     return run
 
 
@@ -66,6 +67,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
                                trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
                                cache_dir=cfg.cache_dir, require_template=cfg.row_kind != "pt")
     train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, report)
+    all_stages()[cfg.stage].check_config(cfg, report)
     return tokenizer, train_dataset, eval_dataset, report
 
 
@@ -143,12 +145,11 @@ def _complete_from_checkpoint(run: RunDir, total: int) -> None:
 
 
 def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, report: Any = None,
-                   command: str | None = None, usage: str | None = None) -> TrainResult:
+                   command: str | None = None) -> TrainResult:
     """Train (resuming when asked), save model + tokenizer + card, plot, and print where it all is.
-    ``report``: the DataReport (for the model card); ``usage``: the command that uses the result."""
+    ``report``: the DataReport (for the model card)."""
     data_report = report.as_dict() if report is not None else None
     from tunelab.models.methods import count_parameters, finish, prepare_trainer
-    from tunelab.models.saving import record_base_model, write_model_card
     from tunelab.plots import plot_loss
 
     progress = _attach_callbacks(trainer, cfg, run)
@@ -185,18 +186,19 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
         if run.is_main and not interrupted else None
     if run.is_main:
         plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
-        _print_outputs(cfg, plot, interrupted, usage, predictions)
+        _print_outputs(cfg, plot, interrupted, predictions)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, final_loss, interrupted, trainer.model)
 
 
-def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage: str | None,
-                   predictions: Path | None = None) -> None:
+def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, predictions: Path | None = None) -> None:
     what = ("reward " if cfg.stage == "rm" else "") + (
         "adapter (PEFT)" if method(cfg.finetuning_type).is_peft else "model")
     out = Path(cfg.output_dir)
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:
         lines.append(f"loss curve    {plot}")
+    if (out / SAMPLES_FILE).is_file():
+        lines.append(f"completions   {out / SAMPLES_FILE} (sampled answers with their rewards)")
     if predictions:
         lines.append(f"predictions   {predictions.parent / 'generated_predictions.jsonl'} (scores in {predictions})")
     saved = checkpoints(out)
@@ -205,12 +207,11 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, usage
     if interrupted:
         console.print("[yellow]interrupted[/yellow]: checkpoints saved so far are kept; continue with "
                       "resume_from_checkpoint=last")
-        console.print("[bold]kept[/bold]\n  " + "\n  ".join(lines))
+        stdout.print("[bold]kept[/bold]\n  " + "\n  ".join(lines))
         return
     lines.append(f"{what:<13} {out}  (tokenizer and README.md model card with it)")
-    flag = "--adapter" if (out / "adapter_config.json").is_file() else "--model"
-    lines.append(f"use it        {usage or 'tunelab chat'} {flag} {out}")
-    console.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))
+    lines.append(f"use it        {usage_command(cfg, out)}")
+    stdout.print("[bold green]saved[/bold green]\n  " + "\n  ".join(lines))
 
 
 def end_distributed() -> None:
