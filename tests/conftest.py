@@ -165,3 +165,16 @@ def demo_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "eval_strategy=epoch", "per_device_eval_batch_size=32", "plot_loss=false"])
     assert not run_sft(cfg).interrupted
     return out
+
+
+@pytest.fixture(scope="session")
+def rm_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reward model (examples/stories_rm.yaml, a few steps): its card, hints and refusals are tested."""
+    from tunelab.config import load_config
+    from tunelab.stage_registry import all_stages
+
+    out = tmp_path_factory.mktemp("rm") / "stories_rm"
+    cfg = load_config(REPO_ROOT / "examples" / "stories_rm.yaml", [
+        f"output_dir={out}", f"dataset_dir={REPO_ROOT / 'examples' / 'data'}", "max_steps=4", "plot_loss=false"])
+    assert not all_stages()["rm"].run()(cfg, command="tunelab train examples/stories_rm.yaml").interrupted
+    return out

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 # Lowest first; a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"errors", "console", "hub", "stage_registry", "method_registry"},
+    {"errors", "console", "hub", "quiet", "signals", "stage_registry", "method_registry"},
     {"config"},
     {"data", "metrics"},
     {"models"},

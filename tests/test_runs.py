@@ -64,12 +64,12 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path, capsys):
     metrics = (out / "metrics.jsonl").read_text()
     result = run_sft(_cfg(out, "max_steps=10", "save_steps=5", "overwrite_output_dir=true",
                           "resume_from_checkpoint=last"))
-    assert result.global_step == 10 and "already complete" in capsys.readouterr().out
+    assert result.global_step == 10 and "already complete" in capsys.readouterr().err
     assert [c.name for c in checkpoints(out)] == ["checkpoint-5", "checkpoint-10"]  # no checkpoint-11
     assert (out / "metrics.jsonl").read_text() == metrics
     # Raising max_steps (a key a resume may change) continues the same run from checkpoint-10.
     longer = run_sft(_cfg(out, "max_steps=14", "save_steps=5", "resume_from_checkpoint=last"))
-    assert longer.global_step == 14 and "resuming from" in capsys.readouterr().out
+    assert longer.global_step == 14 and "resuming from" in capsys.readouterr().err
     assert _steps(out) == list(range(1, 15))
 
 
@@ -152,38 +152,90 @@ def test_adapter_names_its_base_portably_and_the_card_is_true(tmp_path):
     assert here(prompt) == there(prompt)
 
 
-# --- 7: Ctrl-C --------------------------------------------------------------------------------------
+# --- 7: Ctrl-C and SIGTERM; re-running the same command continues the run -------------------------------
 
 def _train_command(out: Path, *extra: str) -> list[str]:
+    """The demo's own YAML (overwrite_output_dir: true, as every example and LLaMA-Factory file sets)."""
     return [sys.executable, "-m", "tunelab", "train", str(DEMO), f"output_dir={out}", f"dataset_dir={DEMO_DATA}",
-            "max_samples=64", "per_device_train_batch_size=2", "logging_steps=1", "save_steps=4", "max_steps=60",
+            "max_samples=64", "per_device_train_batch_size=2", "logging_steps=1", "save_steps=4", "max_steps=32",
             "plot_loss=false", *extra]
 
 
-def test_sigint_exits_130_and_resume_continues_the_same_curve(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    reference = tmp_path / "reference"
-    subprocess.run(_train_command(reference), env=env, check=True, capture_output=True)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
-    out = tmp_path / "interrupted"
-    process = subprocess.Popen(_train_command(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+def _stop_after_checkpoint(out: Path, signum: int) -> tuple[int, str]:
+    """Start a run, send ``signum`` once checkpoint-8 is written; (exit code, console output)."""
+    process = subprocess.Popen(_train_command(out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (out / "checkpoint-8" / "trainer_state.json").is_file():
         assert process.poll() is None and time.monotonic() < deadline, "training ended before it was interrupted"
         time.sleep(0.005)
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0].decode()
-    assert process.returncode == 130, output
-    assert "Traceback" not in output and "interrupted" in output
-    last = checkpoints(out)[-1]
-    assert 8 <= int(last.name.split("-")[1]) < 60
+    process.send_signal(signum)
+    return process.returncode if process.wait(timeout=120) is not None else -1, process.stdout.read().decode()
 
-    resumed = subprocess.run(_train_command(out, "resume_from_checkpoint=last"), env=env, capture_output=True,
-                             text=True)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming from {last}" in resumed.stdout
-    assert _steps(out) == list(range(1, 61))  # no gap, no duplicate
-    assert _losses(out) == pytest.approx(_losses(reference), rel=1e-4)
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(_train_command(reference), env=ENV, check=True, capture_output=True)
+    return reference
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_is_continued_by_the_same_command(tmp_path, reference_run, signum, code, capsys):
+    out = tmp_path / "interrupted"
+    returncode, output = _stop_after_checkpoint(out, signum)
+    assert returncode == code, output
+    assert "Traceback" not in output and "run the same command again to continue" in output
+    last = checkpoints(out)[-1]
+    step = int(last.name.split("-")[1])
+    assert 8 <= step < 32 and not (out / "adapter_config.json").exists()
+    if signum == signal.SIGTERM:  # the step in progress finished and was saved: nothing done is lost
+        assert step == max(_steps(out)), (step, _steps(out))
+
+    from tunelab.training.dry_run import dry_run
+
+    dry_run(load_config(DEMO, _train_command(out)[5:]))  # what the same command would do, said first
+    assert f"continuing it from {last.name}" in capsys.readouterr().out
+    assert checkpoints(out)[-1] == last and (out / "metrics.jsonl").is_file()  # the dry run changed nothing
+    again = subprocess.run(_train_command(out), env=ENV, capture_output=True, text=True)  # the very same command
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming from {last}" in again.stderr and "unfinished run with these settings" in again.stderr
+    assert _steps(out) == list(range(1, 33))  # no gap, no duplicate
+    assert _losses(out) == pytest.approx(_losses(reference_run), rel=1e-4)
+
+
+class _CtrlCAfter:
+    """A Ctrl-C right after a step, in-process."""
+
+    def __new__(cls, step: int):
+        from transformers import TrainerCallback
+
+        class CtrlC(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise KeyboardInterrupt
+
+        return CtrlC()
+
+
+def test_an_unfinished_run_of_other_settings_is_kept_aside(tmp_path):
+    out = tmp_path / "run"
+    first = run_sft(_cfg(out, "max_steps=10", "save_steps=2"), callbacks=[_CtrlCAfter(5)])
+    assert first.interrupted and not (out / "adapter_config.json").exists()  # stopped: no final model
+    saved = {c.name for c in checkpoints(out)}
+    other = _cfg(out, "max_steps=3", "save_steps=100", "learning_rate=1e-4", "overwrite_output_dir=true")
+    with pytest.raises(ConfigError, match="holds an unfinished run .* other settings"):
+        run_sft(_cfg(out, "max_steps=3", "learning_rate=1e-4", "overwrite_output_dir=false"))
+    from tunelab.training.dry_run import dry_run
+
+    dry_run(other)
+    assert {c.name for c in checkpoints(out)} == saved  # the dry run moved nothing
+    assert run_sft(other).global_step == 3
+    aside = tmp_path / "run.unfinished-4"
+    assert {c.name for c in checkpoints(aside)} == saved and _steps(aside) == [1, 2, 3, 4]
+    assert _steps(out) == [1, 2, 3]
 
 
 # --- --dry-run ---------------------------------------------------------------------------------------

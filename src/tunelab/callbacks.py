@@ -2,13 +2,15 @@
 
 Progress replaces transformers' own tqdm bar and its raw ``{'loss': '1.23', ...}`` dict lines: a bar with
 step N/total, elapsed, remaining, loss and learning rate in a terminal; one readable line per logging
-step when output goes to a file or a CI log.
+step when output goes to a file or a CI log, a heartbeat line when nothing was printed for
+``HEARTBEAT_SECONDS``, and the last step's line at the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from tunelab.console import console
 from tunelab.metrics.text import TEXT_METRICS
 from tunelab.models.saving import record_base_model
 from tunelab.runs import CHECKPOINT_CONFIG
+from tunelab.signals import STOP
 
 # The end-of-training summary (mean train loss, runtime): not a step of the curve. Per-step logs also carry
 # the session's train_runtime and speeds, so train_loss alone marks the summary.
 _SUMMARY_KEYS = ("train_loss",)
+HEARTBEAT_SECONDS = 30.0  # a log file or CI log hears from a run at least this often
 
 
 def _numbers(logs: dict[str, Any]) -> dict[str, float]:
@@ -76,6 +80,22 @@ class CheckpointCallback(TrainerCallback):
             record_base_model(folder, self.cfg.model_name_or_path)
 
 
+class GracefulStop(TrainerCallback):
+    """After a SIGTERM (tunelab/signals.py), end training at the end of the current step with a checkpoint of it,
+    so a preempted run keeps every finished step and the same command resumes it."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        STOP.training = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if STOP.requested.is_set():
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        STOP.training = False
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -106,11 +126,16 @@ class ProgressCallback(TrainerCallback):
         self._task: Any = None
         self._started = 0.0
         self._first_step = 0
+        self._state: Any = None  # the trainer's state, read by the heartbeat
+        self._printed_at = 0.0
+        self._printed_step = -1
+        self._stop = threading.Event()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
-        self._started, self._first_step = time.perf_counter(), state.global_step
+        self._started, self._first_step, self._state = time.perf_counter(), state.global_step, state
+        self._printed_at = time.perf_counter()
         resumed = f" (resuming at step {state.global_step})" if state.global_step else ""
         if console.is_terminal:
             from rich.progress import (
@@ -128,7 +153,32 @@ class ProgressCallback(TrainerCallback):
             self._task = self._bar.add_task("train", total=state.max_steps, completed=state.global_step,
                                             status="")
             self._bar.start()
+        else:  # a log, not a terminal: a line at least every HEARTBEAT_SECONDS, even inside a long step
+            self._stop.clear()
+            threading.Thread(target=self._beat, name="tunelab-heartbeat", daemon=True).start()
         console.print(f"[bold]train[/bold] {state.max_steps} optimizer steps{resumed}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(5.0, HEARTBEAT_SECONDS)):
+            self.heartbeat(time.perf_counter())
+
+    def heartbeat(self, now: float) -> None:
+        """Say where the run is when nothing was printed for HEARTBEAT_SECONDS."""
+        if self._state is not None and self._bar is None and now - self._printed_at >= HEARTBEAT_SECONDS:
+            self._print(self._position(self._state) + "  (working)")
+
+    def _position(self, state: Any) -> str:
+        total = max(state.max_steps, 1)
+        remaining = self._remaining(state)
+        timing = f"elapsed {_clock(time.perf_counter() - self._started)}" + (
+            f"  remaining {_clock(remaining)}" if remaining is not None else "")
+        return f"step {state.global_step}/{total} ({100 * state.global_step // total}%)  {timing}"
+
+    def _print(self, line: str) -> None:
+        (self._bar.console if self._bar is not None else console).print(line, markup=False, highlight=False)
+        self._printed_at = time.perf_counter()
+        if self._state is not None:
+            self._printed_step = self._state.global_step
 
     def _remaining(self, state: Any) -> float | None:
         done = state.global_step - self._first_step
@@ -150,13 +200,9 @@ class ProgressCallback(TrainerCallback):
         if self._bar is not None and "loss" in values:
             self._bar.update(self._task, status=shown)
             return
-        total = max(state.max_steps, 1)
-        remaining = self._remaining(state)
-        timing = f"elapsed {_clock(time.perf_counter() - self._started)}" + (
-            f"  remaining {_clock(remaining)}" if remaining is not None else "")
+        step, timing = self._position(state).split("  ", 1)
         prefix = "eval " if any(key.startswith("eval_") for key in values) else ""
-        line = f"{prefix}step {state.global_step}/{total} ({100 * state.global_step // total}%)  {shown}  {timing}"
-        (self._bar.console if self._bar is not None else console).print(line, markup=False, highlight=False)
+        self._print(f"{prefix}{step}  {shown}  {timing}")
 
     def note(self, text: str) -> None:
         """A phase inside a long step (PPO sampling its rollout, scoring it), shown in the bar's status."""
@@ -166,10 +212,13 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=state.global_step)
+        elif state.is_world_process_zero and self._printed_step != state.global_step:
+            self._print(self._position(state))  # the last step, which logging_steps may not have reached
         self.close()
 
     def close(self) -> None:
-        """Stop the live bar (also after an interrupt, when on_train_end never comes)."""
+        """Stop the live bar and the heartbeat (also after an interrupt, when on_train_end never comes)."""
+        self._stop.set()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

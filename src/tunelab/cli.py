@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 import shlex
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from tunelab import __version__
+from tunelab import __version__, signals
 from tunelab.console import console, stdout
 from tunelab.errors import TunelabError
+from tunelab.quiet import quiet_libraries
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="tunelab: fine-tune large language models end to end.", no_args_is_help=True,
@@ -33,32 +31,22 @@ app.add_typer(data_app, name="data")
 rewards_app = typer.Typer(help="The reward functions of the RL stages: list them, try them on your own answers.",
                           no_args_is_help=True, context_settings=CONTEXT)
 app.add_typer(rewards_app, name="rewards")
-INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
-
-
-def _quiet_libraries() -> None:
-    """Deprecation chatter from the libraries underneath says nothing a tunelab user can act on."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
-    # bitsandbytes' CPU backend asks for a kernel from the hub (offline: never there) and then uses its own
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    logging.getLogger("gguf").setLevel(logging.ERROR)  # notes about tokenizer post-processors GGUF does not store
-    warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")  # tunelab says it (export)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
+        quiet_libraries()
+        signals.install()
         try:
             return command(*args, **kwargs)
         except TunelabError as error:
             console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(INTERRUPTED) from None
+            console.print("[yellow]terminated[/yellow]" if signals.STOP.requested.is_set()
+                          else "[yellow]interrupted[/yellow]")
+            raise typer.Exit(signals.STOP.exit_code) from None
     return wrapper
 
 
@@ -134,7 +122,7 @@ def train(
     finally:
         end_distributed()
     if result.interrupted:
-        raise typer.Exit(INTERRUPTED)
+        raise typer.Exit(signals.STOP.exit_code)
 
 
 @app.command("config")
@@ -158,7 +146,7 @@ def config_keys(
     for name, kind, default, help_text, stages in rows:
         only = f" (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" if stages else ""
         stdout.print(textwrap.fill(f"{name}: {kind} = {_shown(default)}{only}", width, subsequent_indent="      "),
-                      markup=False, style="bold")
+                     markup=False, style="bold")
         stdout.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
 
 
@@ -523,7 +511,7 @@ def score(
         print(json.dumps(summary))
     else:
         stdout.print(f"[bold]pairs[/bold] {len(rows)}: chosen scored above rejected in {accuracy:.1%}, mean margin "
-                      f"{summary['mean_margin']:.4f}" + (f"; scores in {target}" if target else ""))
+                     f"{summary['mean_margin']:.4f}" + (f"; scores in {target}" if target else ""))
 
 
 @app.command()
@@ -535,4 +523,4 @@ def demo(
     from tunelab.demo.run import run_demo
 
     if run_demo(output_dir) is None:
-        raise typer.Exit(INTERRUPTED)
+        raise typer.Exit(signals.STOP.exit_code)

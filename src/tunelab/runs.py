@@ -1,10 +1,13 @@
 """The run directory: one folder that always tells the truth about one run.
 
-``RunDir(cfg)`` only checks (output_dir usable, resume target found and of the same config) and
-writes nothing, so a recipe can validate data and tokenizer first; ``start()`` then writes the config
-snapshot and data report, after cleaning an earlier run when ``overwrite_output_dir`` asks for it.
-A folder that holds only what a failed start wrote (config and data report, nothing trained) never
-blocks the next start. No torch or transformers import here: config mistakes are reported at once.
+``RunDir(cfg)`` only checks (output_dir usable, resume target found and of the same config) and plans what
+the run will do to the folder, writing nothing, so a recipe can validate data and tokenizer first and
+`train --dry-run` can say what would happen; ``start()`` then writes the config snapshot and data report,
+after cleaning an earlier finished run when ``overwrite_output_dir`` asks for it. An unfinished run (checkpoints
+but no final model: Ctrl-C, a preemption, a crash) is never deleted by re-running the same command: with the
+same settings it is resumed, with other settings it is moved aside. A folder that holds only what a failed
+start wrote (config and data report, nothing trained) never blocks the next start. No torch or transformers
+import here: config mistakes are reported at once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ CONFIG_FILE = "config.yaml"
 REPORT_FILE = "data_report.json"
 CHECKPOINT_CONFIG = "tunelab_config.yaml"  # each checkpoint carries the config that wrote it
 START_FILES = frozenset({CONFIG_FILE, REPORT_FILE})  # all that a start writes before the first step
+# What only a finished run has at the top of its folder: the saved model or adapter.
+FINAL_MODEL_FILES = ("adapter_config.json", "config.json", "model.safetensors", "model.safetensors.index.json",
+                     "pytorch_model.bin")
+
+
+def holds_final_model(output_dir: str | Path) -> bool:
+    return any((Path(output_dir) / name).is_file() for name in FINAL_MODEL_FILES)
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -90,8 +100,9 @@ class RunDir:
         self.is_main = is_main_process()
         self.resume: str | None = None
         self.resume_step = 0
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # what the run does to the folder, said by the run and by --dry-run
         self._clean = False
+        self._aside: Path | None = None  # where an unfinished run of other settings is moved
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"output_dir '{self.path}' is a file; point output_dir at a folder")
         if cfg.resume_from_checkpoint:
@@ -117,6 +128,10 @@ class RunDir:
                               "starting over in it")
             self._clean = True
             return
+        last = last_checkpoint(self.path)
+        if last is not None and not holds_final_model(self.path):
+            self._plan_unfinished(last)
+            return
         if not self.cfg.overwrite_output_dir:
             raise ConfigError(f"output_dir '{self.path}' already holds a run; set overwrite_output_dir: true to "
                               "replace it, resume_from_checkpoint: last to continue it, or pick another output_dir")
@@ -125,8 +140,27 @@ class RunDir:
             raise ConfigError(f"overwrite_output_dir: will not empty '{self.path}' because {reason}; "
                               "pick a dedicated output_dir")
         shown = ", ".join(entry.name for entry in entries[:6]) + (" ..." if len(entries) > 6 else "")
-        self.notes.append(f"overwrite_output_dir: removed the earlier run in {self.path} ({shown})")
+        self.notes.append(f"overwrite_output_dir: replacing the finished run in {self.path} ({shown})")
         self._clean = True
+
+    def _plan_unfinished(self, last: Path) -> None:
+        """An interrupted run: resumed when its settings are these, else kept aside (overwrite) or refused."""
+        saved, source = _saved_config(last)
+        differences = config_differences(saved, self.cfg.model_dump(mode="json")) if saved is not None else []
+        if saved is not None and not differences:
+            self.resume, self.resume_step = str(last), checkpoint_step(last)
+            self.notes.append(f"{self.path} holds an unfinished run with these settings: continuing it from "
+                              f"{last.name} instead of starting over (delete the folder to start over)")
+            return
+        if not self.cfg.overwrite_output_dir:
+            raise ConfigError(f"output_dir '{self.path}' holds an unfinished run (last checkpoint {last.name}) with "
+                              f"other settings ({'; '.join(differences) or 'its config is missing'}); use another "
+                              "output_dir, set overwrite_output_dir: true to keep that run aside and start anew, or "
+                              "resume it with its own settings")
+        self._aside = _free_name(self.path.with_name(f"{self.path.name}.unfinished-{checkpoint_step(last)}"))
+        self.notes.append(f"{self.path} holds an unfinished run (last checkpoint {last.name}) trained with other "
+                          f"settings ({'; '.join(differences) or 'its config is missing'}): moving it to "
+                          f"{self._aside} and starting a new run")
 
     def _plan_resume(self, value: str) -> None:
         if value in ("last", "true", "True"):
@@ -161,6 +195,8 @@ class RunDir:
         """Write the run's config snapshot and data report (main process only)."""
         if not self.is_main:
             return
+        if self._aside is not None:
+            shutil.move(str(self.path), str(self._aside))
         if self._clean and self.path.is_dir():
             for entry in self._entries():
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -184,6 +220,15 @@ class RunDir:
         kept = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
         self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

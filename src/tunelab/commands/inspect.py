@@ -127,8 +127,8 @@ def print_inspection(result: dict[str, Any]) -> None:
     stats = result["token_lengths"]
     if stats:
         stdout.print(f"tokens per sample: min {stats['min']}  mean {stats['mean']}  p50 {stats['p50']}  "
-                      f"p95 {stats['p95']}  max {stats['max']}; longer than cutoff_len {stats['cutoff_len']} "
-                      f"(truncated in training): {stats['over_cutoff']}")
+                     f"p95 {stats['p95']}  max {stats['max']}; longer than cutoff_len {stats['cutoff_len']} "
+                     f"(truncated in training): {stats['over_cutoff']}")
         peak = max(bucket["count"] for bucket in result["histogram"]) or 1
         for bucket in result["histogram"]:
             bar = "█" * round(30 * bucket["count"] / peak)
@@ -138,8 +138,8 @@ def print_inspection(result: dict[str, Any]) -> None:
     for sample in result["samples"]:
         label = f", label {sample['label']}" if "label" in sample else ""
         stdout.print(f"\n[bold]record at line {sample['line']}[/bold] ({sample['num_tokens']} tokens, "
-                      f"{sample['num_trained_tokens']} trained{label}; [green]green = trained[/green], "
-                      "[dim]dim = context[/dim])")
+                     f"{sample['num_trained_tokens']} trained{label}; [green]green = trained[/green], "
+                     "[dim]dim = context[/dim])")
         _print_segments(sample["segments"])
         if "rejected_segments" in sample:
             stdout.print("[bold]rejected:[/bold]")

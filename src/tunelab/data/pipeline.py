@@ -39,7 +39,8 @@ class DataReport:
     def lines(self) -> list[str]:
         out = [f"dataset {d['name']}: {d['rows']} records ({d['format']} format) from {d['source']}"
                + (f", {d['skipped']} skipped" if d["skipped"] else "") for d in self.datasets]
-        tokens = f", trained tokens: {self.trained_tokens}" if self.trained_tokens else ""  # RL: generated later
+        # the tokens that carry loss (a pair's two answers), not the sequence lengths --dry-run adds up
+        tokens = f", tokens carrying loss: {self.trained_tokens:,}" if self.trained_tokens else ""  # RL: sampled later
         out.append(f"train samples: {self.train_samples}, eval samples: {self.eval_samples}{tokens}")
         if self.truncated:
             out.append(f"truncated to cutoff_len: {self.truncated} samples")

@@ -76,8 +76,8 @@ def run_demo(output_dir: str = "outputs/demo") -> dict | None:
     report_path = Path(cfg.output_dir) / "demo_report.json"
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     stdout.print(f"[bold]score[/bold] (stories that use the requested name and animal, {len(prompts)} "
-                  f"held-out prompts): before {report['score_before']:.0%}  ->  after "
-                  f"{report['score_after']:.0%}")
+                 f"held-out prompts): before {report['score_before']:.0%}  ->  after "
+                 f"{report['score_after']:.0%}")
     stdout.print(f"demo report   {report_path}\ntry it         tunelab chat --adapter {cfg.output_dir} "
-                  "--query \"Write a story about Tim and a frog.\"")
+                 "--query \"Write a story about Tim and a frog.\"")
     return report

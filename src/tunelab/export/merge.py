@@ -17,6 +17,7 @@ from typing import Any
 from tunelab.errors import TunelabError, shorten
 from tunelab.export.settings import ExportSettings
 from tunelab.method_registry import method_of_adapter
+from tunelab.models.saving import usage_blocks
 from tunelab.models.sources import (
     EMBEDDED_MODEL,
     adapter_setting,
@@ -154,7 +155,8 @@ def recorded_base(model: str) -> str | None:
     return None
 
 
-def write_card(folder: Path, title: str, settings: ExportSettings, base: str, what: str, usage: str) -> None:
+def write_card(folder: Path, title: str, settings: ExportSettings, base: str, what: str,
+               usage: tuple[str, str]) -> None:
     """README.md naming the base, the adapter, the data and the training config; the run's config beside it."""
     adapter = settings.adapter_name_or_path
     source_folder = Path(adapter or resolve_model_path(base))
@@ -188,8 +190,6 @@ Data: {data}.
 {trained}
 ## Use
 
-```
-{usage}
-```
+{usage_blocks(*usage)}
 """
     (folder / "README.md").write_text(card, encoding="utf-8")

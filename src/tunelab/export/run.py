@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -59,20 +60,27 @@ def _size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def _usage_hf(target: Path, quantized: bool) -> str:
+def _usage_hf(target: Path, quantized: bool, reward: bool) -> tuple[str, str]:
+    """(command, Python) that use an exported model: a reward model scores, anything else chats."""
+    folder = shlex.quote(str(target))
     extra = "  # needs bitsandbytes" if quantized else ""
-    return (f"tunelab chat --model {target}\n\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"{target}\"){extra}\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{target}\")")
+    if reward:
+        shell = f"tunelab score --model {folder} --prompt \"Write a story about Tim.\" --response \"Tim saw a frog.\""
+        auto, head = "AutoModelForSequenceClassification", ", num_labels=1"
+    else:
+        shell, auto, head = f"tunelab chat --model {folder}", "AutoModelForCausalLM", ""
+    return shell, (f"from transformers import {auto}, AutoTokenizer\n\n"
+                   f"model = {auto}.from_pretrained({str(target)!r}{head}){extra}\n"
+                   f"tokenizer = AutoTokenizer.from_pretrained({str(target)!r})")
 
 
-def _usage_gguf(target: Path, file: str, ollama: bool) -> str:
-    lines = [f"llama-cli -m {target / file} -cnv",
-             f"python -c \"from transformers import AutoModelForCausalLM; "
-             f"AutoModelForCausalLM.from_pretrained('{target}', gguf_file='{file}')\""]
+def _usage_gguf(target: Path, file: str, ollama: bool) -> tuple[str, str]:
+    lines = [f"llama-cli -m {shlex.quote(str(target / file))} -cnv"]
     if ollama:
-        lines.append(f"ollama create {target.name} -f {target / 'Modelfile'} && ollama run {target.name}")
-    return "\n".join(lines)
+        lines.append(f"ollama create {target.name} -f {shlex.quote(str(target / 'Modelfile'))} && ollama run "
+                     f"{target.name}")
+    return "\n".join(lines), ("from transformers import AutoModelForCausalLM\n\n"
+                              f"model = AutoModelForCausalLM.from_pretrained({str(target)!r}, gguf_file={file!r})")
 
 
 def run_export(settings: ExportSettings) -> Path:
@@ -116,11 +124,12 @@ def run_export(settings: ExportSettings) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stdout.print(f"[bold green]exported[/bold green] {human_size(_size(target))} to {target}")
-    stdout.print("use it\n  " + usage.replace("\n", "\n  "), markup=False, highlight=False)
+    stdout.print("use it\n  " + "\n\n".join(usage).replace("\n", "\n  "), markup=False, highlight=False)
     return target
 
 
-def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) -> tuple[str | None, str]:
+def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) -> tuple[str | None,
+                                                                                        tuple[str, str]]:
     """Write the export into ``work``; returns the GGUF file name (None for hf) and how to use the result."""
     from tunelab.export.merge import load_merged, quantize_saved, save_hf, write_card
 
@@ -142,7 +151,7 @@ def _export_into(work: Path, settings: ExportSettings, base: str, target: Path) 
         shutil.rmtree(hf_folder)
     if not gguf:
         kind = f"A {settings.export_quantization_bit}-bit model" if settings.export_quantization_bit else "A model"
-        usage = _usage_hf(target, bool(settings.export_quantization_bit))
+        usage = _usage_hf(target, bool(settings.export_quantization_bit), is_reward_model(base, adapter))
         write_card(work, target.name, settings, base, kind, usage)
         return None, usage
     file = _write_gguf(work, hf_folder, settings, base, target, tokenizer)

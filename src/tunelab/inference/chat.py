@@ -27,8 +27,10 @@ def _answer(predictor: Predictor, query: str, history: list[dict], system: str |
 
 
 def run_chat(predictor: Predictor, query: str | None = None, system: str | None = None,
-             input_fn: Callable[[str], str] = input, output: TextIO = sys.stdout) -> list[dict]:
-    """Chat until /exit, EOF or Ctrl-C (or answer ``query`` once); return the conversation's messages."""
+             input_fn: Callable[[str], str] = input, output: TextIO | None = None) -> list[dict]:
+    """Chat until /exit, EOF or Ctrl-C (or answer ``query`` once); return the conversation's messages. ``output``
+    defaults to sys.stdout as it is at the call (not at import: a test runner or a redirect swaps it)."""
+    output = output if output is not None else sys.stdout
     history: list[dict] = []
     if query is not None:
         answer = _answer(predictor, query, history, system, output)

@@ -17,6 +17,7 @@ from tunelab.models.sources import (
     is_reward_model,
     resolve_model_path,
 )
+from tunelab.quiet import quiet_libraries
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def check_inference_sources(model: str | None, adapter: str | None, use: str | N
 def load_for_inference(model: str | None, adapter: str | None, template: str | None, *, dtype: Any,
                        options: LoadOptions = LoadOptions(), head: str = "causal_lm") -> tuple[Any, Any, str]:
     """(tokenizer, model, base model name). The adapter's saved tokenizer carries its chat template."""
+    quiet_libraries()  # the Python API (Predictor, RewardScorer) as quiet as the commands
     from tunelab.models.loading import load_model, load_tokenizer
 
     model = check_inference_sources(model, adapter, use="score" if head == "score" else "generate")

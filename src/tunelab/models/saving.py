@@ -102,17 +102,18 @@ The full configuration is `config.yaml` beside this file; the loss curve is `met
 
 ## Use
 
-```bash
-{usage_command(cfg, folder)}
-```
-
-```python
-{_loading_code(cfg, folder)}
-```
+{usage_blocks(usage_command(cfg, folder), _loading_code(cfg, folder))}
 """
     path = folder / "README.md"
     path.write_text(card, encoding="utf-8")
     return path
+
+
+def usage_blocks(shell: str, python: str) -> str:
+    """A card's Use section: the commands and the Python apart, each in a fenced block a reader can run as is
+    (tests compile every block and run the ones that work offline)."""
+    blocks = [f"```bash\n{shell}\n```"] + ([f"```python\n{python}\n```"] if python else [])
+    return "\n\n".join(blocks)
 
 
 def _link(base: str) -> str:

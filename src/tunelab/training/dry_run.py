@@ -83,10 +83,8 @@ def estimate_memory(cfg: TrainConfig, sequence_length: int) -> MemoryEstimate:
 
 def uses_per_sample(cfg: TrainConfig) -> int:
     """How often an epoch feeds each sample to the trainer: GRPO/RLOO sample num_generations answers per prompt
-    (the batch counts answers), PPO learns from each rollout ppo_epochs times; other stages once."""
-    if cfg.row_kind != "rl":
-        return 1
-    return cfg.ppo_epochs if cfg.stage == "ppo" else cfg.num_generations
+    (the batch counts answers); other stages once (PPO is counted by rollouts)."""
+    return cfg.num_generations if cfg.row_kind == "rl" and cfg.stage != "ppo" else 1
 
 
 def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
@@ -94,9 +92,17 @@ def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.stage == "ppo":  # whole rollouts only (the sampler drops a last partial one), ppo_epochs passes each
+        rollout = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.ppo_buffer_size * world
+        return math.ceil(cfg.num_train_epochs * (train_samples // rollout) * cfg.ppo_epochs * cfg.ppo_buffer_size)
     batches = math.ceil(train_samples * uses_per_sample(cfg) / (cfg.per_device_train_batch_size * world))
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     return math.ceil(cfg.num_train_epochs * per_epoch)
+
+
+# What one training sequence is, per row kind: the lengths --dry-run adds up and sizes memory by.
+SEQUENCE = {"sft": "prompt + answers", "pt": "text chunk", "preference": "prompt + the longer answer",
+            "kto": "prompt + answer", "rl": "prompt + max_completion_length"}
 
 
 def sample_lengths(dataset: Any, tokenizer: Any, cfg: TrainConfig) -> list[int]:
@@ -125,20 +131,23 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     template = default_template(cfg.model_name_or_path, cfg.template) or "the tokenizer's own"
     for line in report.lines():
         stdout.print(f"[bold]data[/bold] {line}")
-    stdout.print(f"[bold]tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples (longest {max(lengths)}, "
-                  f"mean {sum(lengths) / len(lengths):.0f})" + (f"; template {template}" if cfg.stage != "pt" else ""))
+    stdout.print(f"[bold]sequence tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples "
+                 f"({SEQUENCE[cfg.row_kind]}; longest {max(lengths)}, mean {sum(lengths) / len(lengths):.0f})"
+                 + (f"; template {template}" if cfg.stage != "pt" else ""))
     stdout.print(f"[bold]steps[/bold] {steps:,} optimizer steps (batch {cfg.per_device_train_batch_size} x "
-                  f"accumulation {cfg.gradient_accumulation_steps} x {os.environ.get('WORLD_SIZE', '1')} processes"
-                  + (f", {cfg.num_train_epochs:g} epochs" if cfg.max_steps <= 0 else "") + ")"
-                  + (" before packing" if cfg.packing else ""))
+                 f"accumulation {cfg.gradient_accumulation_steps} x {os.environ.get('WORLD_SIZE', '1')} processes"
+                 + (f", {cfg.num_train_epochs:g} epochs" if cfg.max_steps <= 0 else "") + ")"
+                 + (" before packing" if cfg.packing else ""))
     stdout.print(f"[bold]model[/bold] {cfg.model_name_or_path}: {memory.parameters:,} parameters, "
-                  f"{memory.trainable:,} trainable ({cfg.finetuning_type})")
+                 f"{memory.trainable:,} trainable ({cfg.finetuning_type})")
     stdout.print(f"[bold]memory[/bold] about {human_size(memory.total)} per device for sequences of {sequence} "
-                  "tokens: "
-                  f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, AdamW state "
-                  f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)} (an estimate)")
+                 "tokens: "
+                 f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, AdamW state "
+                 f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)} (an estimate)")
+    for note in run.notes:  # what the run would do to output_dir (replace, resume, move aside)
+        stdout.print(f"[bold]run[/bold] would: {note}")
     stdout.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
-                  f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
+                 f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
     return {"train_samples": len(lengths), "eval_samples": report.eval_samples, "tokens": sum(lengths),
             "steps": steps, "sequence_length": sequence, "parameters": memory.parameters,
             "trainable": memory.trainable, "memory_gib": round(memory.total / GIB, 3)}

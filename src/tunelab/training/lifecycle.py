@@ -24,7 +24,9 @@ from tunelab.models.sources import (
     check_quantization_backend,
     default_template,
 )
-from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints
+from tunelab.quiet import quiet_libraries
+from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints, holds_final_model
+from tunelab.signals import STOP
 from tunelab.stage_registry import all_stages
 from tunelab.training.samples import SAMPLES_FILE
 
@@ -45,6 +47,7 @@ class TrainResult:
 def preflight(cfg: TrainConfig) -> RunDir:
     """Everything that can be checked before data, tokenizer or model: fails fast, writes nothing. The stage's
     own checks run here and again in ``prepare_data``, so `train --dry-run` runs every check a run runs."""
+    quiet_libraries()  # stages run from Python too, not only through the commands
     run = RunDir(cfg)
     check_model_source(cfg.model_name_or_path)
     check_quantization_backend(cfg.quantization_bit)
@@ -124,19 +127,19 @@ def _attach_callbacks(trainer: Any, cfg: TrainConfig, run: RunDir) -> Any:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
-    from tunelab.callbacks import CheckpointCallback, MetricsCallback, ProgressCallback
+    from tunelab.callbacks import CheckpointCallback, GracefulStop, MetricsCallback, ProgressCallback
 
     for callback in (PrinterCallback, HFProgress):
         trainer.remove_callback(callback)
     progress = ProgressCallback()
-    for callback in (MetricsCallback(run.metrics_path), CheckpointCallback(cfg), progress):
+    for callback in (MetricsCallback(run.metrics_path), CheckpointCallback(cfg), GracefulStop(), progress):
         trainer.add_callback(callback)
     return progress
 
 
 def _complete_from_checkpoint(run: RunDir, total: int) -> None:
     """The run already reached its end: make sure the final model sits in output_dir, train nothing."""
-    if run.is_main and not any((run.path / name).is_file() for name in ("adapter_config.json", "config.json")):
+    if run.is_main and not holds_final_model(run.path):
         for item in Path(run.resume).iterdir():
             if item.is_file() and not item.name.startswith(_TRAINER_FILES):
                 shutil.copy2(item, run.path / item.name)
@@ -169,10 +172,12 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
     interrupted = False
     try:
         trainer.train(resume_from_checkpoint=run.resume)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or a second SIGTERM
         interrupted = True
     finally:
         progress.close()
+        STOP.training = False
+    interrupted = interrupted or STOP.requested.is_set()  # a SIGTERM ended the loop after a checkpoint
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final_loss = losses[-1] if losses else None
     if not interrupted:
@@ -205,8 +210,8 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, predi
     if saved:
         lines.append(f"checkpoints   {', '.join(c.name for c in saved)} in {out}")
     if interrupted:
-        console.print("[yellow]interrupted[/yellow]: checkpoints saved so far are kept; continue with "
-                      "resume_from_checkpoint=last")
+        console.print(f"[yellow]{'terminated' if STOP.requested.is_set() else 'interrupted'}[/yellow]: checkpoints "
+                      "saved so far are kept; run the same command again to continue from the last one")
         stdout.print("[bold]kept[/bold]\n  " + "\n  ".join(lines))
         return
     lines.append(f"{what:<13} {out}  (tokenizer and README.md model card with it)")

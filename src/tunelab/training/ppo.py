@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,37 @@ def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: flo
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def sampling_config(settings: PPOSettings, stop_token_ids: list[int], pad_token_id: int | None) -> GenerationConfig:
+    """The rollout samples from the distribution whose log-probabilities PPO computes. transformers fills every
+    field left None from the model's generation_config.json and then from its global defaults (top_k 50), so each
+    logits processor that a model's defaults could switch on (a repetition penalty, top-k) is switched off by value."""
+    return GenerationConfig(do_sample=True, num_beams=1, num_return_sequences=1,
+                            max_new_tokens=settings.max_completion_length, min_length=0, min_new_tokens=0,
+                            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, min_p=0.0,
+                            typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+                            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+                            renormalize_logits=False, remove_invalid_values=False, eos_token_id=stop_token_ids,
+                            pad_token_id=pad_token_id)
+
+
+@contextmanager
+def seeded_sampling(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the CPU generator and ``device``'s own for one block, then put both back: a rollout's answers follow from
+    its seed alone, and the training's random stream is left where it was."""
+    module = torch.get_device_module(device.type) if device.type != "cpu" else None
+    cpu_state = torch.get_rng_state()
+    device_state = module.get_rng_state() if module is not None else None
+    torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU as well
+    if module is not None:
+        module.manual_seed(seed)  # the current device only
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if module is not None:
+            module.set_rng_state(device_state)
+
+
 class PPOTrainer(Trainer):
     def __init__(self, *, model: nn.Module, ref_model: nn.Module | None, score: ScoreFunction,
                  settings: PPOSettings, stop_token_ids: list[int], sample_log: SampleLog | None = None,
@@ -167,17 +199,18 @@ class PPOTrainer(Trainer):
     @torch.no_grad()
     def _generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         policy = self.model.policy
-        settings = self.settings
         was_training = policy.training
         policy.eval()
-        # a complete GenerationConfig: the model's own defaults (a repetition penalty, say) would sample from
-        # another distribution than the log-probabilities PPO computes
-        config = GenerationConfig(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-                                  top_k=settings.top_k or None, max_new_tokens=settings.max_completion_length,
-                                  eos_token_id=self.stop_token_ids, pad_token_id=self.processing_class.pad_token_id)
-        sampled = generate(policy, prompt_ids, prompt_mask, generation_config=config)
+        config = sampling_config(self.settings, self.stop_token_ids, self.processing_class.pad_token_id)
+        with seeded_sampling(self._sampling_seed(), prompt_ids.device):
+            sampled = generate(policy, prompt_ids, prompt_mask, generation_config=config)
         policy.train(was_training)
         return sampled[:, prompt_ids.shape[1]:]
+
+    def _sampling_seed(self) -> int:
+        """This rollout's own seed, from the run's seed, the step the rollout starts at and the process: its answers
+        do not depend on what drew random numbers before it (a reward function, a resume), and processes differ."""
+        return hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % 2**63
 
     def _completion_mask(self, completion_ids: torch.Tensor) -> torch.Tensor:
         """1 up to and including the first stop token (or everywhere when the answer ran to the limit)."""
