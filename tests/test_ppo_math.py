@@ -1,4 +1,5 @@
-"""PPO's arithmetic against values computed by hand (the working is in each test's comments)."""
+"""PPO's arithmetic against values computed by hand (the working is in each test's comments), and the rollout's
+sampling: from the distribution whose log-probabilities PPO computes, reproducible from a seed."""
 
 from __future__ import annotations
 
@@ -111,3 +112,39 @@ def test_running_moments_over_batches():
     restored = RunningMoments()
     restored.load_state_dict(moments.state_dict())
     assert (restored.mean, restored.std) == pytest.approx((moments.mean, moments.std))
+
+
+def test_rollouts_sample_from_the_distribution_ppo_scores_whatever_the_model_defaults_say():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.training.ppo import PPOSettings, sampling_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    # defaults a checkpoint's generation_config.json may carry; transformers' own would add top_k=50
+    model.generation_config.update(top_k=5, top_p=0.5, repetition_penalty=1.5, no_repeat_ngram_size=1,
+                                   min_new_tokens=3, typical_p=0.5, min_p=0.3)
+    config = sampling_config(PPOSettings(temperature=0.7, max_completion_length=4), stop_token_ids=[2],
+                             pad_token_id=0)
+    config.update(output_scores=True, output_logits=True, return_dict_in_generate=True)
+    out = model.generate(input_ids=torch.tensor([[1, 5, 9, 5]]), generation_config=config)
+    assert len(out.scores) == 4
+    for scores, logits in zip(out.scores, out.logits, strict=True):  # only the temperature touches the logits
+        torch.testing.assert_close(scores, logits / 0.7)
+
+
+def test_seeded_sampling_repeats_its_draws_and_leaves_the_global_stream_alone():
+    from tunelab.training.ppo import seeded_sampling
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded_sampling(7, torch.device("cpu")):
+        first = torch.multinomial(torch.ones(50), 10)
+    with seeded_sampling(7, torch.device("cpu")):
+        again = torch.multinomial(torch.ones(50), 10)
+    with seeded_sampling(8, torch.device("cpu")):
+        other = torch.multinomial(torch.ones(50), 10)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(torch.rand(3), expected_next)  # as if the seeded blocks had not drawn

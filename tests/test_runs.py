@@ -291,3 +291,27 @@ def test_loss_plot_reads_across_orders_of_magnitude(tmp_path):
     path = plot_loss(tmp_path)
     assert path is not None and path.stat().st_size > 10_000
     assert plot_loss(tmp_path / "empty") is None
+
+
+# --- what the Python API prints: tunelab's own lines, not the libraries' chatter ---------------------------
+
+def test_the_python_api_keeps_library_noise_in_the_log_file(tmp_path):
+    script = f"""
+from tunelab.config import load_config
+from tunelab.stages.sft import run_sft
+from tunelab.inference.predictor import Predictor
+
+cfg = load_config({str(DEMO)!r}, ["output_dir={tmp_path / 'run'}", "dataset_dir={DEMO_DATA}", "max_steps=2",
+                                   "max_samples=16", "plot_loss=false"])
+run_sft(cfg)
+print(Predictor(adapter={str(tmp_path / 'run')!r}, max_new_tokens=8)("Write a story about Tim."))
+"""
+    log = tmp_path / "library.log"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**ENV, "TUNELAB_LOG_FILE": str(log)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in ("Failed to load CPU gemm_4bit_forward", "Skipping publisher trust check", "tie_word_embeddings",
+                  "FutureWarning", "UserWarning"):
+        assert noise not in result.stderr, result.stderr[-3000:]
+    assert "saved" in result.stdout and "train" in result.stderr  # tunelab's own summary and progress stay
+    assert "tie_word_embeddings" in log.read_text()  # kept, where a bug report can find it

@@ -70,18 +70,38 @@ def test_every_stage_is_registered_with_its_row_kind():
     assert stage_names()[:2] == ["sft", "pt"]
 
 
-def test_stage_keys_are_checked_before_anything_loads(tmp_path):
+@pytest.mark.parametrize("how", ["run", "dry run"])
+def test_stage_keys_are_checked_before_anything_loads(tmp_path, how):
+    """The run and `train --dry-run` refuse the same mistakes (the dry run runs every check of the run)."""
+    from tunelab.training.dry_run import dry_run
+
+    start = _train if how == "run" else dry_run
     with pytest.raises(ConfigError, match=r"`kto_chosen_weight` applies to stage kto; this run is `dpo`"):
         _cfg("dpo", tmp_path, "kto_chosen_weight=2")
     with pytest.raises(ConfigError, match="stage orpo trains with pref_loss orpo"):
-        _train(_cfg("orpo", tmp_path / "o", "pref_loss=sigmoid"))
+        start(_cfg("orpo", tmp_path / "o", "pref_loss=sigmoid"))
     with pytest.raises(ConfigError, match="ref_model: model folder .* does not exist"):
-        _train(_cfg("dpo", tmp_path / "d", f"ref_model={tmp_path / 'missing'}"))
+        start(_cfg("dpo", tmp_path / "d", f"ref_model={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match="ref_model: model folder .* does not exist"):
+        start(_cfg("kto", tmp_path / "k", "dataset=demo_kto", f"ref_model={tmp_path / 'missing'}"))
     with pytest.raises(DataError, match="use stage: sft"):  # SFT data for a preference stage
-        _train(_cfg("dpo", tmp_path / "d", "dataset=demo_stories"))
-    with pytest.raises(ConfigError, match="per_device_train_batch_size of at least 2"):
-        _train(_cfg("kto", tmp_path / "k", "dataset=demo_kto", "per_device_train_batch_size=1"))
+        start(_cfg("dpo", tmp_path / "d", "dataset=demo_stories"))
     assert not any(tmp_path.iterdir())  # nothing written by a start that failed its checks
+
+
+def test_kto_pairs_each_prompt_with_another_rows_answer_across_the_dataset():
+    """The KL term's mismatched answers come from the row before, across chunks, so batch size 1 works."""
+    from datasets import Dataset
+
+    from tunelab.stages.kto import KL_CHUNK, with_kl_completions
+
+    rows = KL_CHUNK * 2 + 5
+    dataset = Dataset.from_dict({"prompt_ids": [[i] for i in range(rows)],
+                                 "completion_ids": [[i, i] for i in range(rows)],
+                                 "completion_mask": [[1, i % 2] for i in range(rows)]})
+    paired = with_kl_completions(dataset)
+    assert paired["KL_completion_ids"] == [[(i - 1) % rows] * 2 for i in range(rows)]
+    assert paired["KL_completion_mask"] == [[1, (i - 1) % rows % 2] for i in range(rows)]
 
 
 # --- learning -------------------------------------------------------------------------------------
@@ -189,7 +209,7 @@ def test_every_preference_stage_resumes_on_the_same_curve_and_reloads(tmp_path, 
 @pytest.mark.parametrize(("name", "sizes"), [
     ("reward", []),
     ("dpo", []),
-    ("kto", ["per_device_train_batch_size=2", "eval_steps=2", "val_size=4"]),  # KTO's KL estimate needs 2
+    ("kto", ["eval_steps=2", "val_size=4"]),  # batch size 1, as the file has it
 ])
 def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path, name, sizes, tiny_model):
     model_dir = tiny_model("llama")
@@ -199,8 +219,14 @@ def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path,
                                              f"output_dir={tmp_path / 'out'}", "max_steps=3", "max_samples=24",
                                              "cutoff_len=512", *sizes])
     assert cfg.template == "llama3"
+    from tunelab.training.dry_run import dry_run
+
+    assert dry_run(cfg)["steps"] == 3  # the dry run passes exactly when the run does
     result = _train(cfg)
     assert result.global_step == 3 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    if name == "kto":  # trained at the file's batch size 1, with a KL estimate from mismatched rows
+        assert cfg.per_device_train_batch_size == 1
+        assert any("kl" in record for record in read_metrics(tmp_path / "out"))
 
 
 # --- bad pairs, and reporting ------------------------------------------------------------------------
