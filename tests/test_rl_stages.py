@@ -35,9 +35,9 @@ def _cfg(stage: str, out: Path, *overrides: str):
     if stage != "ppo":
         base += ["learning_rate=5e-3", "num_generations=8", "per_device_train_batch_size=32"]
     else:
-        # PPO takes an Adam step per mini-batch: at 5e-3 one step moved the policy ~0.3 nats a token (a fifth to a
-        # half of the tokens clipped) and a reward that ignores the answer drove the KL to 22-25 nats in 30 steps;
-        # at 1e-3 a step moves it ~0.02 and the KL stays near ppo_target
+        # PPO takes an Adam step per mini-batch: at 5e-3 one step moved a token's log-probability by ~0.8 (policy
+        # approx_kl 0.2-0.7, a fifth to a half of the tokens clipped) and a reward that ignores the answer drove
+        # the KL to 22-25 nats in 30 steps; at 1e-3 a step moves it by ~0.2 and the KL stays near ppo_target
         base += ["learning_rate=1e-3", "per_device_train_batch_size=16", "ppo_epochs=2", "ppo_kl_coef=0.05"]
     if any(o.startswith("finetuning_type=") and o != "finetuning_type=lora" for o in overrides):
         base.remove("additional_target=lm_head")  # a LoRA key

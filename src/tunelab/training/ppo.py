@@ -3,14 +3,16 @@
 every other stage.
 
 One rollout = ``per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size`` prompts per
-process. For each rollout the policy samples one response per prompt; the reward (reward model and/or reward
-functions, handed in as ``score``) rates each response; the frozen reference (the base with the adapter
-disabled under LoRA, else a frozen copy) gives the per-token KL penalty; a value head on the policy's last
-hidden state estimates each token's value, and GAE turns penalised rewards and values into advantages. The
-rollout is then learned from for ``ppo_epochs`` passes in mini-batches of ``per_device_train_batch_size``
-(one optimizer step per ``gradient_accumulation_steps`` mini-batches) with the clipped policy and value
-losses of ``ppo_math``. The data loader repeats each rollout's prompts once per mini-batch of those passes
-(the sampler trick of TRL's GRPOTrainer), so the Trainer's step counting, schedule and resume stay exact.
+process. For each rollout the policy samples one response per prompt (with the run's sampling settings, not the
+model's generation defaults, and a seed of its own from the run's seed, the step and the process); the reward
+(reward model and/or reward functions, handed in as ``score``) rates each response; the frozen reference (the
+base with the adapter disabled under LoRA, else a frozen copy) gives the per-token KL penalty; a value head on
+the policy's last hidden state estimates each token's value, and GAE turns penalised rewards and values into
+advantages. The rollout is then learned from for ``ppo_epochs`` passes in mini-batches of
+``per_device_train_batch_size`` (one optimizer step per ``gradient_accumulation_steps`` mini-batches) with the
+clipped policy and value losses of ``ppo_math``. The data loader repeats each rollout's prompts once per
+mini-batch of those passes (the sampler trick of TRL's GRPOTrainer), so the Trainer's step counting, schedule
+and resume stay exact.
 """
 
 from __future__ import annotations
