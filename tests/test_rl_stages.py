@@ -71,10 +71,11 @@ def one_thread() -> Iterator[None]:
 # --- learning ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
-def test_group_rl_raises_the_reward_and_logs_what_it_does(tmp_path, stage):
+def test_group_rl_raises_the_reward_and_logs_what_it_does(tmp_path, stage, capsys):
     out = tmp_path / stage
     result = _train(_cfg(stage, out, "max_steps=25"))
     assert result.global_step == 25
+    assert f"completions   {out / 'completions.jsonl'}" in capsys.readouterr().out  # the summary names it
     _assert_reward_rises(out)
     last = [r for r in read_metrics(out) if "reward" in r][-1]
     # each reward function's mean and spread, the KL to the reference and the answers' length are logged
@@ -178,6 +179,16 @@ def test_rl_runs_resume_from_their_last_checkpoint(tmp_path, stage, extra, stop_
 
 
 # --- mistakes, before any model loads ---------------------------------------------------------------
+
+def test_ppo_dry_run_counts_the_steps_the_run_makes(tmp_path):
+    """Whole rollouts only: 40 prompts in rollouts of 16 are 2 rollouts of ppo_epochs 2 steps (not ceil(80 / 16))."""
+    from tunelab.training.dry_run import dry_run
+
+    cfg = _cfg("ppo", tmp_path / "ppo", "max_steps=-1", "num_train_epochs=1", "max_samples=40")
+    planned = dry_run(cfg)["steps"]
+    assert planned == 4
+    assert _train(cfg).global_step == planned
+
 
 def test_rl_mistakes_are_refused_before_anything_loads(tmp_path, monkeypatch):
     import tunelab.training.lifecycle as lifecycle

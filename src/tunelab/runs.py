@@ -145,7 +145,7 @@ class RunDir:
 
     def _plan_unfinished(self, last: Path) -> None:
         """An interrupted run: resumed when its settings are these, else kept aside (overwrite) or refused."""
-        saved, source = _saved_config(last)
+        saved, _ = _saved_config(last)
         differences = config_differences(saved, self.cfg.model_dump(mode="json")) if saved is not None else []
         if saved is not None and not differences:
             self.resume, self.resume_step = str(last), checkpoint_step(last)

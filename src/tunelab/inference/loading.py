@@ -15,6 +15,7 @@ from tunelab.models.sources import (
     check_model_source,
     default_template,
     is_reward_model,
+    model_config,
     resolve_model_path,
 )
 from tunelab.quiet import quiet_libraries
@@ -53,7 +54,8 @@ def check_inference_sources(model: str | None, adapter: str | None, use: str | N
         raise TunelabError(f"{flag} '{given}' is a reward model (stage rm): it scores answers and cannot generate "
                            f"them; score with `tunelab score {flag} {given} --prompt ... --response ...` (or a "
                            "preference DATASET), or give a model or adapter trained by sft, dpo, ppo, ...")
-    if use == "score" and not reward:
+    known = adapter is not None or model_config(model) is not None  # a hub id not at hand may be a reward model
+    if use == "score" and known and not reward:
         raise TunelabError(f"{flag} '{given or model}' is not a reward model (no score head from stage rm); "
                            "train one with stage: rm, or generate with `tunelab chat` / `tunelab predict`")
     return model
@@ -65,7 +67,9 @@ def load_for_inference(model: str | None, adapter: str | None, template: str | N
     quiet_libraries()  # the Python API (Predictor, RewardScorer) as quiet as the commands
     from tunelab.models.loading import load_model, load_tokenizer
 
-    model = check_inference_sources(model, adapter, use="score" if head == "score" else "generate")
+    # a reward model cannot generate; a score head on a plain model is allowed here (an untrained baseline), and
+    # refused only by `tunelab score`, where it is a mistake
+    model = check_inference_sources(model, adapter, use="generate" if head == "causal_lm" else None)
     source = model
     if adapter is not None and template is None and (Path(adapter) / "tokenizer_config.json").is_file():
         source = adapter

@@ -210,8 +210,13 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, predi
     if saved:
         lines.append(f"checkpoints   {', '.join(c.name for c in saved)} in {out}")
     if interrupted:
-        console.print(f"[yellow]{'terminated' if STOP.requested.is_set() else 'interrupted'}[/yellow]: checkpoints "
-                      "saved so far are kept; run the same command again to continue from the last one")
+        how = "terminated" if STOP.requested.is_set() else "interrupted"
+        if saved:
+            console.print(f"[yellow]{how}[/yellow]: checkpoints saved so far are kept; run the same command again "
+                          f"to continue from {saved[-1].name}")
+        else:
+            console.print(f"[yellow]{how}[/yellow]: no checkpoint was saved yet (one every save_steps "
+                          f"{cfg.save_steps}), so the same command starts over")
         stdout.print("[bold]kept[/bold]\n  " + "\n  ".join(lines))
         return
     lines.append(f"{what:<13} {out}  (tokenizer and README.md model card with it)")
