@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import lzma
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -178,3 +179,9 @@ def rm_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"output_dir={out}", f"dataset_dir={REPO_ROOT / 'examples' / 'data'}", "max_steps=4", "plot_loss=false"])
     assert not all_stages()["rm"].run()(cfg, command="tunelab train examples/stories_rm.yaml").interrupted
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _library_log(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The libraries' warnings (tunelab/quiet.py) go to a log in the test's own folder, not the user's cache."""
+    os.environ.setdefault("TUNELAB_LOG_FILE", str(tmp_path_factory.mktemp("log") / "library.log"))

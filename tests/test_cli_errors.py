@@ -264,7 +264,7 @@ def test_a_hub_id_without_network_fails_at_once(scratch, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.chdir(scratch["tmp"])
-    hub.hub_unreachable.cache_clear()
+    hub._probe.clear()
     try:
         for args in (["chat", "--model", "nobody/no-such-model", "--query", "hi"],
                      ["chat", "--adapter", "nobody/no-such-adapter", "--query", "hi"],
@@ -276,7 +276,7 @@ def test_a_hub_id_without_network_fails_at_once(scratch, monkeypatch):
             assert "cannot be reached (huggingface.co: Name or service not known)" in errors[0]
         assert attempts == [(("huggingface.co", 443), hub.CONNECT_TIMEOUT)]  # asked once, for a bounded time
     finally:
-        hub.hub_unreachable.cache_clear()
+        hub._probe.clear()
 
 
 def test_failed_convert_leaves_no_partial_file(scratch):

@@ -40,3 +40,48 @@ def test_the_last_step_is_not_printed_twice(capsys):
     progress.on_log(None, state, None, logs={"loss": 0.5})
     progress.on_train_end(None, state, None)
     assert capsys.readouterr().err.count("step 20/20") == 1
+
+
+def test_sigterm_stops_at_once_outside_training_and_after_the_step_inside():
+    import signal
+
+    import pytest
+
+    from tunelab.signals import STOP, TERMINATED, Terminated, handling_sigterm
+
+    with handling_sigterm():
+        with pytest.raises(Terminated):  # nothing to save: stop now
+            STOP.handle(signal.SIGTERM, None)
+        assert STOP.exit_code == TERMINATED
+        STOP.reset()
+        STOP.training = True
+        STOP.handle(signal.SIGTERM, None)  # training: asks GracefulStop to end after this step
+        assert STOP.requested.is_set()
+        with pytest.raises(Terminated):  # a second one stops at once
+            STOP.handle(signal.SIGTERM, None)
+    assert signal.getsignal(signal.SIGTERM) != STOP.handle  # the earlier handler is back after the command
+    STOP.reset()
+
+
+def test_chat_ends_on_sigterm_but_only_its_answer_on_ctrl_c():
+    import io
+
+    import pytest
+
+    from tunelab.inference.chat import run_chat
+    from tunelab.signals import Terminated
+
+    class Answers:
+        def stream(self, query, history, system):
+            raise KeyboardInterrupt  # Ctrl-C while answering
+
+    lines = iter(["hello", "/exit"])
+    output = io.StringIO()
+    run_chat(Answers(), input_fn=lambda prompt: next(lines), output=output)
+    assert "[interrupted]" in output.getvalue()  # the chat went on to read /exit
+
+    def terminated(prompt):
+        raise Terminated
+
+    with pytest.raises(Terminated):  # SIGTERM at the prompt ends the command (exit 143), not just the chat
+        run_chat(Answers(), input_fn=terminated, output=io.StringIO())

@@ -172,7 +172,8 @@ def _stop_after_checkpoint(out: Path, signum: int) -> tuple[int, str]:
         assert process.poll() is None and time.monotonic() < deadline, "training ended before it was interrupted"
         time.sleep(0.005)
     process.send_signal(signum)
-    return process.returncode if process.wait(timeout=120) is not None else -1, process.stdout.read().decode()
+    output = process.communicate(timeout=120)[0].decode()
+    return process.returncode, output
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +316,11 @@ print(Predictor(adapter={str(tmp_path / 'run')!r}, max_new_tokens=8)("Write a st
         assert noise not in result.stderr, result.stderr[-3000:]
     assert "saved" in result.stdout and "train" in result.stderr  # tunelab's own summary and progress stay
     assert "tie_word_embeddings" in log.read_text()  # kept, where a bug report can find it
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
+    out = tmp_path / "run"
+    first = run_sft(_cfg(out, "max_steps=10", "save_steps=100"), callbacks=[_CtrlCAfter(3)])
+    assert first.interrupted and not checkpoints(out) and (out / "metrics.jsonl").is_file()
+    again = run_sft(_cfg(out, "max_steps=4", "save_steps=100", "overwrite_output_dir=false"))  # not refused
+    assert again.global_step == 4 and _steps(out) == [1, 2, 3, 4]

@@ -221,7 +221,7 @@ def test_llamafactory_preference_yamls_run_with_the_model_path_changed(tmp_path,
     assert cfg.template == "llama3"
     from tunelab.training.dry_run import dry_run
 
-    assert dry_run(cfg)["steps"] == 3  # the dry run passes exactly when the run does
+    dry_run(cfg)  # passes, as the run does (it once passed while the run refused batch size 1)
     result = _train(cfg)
     assert result.global_step == 3 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
     if name == "kto":  # trained at the file's batch size 1, with a KL estimate from mismatched rows

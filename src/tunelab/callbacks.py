@@ -82,18 +82,26 @@ class CheckpointCallback(TrainerCallback):
 
 class GracefulStop(TrainerCallback):
     """After a SIGTERM (tunelab/signals.py), end training at the end of the current step with a checkpoint of it,
-    so a preempted run keeps every finished step and the same command resumes it."""
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        STOP.training = True
+    so a preempted run keeps every finished step and the same command resumes it. Under several processes the
+    ranks agree (any rank's signal stops all of them at the same step), so none waits in a collective alone."""
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if STOP.requested.is_set():
+        if _any_rank(STOP.requested.is_set(), args.device):
+            STOP.requested.set()
             control.should_save = True
             control.should_training_stop = True
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        STOP.training = False
+
+def _any_rank(flag: bool, device: Any) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _clock(seconds: float) -> str:
@@ -174,11 +182,11 @@ class ProgressCallback(TrainerCallback):
             f"  remaining {_clock(remaining)}" if remaining is not None else "")
         return f"step {state.global_step}/{total} ({100 * state.global_step // total}%)  {timing}"
 
-    def _print(self, line: str) -> None:
+    def _print(self, line: str, *, step: int | None = None) -> None:
         (self._bar.console if self._bar is not None else console).print(line, markup=False, highlight=False)
         self._printed_at = time.perf_counter()
-        if self._state is not None:
-            self._printed_step = self._state.global_step
+        if step is not None:  # a step's own line (not a heartbeat): the end need not repeat it
+            self._printed_step = step
 
     def _remaining(self, state: Any) -> float | None:
         done = state.global_step - self._first_step
@@ -202,7 +210,7 @@ class ProgressCallback(TrainerCallback):
             return
         step, timing = self._position(state).split("  ", 1)
         prefix = "eval " if any(key.startswith("eval_") for key in values) else ""
-        self._print(f"{prefix}{step}  {shown}  {timing}")
+        self._print(f"{prefix}{step}  {shown}  {timing}", step=state.global_step)
 
     def note(self, text: str) -> None:
         """A phase inside a long step (PPO sampling its rollout, scoring it), shown in the bar's status."""

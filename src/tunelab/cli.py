@@ -37,9 +37,9 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         quiet_libraries()
-        signals.install()
         try:
-            return command(*args, **kwargs)
+            with signals.handling_sigterm():
+                return command(*args, **kwargs)
         except TunelabError as error:
             console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(2) from None
@@ -121,7 +121,7 @@ def train(
         result = all_stages()[cfg.stage].run()(cfg, command=command)
     finally:
         end_distributed()
-    if result.interrupted:
+    if result.interrupted or signals.STOP.requested.is_set():  # a SIGTERM during the final save: still 143
         raise typer.Exit(signals.STOP.exit_code)
 
 
@@ -468,6 +468,7 @@ def score(
     template: TemplateOption = None,
     dataset_dir: DatasetDirOption = "data",
     max_samples: Annotated[int | None, typer.Option(help="Use at most this many pairs.")] = None,
+    skip_invalid: SkipInvalidOption = False,
     output: Annotated[str | None, typer.Option(help="JSONL file for per-pair scores.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     trust_remote_code: TrustRemoteCodeOption = False,
@@ -489,7 +490,8 @@ def score(
     if dataset is not None:
         from tunelab.data.registry import SKIP_HINT, load_dataset_rows
 
-        rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_hint=SKIP_HINT).rows
+        rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_invalid=skip_invalid,
+                                 skip_hint=SKIP_HINT).rows
     with console.status("loading the reward model ..."):
         scorer = RewardScorer(model, adapter, template, options=options)
     if rows is None:

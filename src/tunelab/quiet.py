@@ -3,8 +3,9 @@
 transformers, peft, trl, bitsandbytes and kernels warn about things a tunelab user cannot act on (a kernel
 not fetched offline, a deprecation inside a library, a tie-weights note tunelab handles itself). Their
 warnings and Python warnings go to one log file (``~/.cache/tunelab/library.log``, or ``TUNELAB_LOG_FILE``);
-their errors still reach the console. Called by every command and by the Python API's entry points, never
-at import.
+their errors still reach the console. transformers' own warnings are silenced at the source
+(``TRANSFORMERS_VERBOSITY=error``, set before it loads), so they show in neither. Called by every command and
+by the Python API's entry points, never at import; warning filters (``-W``) are left as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import logging.handlers
 import os
 import sys
-import warnings
 from pathlib import Path
 
 LIBRARIES = ("transformers", "peft", "trl", "accelerate", "datasets", "huggingface_hub", "bitsandbytes", "kernels",
@@ -57,11 +57,11 @@ def quiet_libraries() -> None:
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
         logger.addHandler(handler)
-        logger.addHandler(console)
+        if name != "transformers":  # transformers prints its errors through its own handler
+            logger.addHandler(console)
         logger.propagate = False
     if "transformers" in sys.modules:  # imported already: its own console handler would still print warnings
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_default_handler()
-    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> the file
-    warnings.simplefilter("default")  # each distinct warning once, not once per call
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> the file (filters unchanged)

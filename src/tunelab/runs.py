@@ -30,13 +30,18 @@ CONFIG_FILE = "config.yaml"
 REPORT_FILE = "data_report.json"
 CHECKPOINT_CONFIG = "tunelab_config.yaml"  # each checkpoint carries the config that wrote it
 START_FILES = frozenset({CONFIG_FILE, REPORT_FILE})  # all that a start writes before the first step
-# What only a finished run has at the top of its folder: the saved model or adapter.
+# What only a finished run has at the top of its folder: the saved model or adapter, and the model card that is
+# written after it (a run killed while saving has the first files, not the card).
 FINAL_MODEL_FILES = ("adapter_config.json", "config.json", "model.safetensors", "model.safetensors.index.json",
                      "pytorch_model.bin")
+CARD_FILE = "README.md"
+# What a start writes while training before its first checkpoint: logs, nothing to resume from.
+LOG_FILES = frozenset({METRICS_FILE, PLOT_FILE, "completions.jsonl", "runs", "eval_generations"})
 
 
 def holds_final_model(output_dir: str | Path) -> bool:
-    return any((Path(output_dir) / name).is_file() for name in FINAL_MODEL_FILES)
+    folder = Path(output_dir)
+    return (folder / CARD_FILE).is_file() and any((folder / name).is_file() for name in FINAL_MODEL_FILES)
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -116,16 +121,16 @@ class RunDir:
         return sorted(self.path.iterdir()) if self.path.is_dir() else []
 
     def _holds_a_run(self) -> bool:
-        """More than what a start writes before its first step (config and data report)."""
-        return any(entry.name not in START_FILES for entry in self._entries())
+        """More than what a start writes before its first checkpoint (config, data report, logs)."""
+        return any(entry.name not in START_FILES | LOG_FILES for entry in self._entries())
 
     def _plan_fresh(self) -> None:
         entries = self._entries()
         if not entries:
             return
         if not self._holds_a_run():
-            self.notes.append(f"{self.path} holds only the config of an earlier start that trained nothing; "
-                              "starting over in it")
+            self.notes.append(f"{self.path} holds only the config and logs of an earlier start that saved no "
+                              "checkpoint; starting over in it")
             self._clean = True
             return
         last = last_checkpoint(self.path)
@@ -147,6 +152,8 @@ class RunDir:
         """An interrupted run: resumed when its settings are these, else kept aside (overwrite) or refused."""
         saved, _ = _saved_config(last)
         differences = config_differences(saved, self.cfg.model_dump(mode="json")) if saved is not None else []
+        if 0 < self.cfg.max_steps < checkpoint_step(last):  # resuming would call a later checkpoint the end
+            differences.append(f"max_steps {self.cfg.max_steps} is below its {last.name}")
         if saved is not None and not differences:
             self.resume, self.resume_step = str(last), checkpoint_step(last)
             self.notes.append(f"{self.path} holds an unfinished run with these settings: continuing it from "
@@ -157,7 +164,12 @@ class RunDir:
                               f"other settings ({'; '.join(differences) or 'its config is missing'}); use another "
                               "output_dir, set overwrite_output_dir: true to keep that run aside and start anew, or "
                               "resume it with its own settings")
-        self._aside = _free_name(self.path.with_name(f"{self.path.name}.unfinished-{checkpoint_step(last)}"))
+        reason = _unsafe_to_clean(self.path)
+        if reason:
+            raise ConfigError(f"output_dir '{self.path}' holds an unfinished run of other settings and will not be "
+                              f"moved aside because {reason}; pick a dedicated output_dir")
+        folder = self.path.resolve()
+        self._aside = _free_name(folder.with_name(f"{folder.name}.unfinished-{checkpoint_step(last)}"))
         self.notes.append(f"{self.path} holds an unfinished run (last checkpoint {last.name}) trained with other "
                           f"settings ({'; '.join(differences) or 'its config is missing'}): moving it to "
                           f"{self._aside} and starting a new run")

@@ -107,8 +107,10 @@ def _source_from_entry(name: str, entry: dict[str, Any], dataset_dir: Path) -> D
 
 
 def _looks_like_hub_id(name: str) -> bool:
+    """``org/name``, not written as a path: ``data/typo.jsonl`` with a ``data`` folder here is a missing file."""
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/")) and "." not in parts[0]
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and "." not in parts[0]
+            and not Path(parts[0]).is_dir())
 
 
 def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSource:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 from rich.table import Table
@@ -78,6 +79,7 @@ def run_demo(output_dir: str = "outputs/demo") -> dict | None:
     stdout.print(f"[bold]score[/bold] (stories that use the requested name and animal, {len(prompts)} "
                  f"held-out prompts): before {report['score_before']:.0%}  ->  after "
                  f"{report['score_after']:.0%}")
-    stdout.print(f"demo report   {report_path}\ntry it         tunelab chat --adapter {cfg.output_dir} "
+    folder = shlex.quote(str(cfg.output_dir))
+    stdout.print(f"demo report   {report_path}\ntry it         tunelab chat --adapter {folder} "
                  "--query \"Write a story about Tim and a frog.\"")
     return report

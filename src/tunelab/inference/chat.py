@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tunelab.inference.predictor import Predictor
+from tunelab.signals import Terminated
 
 CLEAR, EXIT = "/clear", "/exit"
 
@@ -40,6 +41,8 @@ def run_chat(predictor: Predictor, query: str | None = None, system: str | None 
     while True:
         try:
             line = input_fn("User: ")
+        except Terminated:  # SIGTERM ends the command (exit 143); Ctrl-C only the chat
+            raise
         except (EOFError, KeyboardInterrupt):
             output.write("\n")
             break
@@ -56,6 +59,8 @@ def run_chat(predictor: Predictor, query: str | None = None, system: str | None 
         output.flush()
         try:
             answer = _answer(predictor, text, history, system, output)
+        except Terminated:
+            raise
         except KeyboardInterrupt:  # stop this answer only; the turn is dropped from the history
             output.write("\n[interrupted]\n")
             continue

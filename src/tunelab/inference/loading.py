@@ -3,6 +3,7 @@ optional adapter, the tokenizer the adapter was saved with, and the same load op
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,12 @@ def check_inference_sources(model: str | None, adapter: str | None, use: str | N
     reward = is_reward_model(model, adapter)
     if use == "generate" and reward:
         raise TunelabError(f"{flag} '{given}' is a reward model (stage rm): it scores answers and cannot generate "
-                           f"them; score with `tunelab score {flag} {given} --prompt ... --response ...` (or a "
+                           f"them; score with `tunelab score {flag} {shlex.quote(str(given))} --prompt ... --response "
+                           "...` (or a "
                            "preference DATASET), or give a model or adapter trained by sft, dpo, ppo, ...")
-    known = adapter is not None or model_config(model) is not None  # a hub id not at hand may be a reward model
+    # what is not at hand (a hub id) may be a reward model: only a local folder can be told apart
+    known = (Path(adapter) / "adapter_config.json").is_file() if adapter is not None \
+        else model_config(model) is not None
     if use == "score" and known and not reward:
         raise TunelabError(f"{flag} '{given or model}' is not a reward model (no score head from stage rm); "
                            "train one with stage: rm, or generate with `tunelab chat` / `tunelab predict`")

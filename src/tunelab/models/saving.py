@@ -30,10 +30,12 @@ def usage_command(cfg: TrainConfig, folder: str | Path) -> str:
     """The tunelab command that uses a training output, runnable as printed from where training ran: a reward
     model scores (its training pairs), anything else chats."""
     flag = "--adapter" if (Path(folder) / ADAPTER_FILE).is_file() else "--model"
-    if cfg.stage == "rm":
-        dataset = (cfg.dataset or ["PAIRS.jsonl"])[0]
+    if cfg.stage == "rm":  # its held-out pairs when it had some, else its training pairs
+        names = cfg.eval_dataset or cfg.dataset or []
+        dataset = (names.split(",") if isinstance(names, str) else names)[0]
+        skip = " --skip-invalid" if cfg.skip_invalid else ""
         return (f"tunelab score {shlex.quote(dataset)} --dataset-dir {shlex.quote(str(cfg.dataset_dir))} "
-                f"{flag} {shlex.quote(str(folder))} --max-samples 100")
+                f"{flag} {shlex.quote(str(folder))} --max-samples 100{skip}")
     return f"tunelab chat {flag} {shlex.quote(str(folder))}"
 
 

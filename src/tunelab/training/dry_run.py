@@ -145,7 +145,7 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
                  f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, AdamW state "
                  f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)} (an estimate)")
     for note in run.notes:  # what the run would do to output_dir (replace, resume, move aside)
-        stdout.print(f"[bold]run[/bold] would: {note}")
+        stdout.print(f"[bold]output_dir[/bold] (what the run would do) {note}")
     stdout.print(f"[bold green]dry run passed[/bold green]: nothing was written; `tunelab train` would write to "
                  f"{run.path}" + (f", resuming {run.resume}" if run.resume else ""))
     return {"train_samples": len(lengths), "eval_samples": report.eval_samples, "tokens": sum(lengths),

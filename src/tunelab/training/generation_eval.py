@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunelab.config import TrainConfig
-from tunelab.console import console
+from tunelab.console import console, stdout
 from tunelab.inference.predict import Sample, run_predict, split_prompt
 from tunelab.inference.predictor import Predictor
 from tunelab.metrics import parse_metrics
@@ -94,5 +94,5 @@ def predict_after_training(model: Any, tokenizer: Any, cfg: TrainConfig, eval_ro
     values = generate_and_score(model, tokenizer, samples, cfg, out / PREDICTIONS_FILE)
     results = {f"predict_{name}": value for name, value in values.items()}
     (out / PREDICT_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    console.print("[bold]predict[/bold] " + "  ".join(f"{name} {value:.4f}" for name, value in results.items()))
+    stdout.print("[bold]predict[/bold] " + "  ".join(f"{name} {value:.4f}" for name, value in results.items()))
     return out / PREDICT_RESULTS_FILE

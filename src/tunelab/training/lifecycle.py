@@ -137,12 +137,13 @@ def _attach_callbacks(trainer: Any, cfg: TrainConfig, run: RunDir) -> Any:
     return progress
 
 
-def _complete_from_checkpoint(run: RunDir, total: int) -> None:
+def _complete_from_checkpoint(run: RunDir, cfg: TrainConfig, total: int) -> None:
     """The run already reached its end: make sure the final model sits in output_dir, train nothing."""
     if run.is_main and not holds_final_model(run.path):
         for item in Path(run.resume).iterdir():
             if item.is_file() and not item.name.startswith(_TRAINER_FILES):
                 shutil.copy2(item, run.path / item.name)
+        write_model_card(run.path, cfg, None, None, run.resume_step)  # last: the folder now holds a finished run
     console.print(f"[bold]run[/bold] already complete: {run.resume} is step {run.resume_step} of {total}; nothing "
                   "to train (raise max_steps or num_train_epochs to continue it)")
 
@@ -164,35 +165,52 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
         trainable, parameters = count_parameters(trainer.model)
         console.print(f"[bold]model[/bold] {cfg.model_name_or_path} ({cfg.finetuning_type}): {trainable:,} of "
                       f"{parameters:,} parameters trainable ({100 * trainable / parameters:.2f}%)")
+    run.resume, run.resume_step = _as_rank_zero_planned(run.resume, run.resume_step)
     total = planned_steps(trainer) if run.resume else None  # builds a dataloader: only when it matters
     prepare_trainer(trainer, cfg, lambda: total if total is not None else planned_steps(trainer))
     if total is not None and run.resume_step >= total:
-        _complete_from_checkpoint(run, total)
+        _complete_from_checkpoint(run, cfg, total)
         return TrainResult(run.path, run.resume_step, None, False, trainer.model)
     interrupted = False
+    STOP.training = True  # a SIGTERM from here to the end of the final save waits for the step (or save) to end
     try:
-        trainer.train(resume_from_checkpoint=run.resume)
-    except KeyboardInterrupt:  # Ctrl-C, or a second SIGTERM
-        interrupted = True
+        try:
+            trainer.train(resume_from_checkpoint=run.resume)
+        except KeyboardInterrupt:  # Ctrl-C, or a second SIGTERM
+            interrupted = True
+        finally:
+            progress.close()
+        interrupted = interrupted or STOP.requested.is_set()  # a SIGTERM ended the loop after a checkpoint
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        final_loss = losses[-1] if losses else None
+        if not interrupted:
+            trainer.save_model(cfg.output_dir)  # collective under DeepSpeed/FSDP: every rank calls it
+            if run.is_main:
+                finish(trainer.model, cfg)
+                tokenizer.save_pretrained(cfg.output_dir)
+                record_base_model(cfg.output_dir, cfg.model_name_or_path)
+                # the card is written last: a folder with it holds a finished run (runs.holds_final_model)
+                write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
     finally:
-        progress.close()
         STOP.training = False
-    interrupted = interrupted or STOP.requested.is_set()  # a SIGTERM ended the loop after a checkpoint
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    final_loss = losses[-1] if losses else None
-    if not interrupted:
-        trainer.save_model(cfg.output_dir)  # collective under DeepSpeed/FSDP: every rank calls it
-        if run.is_main:
-            finish(trainer.model, cfg)
-            tokenizer.save_pretrained(cfg.output_dir)
-            record_base_model(cfg.output_dir, cfg.model_name_or_path)
-            write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)
     predictions = predict_after_training(trainer.model, tokenizer, cfg, eval_rows) \
         if run.is_main and not interrupted else None
     if run.is_main:
         plot = plot_loss(cfg.output_dir) if cfg.plot_loss else None
         _print_outputs(cfg, plot, interrupted, predictions)
     return TrainResult(Path(cfg.output_dir), trainer.state.global_step, final_loss, interrupted, trainer.model)
+
+
+def _as_rank_zero_planned(resume: str | None, step: int) -> tuple[str | None, int]:
+    """Under several processes, rank 0's plan for the folder (resume an unfinished run or not) for every rank:
+    only rank 0 reads the folder before writing it, and ranks that disagreed would train different steps."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return resume, step
+    plan = [(resume, step)]
+    dist.broadcast_object_list(plan, src=0)
+    return plan[0]
 
 
 def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, predictions: Path | None = None) -> None:
