@@ -47,8 +47,8 @@ BAD_INVOCATIONS = [
     (["train", DEMO, "adapter_name_or_path=outputs/nope"], "adapter folder 'outputs/nope' does not exist (looked "
                                                            "for {tmp}/outputs/nope)"),
     (["train", DEMO, "adapter_name_or_path=./nope"], "adapter folder './nope' does not exist"),
-    (["train", DEMO, "adapter_name_or_path=~/no-such-tunelab-adapter"], "adapter folder "
-                                                                         "'~/no-such-tunelab-adapter' does not exist"),
+    (["train", DEMO, "adapter_name_or_path=~/no-such-tunelab-adapter"],
+     f"adapter folder '{Path.home() / 'no-such-tunelab-adapter'}' does not exist"),  # ~ is the home folder
     (["train", DEMO, "--dry-run", "adapter_name_or_path=outputs/nope"], "adapter folder 'outputs/nope' does not"),
     (["train", DEMO, f"dataset_dir={DATA}", "dataset=demo_storie"], "(did you mean 'demo_stories'?)"),
     # --dry-run runs the stage's own checks too

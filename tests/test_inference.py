@@ -220,3 +220,17 @@ def test_predict_on_question_answer_and_prompt_only_data(tmp_path: Path, predict
     [row] = [json.loads(line) for line in run_predict(predictor, str(bare), dataset_dir=str(tmp_path),
                                                       output=str(tmp_path / "b.jsonl")).read_text().splitlines()]
     assert row["prompt"] == "Write a story about a cat." and row["reference"] == "" and row["prediction"]
+
+
+def test_a_home_relative_adapter_loads_and_is_checked(tmp_path, monkeypatch, demo_adapter, rm_adapter):
+    """``~/...`` reaches the libraries expanded: they would take it for a hub id."""
+    import shutil
+
+    from tunelab.inference.loading import check_inference_sources
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(demo_adapter, tmp_path / "demo", ignore=shutil.ignore_patterns("checkpoint-*"))
+    shutil.copytree(rm_adapter, tmp_path / "rm", ignore=shutil.ignore_patterns("checkpoint-*"))
+    assert Predictor(adapter="~/demo", max_new_tokens=4, device="cpu")("Write a story about Tim.")
+    with pytest.raises(TunelabError, match="is a reward model"):
+        check_inference_sources(None, "~/rm", use="generate")

@@ -7,6 +7,7 @@ so an existing LLaMA-Factory SFT YAML runs here with at most the model path chan
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,6 +221,13 @@ class TrainConfig(BaseModel):
         from tunelab.stage_registry import all_stages
 
         return all_stages()[self.stage].kind
+
+    @field_validator("model_name_or_path", "adapter_name_or_path", "output_dir", "dataset_dir", "cache_dir",
+                     mode="before")
+    @classmethod
+    def _expand_home(cls, value: Any) -> Any:
+        """``~/runs/x`` means the home folder for every library underneath, not only for tunelab's checks."""
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
     @field_validator("dataset", "eval_dataset", mode="before")
     @classmethod

@@ -57,7 +57,7 @@ def check_inference_sources(model: str | None, adapter: str | None, use: str | N
                            "...` (or a "
                            "preference DATASET), or give a model or adapter trained by sft, dpo, ppo, ...")
     # what is not at hand (a hub id) may be a reward model: only a local folder can be told apart
-    known = (Path(adapter) / "adapter_config.json").is_file() if adapter is not None \
+    known = (Path(adapter).expanduser() / "adapter_config.json").is_file() if adapter is not None \
         else model_config(model) is not None
     if use == "score" and known and not reward:
         raise TunelabError(f"{flag} '{given or model}' is not a reward model (no score head from stage rm); "
@@ -69,6 +69,7 @@ def load_for_inference(model: str | None, adapter: str | None, template: str | N
                        options: LoadOptions = LoadOptions(), head: str = "causal_lm") -> tuple[Any, Any, str]:
     """(tokenizer, model, base model name). The adapter's saved tokenizer carries its chat template."""
     quiet_libraries()  # the Python API (Predictor, RewardScorer) as quiet as the commands
+    adapter = str(Path(adapter).expanduser()) if adapter is not None else None
     from tunelab.models.loading import load_model, load_tokenizer
 
     # a reward model cannot generate; a score head on a plain model is allowed here (an untrained baseline), and

@@ -31,8 +31,11 @@ def is_embedded(name: str) -> bool:
 
 
 def resolve_model_path(name: str) -> str:
-    """``stories260K`` means the embedded model unless a folder of that name exists here."""
-    return str(ASSETS / EMBEDDED_MODEL) if is_embedded(name) else name
+    """``stories260K`` means the embedded model unless a folder of that name exists here; ``~`` is the home
+    folder (the libraries underneath would take it for a hub id)."""
+    if is_embedded(name):
+        return str(ASSETS / EMBEDDED_MODEL)
+    return str(Path(name).expanduser()) if name.startswith("~") else name
 
 
 def default_template(model: str, template: str | None) -> str | None:
@@ -123,7 +126,7 @@ def check_quantization_backend(bits: int | None) -> None:
 
 
 def adapter_setting(adapter: str, key: str) -> str | None:
-    config = Path(adapter) / ADAPTER_FILE
+    config = Path(adapter).expanduser() / ADAPTER_FILE
     if not config.is_file():
         return None
     try:
