@@ -51,22 +51,23 @@ def _looks_like_hub_id(name: str) -> bool:
     return "/" not in name or not Path(name.split("/", 1)[0]).is_dir()
 
 
-def _in_hub_cache(name: str, what: str) -> bool:
+def _in_hub_cache(name: str, what: str, cache_dir: str | None = None, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(name, ADAPTER_FILE if what == "adapter" else "config.json")
+        found = try_to_load_from_cache(name, ADAPTER_FILE if what == "adapter" else "config.json",
+                                       cache_dir=cache_dir, revision=revision)
     except Exception:  # a name the hub's own validation refuses is simply not cached
         return False
     return isinstance(found, str)
 
 
-def _check_hub_id(name: str, what: str, key: str) -> None:
+def _check_hub_id(name: str, what: str, key: str, cache_dir: str | None = None, revision: str | None = None) -> None:
     """A name that is no local path: a hub id, which works offline only from the local cache."""
     local = Path(name).expanduser().absolute()
     if not _looks_like_hub_id(name):
         raise ConfigError(f"{key}: {what} folder '{name}' does not exist (looked for {local})")
-    if _in_hub_cache(name, what):
+    if _in_hub_cache(name, what, cache_dir, revision):
         if not hub_offline() and hub_unreachable():
             go_offline()  # load it from the cache without the libraries' retries
         return
@@ -81,11 +82,12 @@ def _check_hub_id(name: str, what: str, key: str) -> None:
                           "or download it where there is network and pass its folder")
 
 
-def check_model_source(name: str, key: str = "model_name_or_path", *, need_weights: bool = True) -> None:
+def check_model_source(name: str, key: str = "model_name_or_path", *, need_weights: bool = True,
+                       cache_dir: str | None = None, revision: str | None = None) -> None:
     """A local model folder must hold a config and tokenizer files; anything else must be a hub id."""
     path = Path(resolve_model_path(name)).expanduser()
     if not path.exists():
-        _check_hub_id(name, "model", key)
+        _check_hub_id(name, "model", key, cache_dir, revision)
         return
     if not path.is_dir():
         raise ConfigError(f"{key}: '{name}' is a file; expected a model folder (with config.json and tokenizer "

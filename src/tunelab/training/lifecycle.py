@@ -49,7 +49,7 @@ def preflight(cfg: TrainConfig) -> RunDir:
     own checks run here and again in ``prepare_data``, so `train --dry-run` runs every check a run runs."""
     quiet_libraries()  # stages run from Python too, not only through the commands
     run = RunDir(cfg)
-    check_model_source(cfg.model_name_or_path)
+    check_model_source(cfg.model_name_or_path, cache_dir=cfg.cache_dir, revision=cfg.model_revision)
     check_quantization_backend(cfg.quantization_bit)
     if cfg.adapter_name_or_path:
         check_adapter_source(cfg.adapter_name_or_path)
