@@ -476,44 +476,17 @@ def score(
     attn: AttnOption = "auto",
 ) -> None:
     """Score (prompt, response) with a reward model from stage rm; on a preference dataset, its pair accuracy."""
-    from tunelab.inference.loading import check_inference_sources
-    from tunelab.inference.reward import RewardScorer
-
     if (prompt is None) != (response is None):
         raise TunelabError("--prompt and --response go together")
     if (dataset is None) == (prompt is None):
         raise TunelabError("give a preference DATASET, or --prompt and --response")
     target = _output_file(output, "--output") if output else None
     options = _load_options(trust_remote_code, revision, attn)
-    check_inference_sources(model, adapter, use="score")
-    rows = None
-    if dataset is not None:
-        from tunelab.data.registry import SKIP_HINT, load_dataset_rows
+    from tunelab.commands.score import score_and_report
 
-        rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_invalid=skip_invalid,
-                                 skip_hint=SKIP_HINT).rows
-    with console.status("loading the reward model ..."):
-        scorer = RewardScorer(model, adapter, template, options=options)
-    if rows is None:
-        value = scorer(prompt, response)
-        print(json.dumps({"score": value}) if as_json else f"{value:.4f}")
-        return
-    chosen = scorer.score_batch([r["prompt"] for r in rows], [r["chosen"] for r in rows])
-    rejected = scorer.score_batch([r["prompt"] for r in rows], [r["rejected"] for r in rows])
-    accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("w", encoding="utf-8") as handle:
-            for row, c, r in zip(rows, chosen, rejected, strict=True):
-                handle.write(json.dumps({"prompt": row["prompt"], "chosen_score": c, "rejected_score": r},
-                                        ensure_ascii=False) + "\n")
-    summary = {"num_pairs": len(rows), "accuracy": accuracy,
-               "mean_margin": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(rows)}
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        stdout.print(f"[bold]pairs[/bold] {len(rows)}: chosen scored above rejected in {accuracy:.1%}, mean margin "
-                     f"{summary['mean_margin']:.4f}" + (f"; scores in {target}" if target else ""))
+    score_and_report(dataset, prompt, response, model=model, adapter=adapter, template=template,
+                     dataset_dir=dataset_dir, max_samples=max_samples, skip_invalid=skip_invalid, target=target,
+                     options=options, as_json=as_json)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from tunelab.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
+COMPLETIONS_FILE = "completions.jsonl"  # RL stages' sampled answers with their rewards (training/samples.py)
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "data_report.json"
 CHECKPOINT_CONFIG = "tunelab_config.yaml"  # each checkpoint carries the config that wrote it
@@ -36,7 +37,7 @@ FINAL_MODEL_FILES = ("adapter_config.json", "config.json", "model.safetensors", 
                      "pytorch_model.bin")
 CARD_FILE = "README.md"
 # What a start writes while training before its first checkpoint: logs, nothing to resume from.
-LOG_FILES = frozenset({METRICS_FILE, PLOT_FILE, "completions.jsonl", "runs", "eval_generations"})
+LOG_FILES = frozenset({METRICS_FILE, PLOT_FILE, COMPLETIONS_FILE, "runs", "eval_generations"})
 
 
 def holds_final_model(output_dir: str | Path) -> bool:

@@ -25,10 +25,9 @@ from tunelab.models.sources import (
     default_template,
 )
 from tunelab.quiet import quiet_libraries
-from tunelab.runs import CHECKPOINT_CONFIG, RunDir, checkpoints, holds_final_model
+from tunelab.runs import CHECKPOINT_CONFIG, COMPLETIONS_FILE, RunDir, checkpoints, holds_final_model
 from tunelab.signals import STOP
 from tunelab.stage_registry import all_stages
-from tunelab.training.samples import SAMPLES_FILE
 
 # What a checkpoint holds besides the model: trainer internals that a final output does not need.
 _TRAINER_FILES = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "scaler",
@@ -220,8 +219,8 @@ def _print_outputs(cfg: TrainConfig, plot: Path | None, interrupted: bool, predi
     lines = [f"config        {out / 'config.yaml'}", f"metrics       {out / 'metrics.jsonl'}"]
     if plot:
         lines.append(f"loss curve    {plot}")
-    if (out / SAMPLES_FILE).is_file():
-        lines.append(f"completions   {out / SAMPLES_FILE} (sampled answers with their rewards)")
+    if (out / COMPLETIONS_FILE).is_file():
+        lines.append(f"completions   {out / COMPLETIONS_FILE} (sampled answers with their rewards)")
     if predictions:
         lines.append(f"predictions   {predictions.parent / 'generated_predictions.jsonl'} (scores in {predictions})")
     saved = checkpoints(out)

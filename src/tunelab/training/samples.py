@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import RewardError
-
-SAMPLES_FILE = "completions.jsonl"
+from tunelab.runs import COMPLETIONS_FILE
 
 
 def _content_text(content: Any) -> str:
@@ -44,7 +43,7 @@ def completion_text(completion: Any) -> str:
 
 class SampleLog:
     def __init__(self, output_dir: str | Path, every_steps: int, count: int, enabled: bool = True) -> None:
-        self.path = Path(output_dir) / SAMPLES_FILE
+        self.path = Path(output_dir) / COMPLETIONS_FILE
         self.every_steps = max(every_steps, 1)
         self.count = count
         self.enabled = enabled and count > 0
