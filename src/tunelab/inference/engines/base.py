@@ -1,0 +1,168 @@
+"""The one interface under every command that generates (chat, predict, eval, serve, later the web UI).
+
+An engine holds one base model and any number of adapters, each served under a name. It renders a request
+with the template that model was trained with, checks it against the context, and generates a batch of
+requests of one model together (``run_batch``), streaming each row to its own ``Sink``. ``generate`` and
+``stream`` are the convenience forms the commands use; the server's scheduler calls ``run_batch`` itself.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
+from tunelab.inference.tools import ToolParser, messages_for_template, tool_parser_for
+
+
+@dataclass
+class ServedModel:
+    """One name a client can ask for: the base (``adapter`` None) or one adapter on it."""
+
+    name: str
+    adapter: str | None
+    tokenizer: Any
+    key: str | None = None  # the engine's own handle for the adapter (PEFT adapter name, vLLM LoRA id)
+
+    @property
+    def tool_parser(self) -> ToolParser | None:
+        return tool_parser_for(getattr(self.tokenizer, "chat_template", None))
+
+
+class Engine(ABC):
+    """Base model plus adapters; see the module docstring."""
+
+    kind = "base"
+    models: dict[str, ServedModel]
+    default_model: str
+    context_length: int
+
+    # --- what subclasses provide ------------------------------------------------------------
+
+    @abstractmethod
+    def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
+        """Generate for requests of one model together; each row streams to its sink and ends on its own."""
+
+    @abstractmethod
+    def stop_token_ids(self, model: str) -> list[int]:
+        """Token ids that end an answer of this served model."""
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def served(self, name: str | None) -> ServedModel:
+        """The served model by name (None: the default); unknown names are a 404 that lists the known ones."""
+        name = name or self.default_model
+        if name not in self.models:
+            raise RequestError(f"The model '{name}' does not exist; served models: {', '.join(self.models)}",
+                               param="model", code="model_not_found", status=404)
+        return self.models[name]
+
+    def prompt_text(self, request: Request) -> str:
+        """The request as the model sees it: rendered with the chat template, or the raw prompt."""
+        served = self.served(request.model)
+        if request.messages is None:
+            return request.prompt or ""
+        if not request.messages:
+            raise RequestError("messages must not be empty", param="messages")
+        if not getattr(served.tokenizer, "chat_template", None):
+            raise RequestError(f"'{served.name}' has no chat template (a base model); use /v1/completions, or serve "
+                               "it with --template", param="messages")
+        from tunelab.data.templates import render
+
+        try:
+            text = render(served.tokenizer, messages_for_template(request.messages), tools=request.tools,
+                          add_generation_prompt=True)
+        except Exception as error:  # the template's own refusal (raise_exception), or a missing field
+            raise RequestError(f"the chat template of '{served.name}' cannot render these messages: "
+                               f"{type(error).__name__}: {error}", param="messages") from None
+        return text + (request.continue_from or "")
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """Token ids of the prompt; chat templates write their own bos, raw prompts get the tokenizer's."""
+        served = self.served(request.model)
+        text = self.prompt_text(request)
+        return list(served.tokenizer(text, add_special_tokens=request.messages is None)["input_ids"])
+
+    def check(self, request: Request, strict: bool = True) -> list[int]:
+        """Everything that can be wrong with a request, before it waits for a batch; returns its prompt ids.
+        Not ``strict`` (the commands): an answer may run to the end of the context instead of max_tokens."""
+        request.sampling.check()
+        ids = self.prompt_ids(request)
+        if not ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        room = self.context_length - len(ids)
+        if room < 1:
+            raise RequestError(f"the prompt has {len(ids)} tokens, more than the model's context of "
+                               f"{self.context_length}", param="messages", code="context_length_exceeded")
+        if strict and request.sampling.max_tokens > room:
+            raise RequestError(f"max_tokens {request.sampling.max_tokens} plus the prompt's {len(ids)} tokens is "
+                               f"more than the model's context of {self.context_length} (at most {room} here)",
+                               param="max_tokens", code="context_length_exceeded")
+        return ids
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        """Completions in order; requests of the same model share batches."""
+        results: list[Completion | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self.served(request.model).name, []).append(index)
+        for indices in groups.values():
+            done = self.run_batch([requests[i] for i in indices], [Sink() for _ in indices])
+            for index, completion in zip(indices, done, strict=True):
+                results[index] = completion
+        return [c for c in results if c is not None]
+
+    def stream(self, request: Request, strict: bool = True) -> Stream:
+        """Pieces of one answer as they are generated; ``.completion`` once the iteration ends."""
+        return Stream(self, request, strict)
+
+
+class _QueueSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def text(self, piece: str) -> None:
+        self.events.put(("text", piece))
+
+    def done(self, completion: Completion) -> None:
+        self.events.put(("done", completion))
+
+
+class Stream:
+    """Iterate for text pieces (they join to ``completion.text``); leaving early cancels the generation."""
+
+    def __init__(self, engine: Engine, request: Request, strict: bool = True) -> None:
+        engine.check(request, strict)
+        self.completion: Completion | None = None
+        self._sink = _QueueSink()
+        self._failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                engine.run_batch([request], [self._sink])
+            except BaseException as error:  # re-raised in the consumer
+                self._failure.append(error)
+                self._sink.events.put(("error", error))
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while True:
+                kind, value = self._sink.events.get()
+                if kind == "text":
+                    yield value
+                elif kind == "done":
+                    self.completion = value
+                    break
+                else:
+                    raise value
+        finally:
+            self._sink.cancelled.set()  # the consumer stopped early (or finished): let generation end
+            self._thread.join()

@@ -1,0 +1,200 @@
+"""The transformers engine (``engine: hf``, CPU and GPU): one base model with its PEFT adapters loaded side by
+side, batches of one model run through ``generate`` with per-row decoding (``decoding.py``).
+
+Concurrent requests are batched by the server's scheduler (padded dynamic batching; docs/serving.md says why
+not transformers' continuous batching). Each batch holds one served model, so one request's adapter never
+reaches another's output.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.errors import TunelabError, shorten
+from tunelab.inference.engines.base import Engine, ServedModel
+from tunelab.inference.engines.decoding import Row, RowSampler, RowStopper
+from tunelab.inference.engines.types import Completion, Request, Sink
+from tunelab.inference.loading import LoadOptions, load_for_inference
+
+# End-of-turn markers of common chat formats; a template that uses one must stop there even when the
+# tokenizer's eos is another token (a base model's </s> under a chatml template, say).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Where generation ends: eos of the tokenizer and of the model, plus the template's end-of-turn token if it
+    has one. Chat, predict, serve and the RL stages' sampling stop at the same tokens."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    vocab = tokenizer.get_vocab()
+    template = tokenizer.chat_template or ""
+    candidates += [vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab]
+    for candidate in candidates:
+        for token_id in candidate if isinstance(candidate, list) else [candidate]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    return ids
+
+
+def adapter_names(adapters: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` -> {name: path}; a bare path is named by its folder (``run/checkpoint-40`` for a
+    checkpoint). Two adapters under one name are an error that says how to name them."""
+    named: dict[str, str] = {}
+    for item in adapters:
+        name, sep, path = item.partition("=")
+        if not sep or not name or Path(item).exists():
+            name, path = "", item
+        if not name:
+            folder = Path(path.rstrip("/")).expanduser()
+            name = f"{folder.parent.name}/{folder.name}" if folder.name.startswith("checkpoint-") else folder.name
+        if name in named:
+            raise TunelabError(f"two adapters are named '{name}' ({named[name]} and {path}); name them with "
+                               "--adapter NAME=PATH")
+        named[name] = path
+    return named
+
+
+class HFEngine(Engine):
+    """See the module docstring. ``adapters``: {served name: folder}; ``model`` None: the adapters' base."""
+
+    kind = "hf"
+
+    def __init__(self, model: str | None = None, adapters: dict[str, str] | None = None,
+                 template: str | None = None, *, device: str | None = None, options: LoadOptions | None = None,
+                 served_model_name: str | None = None) -> None:
+        from peft import PeftModel
+
+        from tunelab.models.loading import load_tokenizer
+        from tunelab.models.sources import default_template
+
+        options = options or LoadOptions()
+        adapters = dict(adapters or {})
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Half precision only where it is fast; CPU generation stays in fp32.
+        fast_half = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if fast_half else torch.float32
+        paths = list(adapters.values())
+        tokenizer, loaded, base = load_for_inference(model, paths[0] if paths else None, template, dtype=dtype,
+                                                     options=options)
+        self.base_name = served_model_name or base
+        self.models = {}
+        if paths:
+            base_tokenizer = load_tokenizer(base, default_template(base, template), **options.tokenizer_kwargs())
+            self.models[self.base_name] = ServedModel(self.base_name, None, base_tokenizer)
+        else:
+            self.models[self.base_name] = ServedModel(self.base_name, None, tokenizer)
+        for index, (name, path) in enumerate(adapters.items()):
+            key = "default" if index == 0 else f"adapter{index}"
+            if index:
+                self._load_adapter(loaded, name, path, key, base)
+            own = tokenizer if index == 0 else self._adapter_tokenizer(path, template, tokenizer, options)
+            self.models[name] = ServedModel(name, path, own, key)
+        if self.base_name in adapters:
+            raise TunelabError(f"an adapter is named '{self.base_name}' like the base model; name it with "
+                               "--adapter NAME=PATH")
+        self.default_model = next(iter(adapters)) if len(adapters) == 1 else self.base_name
+        self.model = loaded.to(self.device).eval()
+        self.context_length = _context_length(self.model)
+        self._stops = {name: stop_token_ids(served.tokenizer, self.model) for name, served in self.models.items()}
+        self._lock = threading.Lock()
+        self._peft = isinstance(loaded, PeftModel)
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str) -> HFEngine:
+        """An engine over a model already in memory (a model in training): same rendering, stopping and decoding
+        as a loaded one. The tokenizer is copied, so padding settings never reach the trainer's."""
+        import copy
+
+        engine = cls.__new__(cls)
+        engine.device = next(model.parameters()).device
+        engine.model, engine.base_name, engine.default_model = model, name, name
+        engine.models = {name: ServedModel(name, None, copy.copy(tokenizer), key=None)}
+        engine.context_length = _context_length(model)
+        engine._stops = {name: stop_token_ids(tokenizer, model)}
+        engine._lock = threading.Lock()
+        engine._peft = False  # the model is used as it is, adapter included
+        return engine
+
+    @staticmethod
+    def _adapter_tokenizer(path: str, template: str | None, fallback: Any, options: LoadOptions) -> Any:
+        """An adapter's own saved tokenizer carries the template it was trained with."""
+        from tunelab.models.loading import load_tokenizer
+
+        if template is None and (Path(path) / "tokenizer_config.json").is_file():
+            return load_tokenizer(path, None, **options.tokenizer_kwargs())
+        return fallback
+
+    @staticmethod
+    def _load_adapter(model: Any, name: str, path: str, key: str, base: str) -> None:
+        from tunelab.inference.loading import check_inference_sources
+
+        check_inference_sources(None, path, use="generate")
+        try:
+            model.load_adapter(path, adapter_name=key)
+        except Exception as error:  # another base, or a PEFT method that cannot sit beside the first
+            raise TunelabError(f"could not load adapter '{name}' ({path}) beside the others on '{base}': "
+                               f"{type(error).__name__}: {shorten(str(error))}; serve it on its own") from None
+
+    def stop_token_ids(self, model: str) -> list[int]:
+        return self._stops[self.served(model).name]
+
+    @contextmanager
+    def _using(self, served: ServedModel) -> Iterator[Any]:
+        """The module that generates for ``served``: the PEFT model with its adapter active, or the bare base."""
+        if not self._peft:
+            yield self.model
+        elif served.key is None:
+            with self.model.disable_adapter():
+                yield self.model.get_base_model()
+        else:
+            self.model.set_adapter(served.key)
+            yield self.model
+
+    def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from tunelab.models.generation import generate
+
+        served = self.served(requests[0].model)
+        if any(self.served(r.model).name != served.name for r in requests):
+            raise ValueError("one batch serves one model")
+        stops = frozenset(self._stops[served.name])
+        rows = []
+        for request, sink in zip(requests, sinks, strict=True):
+            ids = self.check(request, strict=False)
+            rows.append(Row(request, ids, stops, served.tokenizer, sink, served.tool_parser, served.name,
+                            limit=min(request.sampling.max_tokens, self.context_length - len(ids))))
+        tokenizer = served.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
+        width = max(len(row.prompt_ids) for row in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for index, row in enumerate(rows):  # left padding: every prompt ends where generation starts
+            input_ids[index, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+            mask[index, width - len(row.prompt_ids):] = 1
+        # Greedy over logits RowSampler has already decided; every processor a model's defaults could switch on
+        # is switched off by value (transformers fills fields left None from the model's generation_config).
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max(row.limit for row in rows),
+                                  min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                                  renormalize_logits=False, remove_invalid_values=False, eos_token_id=sorted(stops),
+                                  pad_token_id=pad)
+        with self._lock, self._using(served) as model, torch.inference_mode():
+            generate(model, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                     generation_config=config, logits_processor=LogitsProcessorList([RowSampler(rows)]),
+                     stopping_criteria=StoppingCriteriaList([RowStopper(rows)]))
+        return [row.finish() for row in rows]
+
+
+def _context_length(model: Any) -> int:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        value = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
