@@ -1,5 +1,5 @@
 """The command line: train, config, data inspect/convert, rewards list/score, chat, predict, eval, export,
-demo.
+score, serve, demo.
 
 Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
 never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
@@ -487,6 +487,43 @@ def score(
     score_and_report(dataset, prompt, response, model=model, adapter=adapter, template=template,
                      dataset_dir=dataset_dir, max_samples=max_samples, skip_invalid=skip_invalid, target=target,
                      options=options, as_json=as_json)
+
+
+@app.command()
+@_friendly_errors
+def serve(
+    config: Annotated[str | None, typer.Argument(help="YAML file with the same keys (LLaMA-Factory's "
+                                                      "model_name_or_path, adapter_name_or_path, infer_backend too).")]
+    = None,
+    model: ModelOption = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", help="[NAME=]PATH of an adapter, repeatable: each is a model of its own, chosen by the "
+                          "request's `model`.")] = None,
+    template: TemplateOption = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="hf (default; CPU or GPU) or vllm (GPU).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1, this machine only).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, or API_PORT).")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require `Authorization: Bearer KEY` (default: "
+                                                "TUNELAB_API_KEY or API_KEY).")] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="Name of the base model in /v1/models.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Requests generated together (default 32).")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Waiting requests before 429 (default 256).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No line per request.")] = False,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
+    = None,
+    attn: Annotated[str | None, typer.Option("--attn", help="Attention implementation: auto, sdpa, fa2, eager.")]
+    = None,
+) -> None:
+    """Serve models over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /v1/score)."""
+    from tunelab.commands.serve import serve as run_server
+    from tunelab.serve.config import load_serve_config
+
+    run_server(load_serve_config(config, {
+        "model": model, "adapter": adapter or [], "template": template, "engine": engine, "host": host,
+        "port": port, "api_key": api_key, "served_model_name": served_model_name, "max_concurrency": max_concurrency,
+        "max_queue": max_queue, "quiet": quiet, "trust_remote_code": trust_remote_code, "revision": revision,
+        "flash_attn": attn}))
 
 
 @app.command()

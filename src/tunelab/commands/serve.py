@@ -1,0 +1,112 @@
+"""`tunelab serve`: load the engine (or a reward model for /v1/score), print where it listens and what it serves,
+run the OpenAI-compatible app under uvicorn until Ctrl-C (drains, exit 130) or SIGTERM."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from typing import Any
+
+from tunelab.console import console
+from tunelab.errors import TunelabError
+from tunelab.serve.config import ServeConfig
+
+
+def check_serve(config: ServeConfig) -> tuple[str, dict[str, str], bool]:
+    """Everything that can fail before a model loads: extras installed, adapters and model present, names, the
+    port free. Returns (base model, {name: adapter}, reward model?)."""
+    from tunelab.inference.engines.hf import adapter_names
+    from tunelab.inference.loading import check_inference_sources
+    from tunelab.models.sources import is_reward_model
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TunelabError(f"serving needs {' and '.join(missing)}: pip install 'tunelab[serve]'")
+    if config.flash_attn not in ("auto", "sdpa", "fa2", "eager", "disabled"):
+        raise TunelabError(f"flash_attn '{config.flash_attn}' is not one of auto, sdpa, fa2, eager")
+    adapters = adapter_names(config.adapter)
+    first = next(iter(adapters.values()), None)
+    for path in list(adapters.values())[1:]:
+        check_inference_sources(config.model, path, use=None)
+    base = check_inference_sources(config.model, first, use=None)
+    reward = is_reward_model(base, first)
+    if reward and len(adapters) > 1:
+        raise TunelabError("a reward model is served on its own (/v1/score); give one --adapter")
+    if config.engine == "vllm":
+        if reward:
+            raise TunelabError("engine vllm serves generation models; serve the reward model with --engine hf")
+        from tunelab.inference.engines.vllm import check_vllm
+
+        check_vllm()
+    _check_port(config.host, config.port)
+    return base, adapters, reward
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TunelabError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --port "
+                               "(or stop what uses it)") from None
+
+
+def build_engine(config: ServeConfig, adapters: dict[str, str]) -> Any:
+    from tunelab.inference.loading import LoadOptions
+
+    options = LoadOptions(trust_remote_code=config.trust_remote_code, revision=config.revision,
+                          flash_attn=config.flash_attn)
+    if config.engine == "vllm":
+        from tunelab.inference.engines.vllm import VLLMEngine
+
+        return VLLMEngine(config.model, adapters, config.template, options=options,
+                          served_model_name=config.served_model_name,
+                          tensor_parallel_size=config.tensor_parallel_size,
+                          gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len)
+    from tunelab.inference.engines.hf import HFEngine
+
+    return HFEngine(config.model, adapters, config.template, options=options,
+                    served_model_name=config.served_model_name)
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server in the foreground."""
+    base, adapters, reward = check_serve(config)
+    import uvicorn
+
+    from tunelab.serve.app import ServeSettings, create_app
+
+    settings = ServeSettings(api_key=config.api_key, max_concurrency=config.max_concurrency,
+                             max_queue=config.max_queue)
+    log = None if config.quiet else (lambda line: console.print(line, markup=False, highlight=False))
+    what = f"{base}" + (f" with {len(adapters)} adapter(s)" if adapters else "")
+    with console.status(f"loading {what} ({config.engine}) ..."):
+        if reward:
+            from tunelab.inference.reward import RewardScorer
+
+            adapter = next(iter(adapters.values()), None)
+            scorer = RewardScorer(config.model, adapter=adapter, template=config.template)
+            name = config.served_model_name or next(iter(adapters), None) or base
+            app, names = create_app(None, settings, scorer=scorer, scorer_name=name, log=log), [name]
+        else:
+            engine = build_engine(config, adapters)
+            app, names = create_app(engine, settings, log=log), list(engine.models)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=30, lifespan="on"))
+    original_startup = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original_startup(sockets=sockets)
+        port = server.servers[0].sockets[0].getsockname()[1] if server.servers else config.port
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        console.print(f"[bold green]serving[/bold green] http://{host}:{port}/v1 "
+                      f"({'score' if reward else config.engine}): {', '.join(names)}", highlight=False)
+        if config.api_key:
+            console.print("requests need Authorization: Bearer <api key>", highlight=False)
+        console.print("Ctrl-C stops (requests in flight finish first)", highlight=False)
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run()
+    # uvicorn handles Ctrl-C itself, finishes the requests in flight, then re-raises it after returning
+    console.print("server stopped")

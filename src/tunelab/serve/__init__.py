@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (``tunelab serve``): protocol types, the batching scheduler, the app."""
