@@ -67,6 +67,7 @@ def test_readme_python_blocks_compile():
 NOT_RUN = {
     "qwen2.5_7b": "a GPU recipe on a hub model",
     "llama3.1_8b": "a GPU recipe on a hub model",
+    "tunelab serve": "a server runs until stopped; tests/test_serve.py runs it in-process with real clients",
 }
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     {"runs", "plots", "callbacks"},
     {"training", "inference", "evaluation", "export"},
     {"rewards"},
-    {"stages"},
+    {"stages", "serve"},
     {"commands", "demo"},
     {"cli", "__main__", "__init__"},
 ]

@@ -45,7 +45,7 @@ class FakeEngine(Engine):
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         self.started.set()
         done: list[Completion | None] = [None] * len(requests)
-        limits = [min(r.sampling.max_tokens, self.context_length - len(self.prompt_ids(r))) for r in requests]
+        limits = [self.token_limit(r, self.prompt_ids(r)) for r in requests]
         step = 0
         while any(c is None for c in done):
             step += 1
@@ -247,9 +247,8 @@ def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model (the real minimind tokenizer and its tool-calling template) that learned one conversation:
     call get_weather for Paris, then answer from the tool's result."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
     from conftest import FIXTURES_DIR
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES_DIR / "tokenizers" / "minimind")
     texts = [tokenizer.apply_chat_template(USER + [CALL], tools=TOOLS, tokenize=False),
@@ -370,3 +369,16 @@ def test_serve_config_takes_llamafactory_names_and_env(tmp_path: Path, monkeypat
     assert (loaded.model, loaded.adapter, loaded.engine, loaded.port, loaded.api_key) == \
         ("stories260K", ["a", "b"], "hf", 8011, "k")
     assert load_serve_config(str(config), {"port": 9000}).port == 9000  # a flag wins
+
+
+SERVE_EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "serve").glob("*"))
+
+
+@pytest.mark.parametrize("path", SERVE_EXAMPLES, ids=[p.name for p in SERVE_EXAMPLES])
+def test_serve_examples_are_valid(path: Path) -> None:
+    from tunelab.serve.config import load_serve_config
+
+    if path.suffix == ".py":
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    else:
+        assert load_serve_config(str(path), {}).adapter  # each example serves at least one adapter

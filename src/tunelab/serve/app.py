@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -170,10 +170,12 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
             raise RequestError(f"max_tokens must be at least 1, got {limit}", param="max_tokens")
         requests = []
         for index in range(body.n):
-            sampling = body.sampling(limit if limit is not None else active.context_length, index)
-            request = EngineRequest(messages=messages, prompt=prompt, tools=tools, sampling=sampling,
+            request = EngineRequest(messages=messages, prompt=prompt, tools=tools, sampling=body.sampling(1, index),
                                     model=served.name, parse_tools=parse_tools)
-            active.check(request, strict=limit is not None)
+            # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
+            room = max(1, active.context_length - len(active.prompt_ids(request))) if limit is None else limit
+            request = replace(request, sampling=replace(request.sampling, max_tokens=room))
+            active.check(request)
             requests.append(request)
         return requests
 

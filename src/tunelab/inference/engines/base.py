@@ -89,13 +89,14 @@ class Engine(ABC):
 
     def check(self, request: Request, strict: bool = True) -> list[int]:
         """Everything that can be wrong with a request, before it waits for a batch; returns its prompt ids.
-        Not ``strict`` (the commands): an answer may run to the end of the context instead of max_tokens."""
+        Not ``strict`` (the commands, as before the server existed): the prompt and max_tokens are not held to the
+        context; the answer then stops where the context ends, if the prompt leaves room (``token_limit``)."""
         request.sampling.check()
         ids = self.prompt_ids(request)
         if not ids:
             raise RequestError("the prompt is empty", param="prompt")
         room = self.context_length - len(ids)
-        if room < 1:
+        if strict and room < 1:
             raise RequestError(f"the prompt has {len(ids)} tokens, more than the model's context of "
                                f"{self.context_length}", param="messages", code="context_length_exceeded")
         if strict and request.sampling.max_tokens > room:
@@ -103,6 +104,11 @@ class Engine(ABC):
                                f"more than the model's context of {self.context_length} (at most {room} here)",
                                param="max_tokens", code="context_length_exceeded")
         return ids
+
+    def token_limit(self, request: Request, prompt_ids: list[int]) -> int:
+        """max_tokens, cut to the room the context leaves (a prompt past the context keeps max_tokens)."""
+        room = self.context_length - len(prompt_ids)
+        return min(request.sampling.max_tokens, room) if room > 0 else request.sampling.max_tokens
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         """Completions in order; requests of the same model share batches."""

@@ -169,7 +169,7 @@ class HFEngine(Engine):
         for request, sink in zip(requests, sinks, strict=True):
             ids = self.check(request, strict=False)
             rows.append(Row(request, ids, stops, served.tokenizer, sink, served.tool_parser, served.name,
-                            limit=min(request.sampling.max_tokens, self.context_length - len(ids))))
+                            limit=self.token_limit(request, ids)))
         tokenizer = served.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
         width = max(len(row.prompt_ids) for row in rows)

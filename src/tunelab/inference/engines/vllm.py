@@ -77,7 +77,7 @@ class VLLMEngine(Engine):
         rows, prompts, params = [], [], []
         for request, sink in zip(requests, sinks, strict=True):
             ids = self.check(request, strict=False)
-            limit = min(request.sampling.max_tokens, self.context_length - len(ids))
+            limit = self.token_limit(request, ids)
             rows.append(Row(request, ids, frozenset(self._stops[served.name]), served.tokenizer, sink,
                             served.tool_parser, served.name, limit=limit))
             sampling = request.sampling
