@@ -382,3 +382,42 @@ def test_serve_examples_are_valid(path: Path) -> None:
         compile(path.read_text(encoding="utf-8"), str(path), "exec")
     else:
         assert load_serve_config(str(path), {}).adapter  # each example serves at least one adapter
+
+
+def test_rows_joining_a_running_batch_get_their_solo_text() -> None:
+    """Continuous batching: a group that joins after three steps (other prompt lengths, limits and stop strings)
+    gets the text each request gets alone, and the whole-batch `generate` path agrees with both."""
+    from tunelab.inference.engines.types import Sampling
+    from tunelab.inference.predictor import Predictor
+
+    engine = Predictor().engine
+    assert engine._continuous
+
+    def ask(text: str, **sampling: Any) -> Request:
+        return Request(messages=[{"role": "user", "content": text}], sampling=Sampling(**sampling))
+
+    first = [ask("Tell me a story about a cat.", max_tokens=30), ask("Why was Tom sad?", max_tokens=12)]
+    later = [ask("What did Lily find in the park when she went out to play with her red ball?", max_tokens=25),
+             ask("Tell me a story.", max_tokens=40, stop=("the",))]
+    alone = [engine.generate([request])[0] for request in first + later]
+
+    class Keep(Sink):
+        completion: Completion | None = None
+
+        def done(self, completion: Completion) -> None:
+            self.completion = completion
+
+    sinks = [Keep() for _ in first + later]
+    steps = []
+
+    def more(free: int) -> list[tuple[Request, Sink]]:
+        steps.append(free)
+        return list(zip(later, sinks[2:], strict=True)) if len(steps) == 3 else []
+
+    engine.run_continuous(list(zip(first, sinks[:2], strict=True)), more, max_rows=8)
+    joined = [sink.completion for sink in sinks]
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in joined] == \
+        [(c.text, c.completion_tokens, c.finish_reason) for c in alone]
+    whole = engine.run_batch(first + later, [Sink() for _ in sinks])
+    assert [c.text for c in whole] == [c.text for c in alone]
+    assert alone[3].finish_reason == "stop" and "the" not in alone[3].text.split()

@@ -1,12 +1,15 @@
-"""Concurrent requests become batches: a worker thread takes up to ``max_concurrency`` waiting requests of one
-served model at a time and runs them through the engine together (padded dynamic batching), oldest model
-first. Requests over ``max_queue`` waiting are refused at once (the server answers 429), and a request whose
-client went away is dropped before it runs, or ends at the next step while it runs.
+"""Concurrent requests become batches: a worker thread hands the engine the waiting requests of the oldest
+request's model (up to ``max_concurrency`` rows), and between steps tops the running batch up with newer
+requests of the same model (continuous batching, where the engine supports it). When a request for another
+model is the oldest waiting, the batch takes no more and drains, then that model's turn comes. Requests over
+``max_queue`` waiting are refused at once (the server answers 429); a request whose client went away is dropped
+before it runs, or ends at the next step while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ class AsyncSink(Sink):
     def __init__(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int = 0) -> None:
         super().__init__()
         self.loop, self.events, self.index = loop, events, index
+        self.finished = False
 
     def _put(self, kind: str, value: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, kind, value))
@@ -35,6 +39,7 @@ class AsyncSink(Sink):
         self._put("text", piece)
 
     def done(self, completion: Completion) -> None:
+        self.finished = True
         self._put("done", completion)
 
     def failed(self, error: BaseException) -> None:
@@ -57,7 +62,11 @@ class Scheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="tunelab-scheduler", daemon=True)
-        self.running = 0
+        self._handed: list[_Job] = []  # the jobs of the engine's current batch
+
+    @property
+    def running(self) -> int:
+        return sum(not job.sink.finished for job in list(self._handed))
 
     def start(self) -> None:
         self._thread.start()
@@ -82,38 +91,50 @@ class Scheduler:
                 self._waiting.append(_Job(request, sink, self.engine.served(request.model).name))
             self._wake.notify()
 
-    def _next_batch(self) -> list[_Job]:
-        """Up to max_concurrency waiting jobs of the oldest job's model; cancelled ones are answered and dropped."""
+    def _take(self, model: str | None, free: int) -> list[_Job]:
+        """Up to ``free`` waiting jobs of ``model`` (None: of the oldest job's), oldest first; none while an older
+        job of another model waits. Cancelled jobs are answered and dropped. Call with the lock held."""
+        while self._waiting and self._waiting[0].sink.cancelled.is_set():
+            job = self._waiting.popleft()
+            job.sink.done(Completion("", 0, 0, "cancelled", model=job.model))
+        if not self._waiting or free <= 0:
+            return []
+        model = model or self._waiting[0].model
+        taken, kept = [], deque()
+        blocked = False
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.sink.cancelled.is_set():
+                job.sink.done(Completion("", 0, 0, "cancelled", model=job.model))
+            elif job.model == model and len(taken) < free and not blocked:
+                taken.append(job)
+            else:
+                blocked = blocked or job.model != model  # later jobs of this model wait behind another model's
+                kept.append(job)
+        self._waiting = kept
+        self._handed += taken
+        return taken
+
+    def _more(self, model: str, free: int) -> list[tuple[Request, Sink]]:
         with self._wake:
-            while not self._waiting and not self._stopping:
-                self._wake.wait()
-            if self._stopping:
-                return []
-            model = self._waiting[0].model
-            batch, kept = [], deque()
-            while self._waiting:
-                job = self._waiting.popleft()
-                if job.sink.cancelled.is_set():
-                    job.sink.done(Completion("", 0, 0, "cancelled", model=job.model))
-                elif job.model == model and len(batch) < self.max_concurrency:
-                    batch.append(job)
-                else:
-                    kept.append(job)
-            self._waiting = kept
-            self.running = len(batch)
-            return batch
+            return [(job.request, job.sink) for job in self._take(model, free)]
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
-            if not batch:
+            with self._wake:
+                while not self._waiting and not self._stopping:
+                    self._wake.wait()
                 if self._stopping:
                     return
+                self._handed = []
+                first = self._take(None, self.max_concurrency)
+            if not first:
                 continue
+            model = first[0].model
             try:
-                self.engine.run_batch([job.request for job in batch], [job.sink for job in batch])
-            except BaseException as error:  # every waiting client gets the failure, the server keeps serving
-                for job in batch:
-                    job.sink.failed(error)
-            finally:
-                self.running = 0
+                self.engine.run_continuous([(job.request, job.sink) for job in first],
+                                           functools.partial(self._more, model), self.max_concurrency)
+            except BaseException as error:  # every client of the batch gets the failure, the server keeps serving
+                for job in list(self._handed):
+                    if not job.sink.finished:
+                        job.sink.failed(error)

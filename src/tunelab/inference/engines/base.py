@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,15 @@ class Engine(ABC):
     @abstractmethod
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         """Generate for requests of one model together; each row streams to its sink and ends on its own."""
+
+    def run_continuous(self, jobs: list[tuple[Request, Sink]], more: Callable[[int], list[tuple[Request, Sink]]],
+                       max_rows: int) -> None:
+        """Serve ``jobs`` (one model) and whatever ``more(free_rows)`` hands over while they run, until none are
+        left; results go to the sinks. Here: each group as a whole batch; engines whose batches can take new
+        rows between steps override it."""
+        while jobs:
+            self.run_batch([request for request, _ in jobs], [sink for _, sink in jobs])
+            jobs = more(max_rows)
 
     @abstractmethod
     def stop_token_ids(self, model: str) -> list[int]:
@@ -117,14 +126,25 @@ class Engine(ABC):
         for index, request in enumerate(requests):
             groups.setdefault(self.served(request.model).name, []).append(index)
         for indices in groups.values():
-            done = self.run_batch([requests[i] for i in indices], [Sink() for _ in indices])
-            for index, completion in zip(indices, done, strict=True):
-                results[index] = completion
+            sinks = [_Keep() for _ in indices]
+            self.run_continuous([(requests[i], sink) for i, sink in zip(indices, sinks, strict=True)],
+                                lambda free: [], len(indices))
+            for index, sink in zip(indices, sinks, strict=True):
+                results[index] = sink.completion
         return [c for c in results if c is not None]
 
     def stream(self, request: Request, strict: bool = True) -> Stream:
         """Pieces of one answer as they are generated; ``.completion`` once the iteration ends."""
         return Stream(self, request, strict)
+
+
+class _Keep(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.completion: Completion | None = None
+
+    def done(self, completion: Completion) -> None:
+        self.completion = completion
 
 
 class _QueueSink(Sink):
@@ -150,7 +170,7 @@ class Stream:
 
         def work() -> None:
             try:
-                engine.run_batch([request], [self._sink])
+                engine.run_continuous([(request, self._sink)], lambda free: [], 1)
             except BaseException as error:  # re-raised in the consumer
                 self._failure.append(error)
                 self._sink.events.put(("error", error))

@@ -125,6 +125,26 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def choose_tokens(rows: list[Row], scores: torch.Tensor) -> torch.Tensor:
+    """Each row's next token from its logits (``scores``: batch x vocab), with that row's own settings."""
+    choice = scores.argmax(-1)
+    for index, row in enumerate(rows):
+        sampling = row.request.sampling
+        if row.done or (sampling.temperature == 0 and sampling.repetition_penalty == 1):
+            continue
+        logits = scores[index].float().clone()
+        if sampling.repetition_penalty != 1:
+            logits = _penalize(logits, row.prompt_ids + row.tokens, sampling.repetition_penalty)
+        if sampling.temperature == 0:
+            choice[index] = logits.argmax()
+            continue
+        if row.generator is None:
+            row.generator = torch.Generator(device=scores.device)
+            row.generator.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+        choice[index] = _sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, row.generator)
+    return choice
+
+
 class RowSampler:
     """Logits processor: picks each row's token with that row's settings, leaves only it allowed."""
 
@@ -132,23 +152,8 @@ class RowSampler:
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        choice = scores.argmax(-1)
-        for index, row in enumerate(self.rows):
-            sampling = row.request.sampling
-            if row.done or (sampling.temperature == 0 and sampling.repetition_penalty == 1):
-                continue
-            logits = scores[index].float().clone()
-            if sampling.repetition_penalty != 1:
-                logits = _penalize(logits, row.prompt_ids + row.tokens, sampling.repetition_penalty)
-            if sampling.temperature == 0:
-                choice[index] = logits.argmax()
-                continue
-            if row.generator is None:
-                row.generator = torch.Generator(device=scores.device)
-                row.generator.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
-            choice[index] = _sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, row.generator)
         allowed = torch.full_like(scores, float("-inf"))
-        return allowed.scatter_(1, choice.unsqueeze(1), 0.0)
+        return allowed.scatter_(1, choose_tokens(self.rows, scores).unsqueeze(1), 0.0)
 
 
 class RowStopper:

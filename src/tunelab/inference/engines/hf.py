@@ -9,7 +9,7 @@ reaches another's output.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 
 from tunelab.errors import TunelabError, shorten
 from tunelab.inference.engines.base import Engine, ServedModel
+from tunelab.inference.engines.continuous import DecodeBatch, supports_continuous
 from tunelab.inference.engines.decoding import Row, RowSampler, RowStopper
 from tunelab.inference.engines.types import Completion, Request, Sink
 from tunelab.inference.loading import LoadOptions, load_for_inference
@@ -104,6 +105,7 @@ class HFEngine(Engine):
         self._stops = {name: stop_token_ids(served.tokenizer, self.model) for name, served in self.models.items()}
         self._lock = threading.Lock()
         self._peft = isinstance(loaded, PeftModel)
+        self._continuous = supports_continuous(self.model)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str) -> HFEngine:
@@ -119,6 +121,8 @@ class HFEngine(Engine):
         engine._stops = {name: stop_token_ids(tokenizer, model)}
         engine._lock = threading.Lock()
         engine._peft = False  # the model is used as it is, adapter included
+        engine._continuous = supports_continuous(model) and not getattr(
+            getattr(model, "active_peft_config", None), "is_prompt_learning", False)
         return engine
 
     @staticmethod
@@ -156,22 +160,50 @@ class HFEngine(Engine):
             self.model.set_adapter(served.key)
             yield self.model
 
+    def _rows(self, served: ServedModel, jobs: list[tuple[Request, Sink]]) -> list[Row]:
+        stops = frozenset(self._stops[served.name])
+        rows = []
+        for request, sink in jobs:
+            if self.served(request.model).name != served.name:
+                raise ValueError("one batch serves one model")
+            ids = self.check(request, strict=False)
+            rows.append(Row(request, ids, stops, served.tokenizer, sink, served.tool_parser, served.name,
+                            limit=self.token_limit(request, ids)))
+        return rows
+
+    def _pad_id(self, served: ServedModel) -> int:
+        pad = served.tokenizer.pad_token_id
+        return pad if pad is not None else self._stops[served.name][0]
+
+    def _prompt_learning(self, served: ServedModel) -> bool:
+        return self._peft and served.key is not None and self.model.peft_config[served.key].is_prompt_learning
+
+    def run_continuous(self, jobs: list[tuple[Request, Sink]], more: Callable[[int], list[tuple[Request, Sink]]],
+                       max_rows: int) -> None:
+        """Continuous batching (``continuous.py``) where the model's cache allows it, else whole batches."""
+        served = self.served(jobs[0][0].model)
+        if not self._continuous or self._prompt_learning(served):
+            return super().run_continuous(jobs, more, max_rows)
+        with self._lock, self._using(served) as model, torch.inference_mode():
+            batch = DecodeBatch(model, self.device, self._pad_id(served))
+            while True:
+                if jobs:
+                    batch.join(self._rows(served, jobs))
+                if batch.rows:
+                    batch.step()
+                jobs = more(max_rows - len(batch.rows)) if len(batch.rows) < max_rows else []
+                if not jobs and not batch.rows:
+                    return
+
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         from tunelab.models.generation import generate
 
         served = self.served(requests[0].model)
-        if any(self.served(r.model).name != served.name for r in requests):
-            raise ValueError("one batch serves one model")
+        rows = self._rows(served, list(zip(requests, sinks, strict=True)))
         stops = frozenset(self._stops[served.name])
-        rows = []
-        for request, sink in zip(requests, sinks, strict=True):
-            ids = self.check(request, strict=False)
-            rows.append(Row(request, ids, stops, served.tokenizer, sink, served.tool_parser, served.name,
-                            limit=self.token_limit(request, ids)))
-        tokenizer = served.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
+        pad = self._pad_id(served)
         width = max(len(row.prompt_ids) for row in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
