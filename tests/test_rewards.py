@@ -274,7 +274,7 @@ def test_similarity_ranks_a_copy_above_a_paraphrase_above_unrelated_text():
 
 
 def test_similarity_cosine_part_equals_the_embeddings_dot_product():
-    from tunelab.rewards.embeddings import load_embedder
+    from tunelab.models.embeddings import load_embedder
     from tunelab.rewards.similarity import jaccard
 
     completion, gold = "She makes 18 dollars a day.", SOLUTION
@@ -288,7 +288,7 @@ def test_similarity_cosine_part_equals_the_embeddings_dot_product():
 
 def test_the_embeddings_equal_sentence_transformers():
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    from tunelab.rewards.embeddings import default_model_folder, load_embedder
+    from tunelab.models.embeddings import default_model_folder, load_embedder
 
     texts = [SOLUTION, "A robe takes 2 bolts of blue fiber.", "x " * 400]
     reference = sentence_transformers.SentenceTransformer(str(default_model_folder()), device="cpu").encode(
@@ -297,7 +297,7 @@ def test_the_embeddings_equal_sentence_transformers():
 
 
 def test_similarity_model_may_be_any_local_folder(tmp_path):
-    from tunelab.rewards.embeddings import default_model_folder
+    from tunelab.models.embeddings import default_model_folder
 
     own = RewardSettings(similarity_model=str(default_model_folder()))
     assert score("similarity", ["Janet makes 18 dollars"], own, gold_answers=[[SOLUTION]]) == \
@@ -309,7 +309,7 @@ def test_similarity_model_may_be_any_local_folder(tmp_path):
 def test_a_missing_embedding_model_names_the_pip_extra(monkeypatch):
     import importlib.util
 
-    from tunelab.rewards import embeddings
+    from tunelab.models import embeddings
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -421,3 +421,39 @@ def test_rows_joining_a_running_batch_get_their_solo_text() -> None:
     whole = engine.run_batch(first + later, [Sink() for _ in sinks])
     assert [c.text for c in whole] == [c.text for c in alone]
     assert alone[3].finish_reason == "stop" and "the" not in alone[3].text.split()
+
+
+@pytest.mark.parametrize("signal_name,exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_lets_the_request_in_flight_finish_then_exits(signal_name: str, exit_code: int) -> None:
+    """The real command in its own process: the address on stderr, a stream in flight when the signal arrives
+    still ends with [DONE], then the exit code of an interrupted (130) or terminated (143) command."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).parent / "tunelab"), "serve", "--port", "0"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert server.stderr is not None
+        url = None
+        for line in server.stderr:
+            found = re.search(r"serving (http://127\.0\.0\.1:\d+)/v1 \(hf\): stories260K", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "no address printed"
+        body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "stream": True,
+                "temperature": 0}
+        with httpx.stream("POST", url + CHAT, json=body, timeout=TIMEOUT) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # the answer has started
+            server.send_signal(getattr(signal, signal_name))
+            rest = list(lines)
+        assert "data: [DONE]" in rest
+        assert server.wait(timeout=TIMEOUT) == exit_code
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -142,12 +142,12 @@ def _generate(system: System, samples: list[Sample], metrics: list[str], setting
     run_predict(predictor, samples, output=target, batch_size=settings.batch_size)
     if "perplexity" not in metrics:
         return {}
-    from tunelab.evaluation.perplexity import conversation_losses, perplexity
+    from tunelab.evaluation.perplexity import perplexity
 
     conversations = [(prompt + [{"role": "assistant", "content": reference}], tools)
                      for prompt, reference, tools in samples]
-    losses = conversation_losses(predictor.model, predictor.tokenizer, conversations,
-                                 cutoff_len=settings.cutoff_len, batch_size=settings.batch_size)
+    losses = predictor.engine.conversation_losses(conversations, predictor.served, cutoff_len=settings.cutoff_len,
+                                                  batch_size=settings.batch_size)
     value, mean_loss = perplexity(losses)
     return {"perplexity": value, "loss": mean_loss,
             "per_sample": [total / count if count else None for total, count in losses]}

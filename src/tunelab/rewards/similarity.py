@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunelab.errors import RewardError
-from tunelab.rewards.embeddings import load_embedder
+from tunelab.models.embeddings import load_embedder
 from tunelab.rewards.settings import RewardSettings
 from tunelab.rewards.text import column, completion_text, words
 

