@@ -79,6 +79,20 @@ def test_generate_batch_equals_single_calls(predictor: Predictor) -> None:
     assert predictor.generate_batch([]) == []
 
 
+def test_complete_reports_counts_and_continues_an_answer_prefix(predictor: Predictor) -> None:
+    messages = [{"role": "user", "content": "Tell me a story about a cat."}]
+    (whole,) = predictor.complete([messages], max_new_tokens=30)
+    rendered = render(predictor.tokenizer, messages, add_generation_prompt=True)
+    assert whole.prompt_tokens == len(predictor.tokenizer(rendered, add_special_tokens=False).input_ids)
+    assert whole.finish_reason in ("stop", "length") and 0 < whole.completion_tokens <= 30
+    assert (whole.completion_tokens == 30) == (whole.finish_reason == "length")
+    prefix = whole.text.split()[0]
+    (rest,) = predictor.complete([messages], continue_from=prefix, max_new_tokens=10)
+    assert rest.prompt_tokens > whole.prompt_tokens  # the prefix is part of the prompt, not of the answer
+    # the continuation reads on from the prefix (its leading space kept), as the answer went on from there
+    assert rest.text.startswith(" ") and (prefix + rest.text).split()[:4] == whole.text.split()[:4]
+
+
 def test_missing_template_is_a_clear_error(tmp_path: Path) -> None:
     """A base model without a chat template (a copy of the embedded one, which alone defaults to the
     built-in 'default' template) says what to pass."""

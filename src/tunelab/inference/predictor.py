@@ -88,8 +88,10 @@ class Predictor:
         messages = [{"role": "system", "content": system}] if system else []
         return messages + list(history or []) + [{"role": "user", "content": query}]
 
-    def request(self, messages: list[dict], tools: Any = None, **overrides: Any) -> Request:
-        """An engine request with this predictor's settings, ``overrides`` for this call only."""
+    def request(self, messages: list[dict], tools: Any = None, continue_from: str | None = None,
+                **overrides: Any) -> Request:
+        """An engine request with this predictor's settings, ``overrides`` for this call only; ``continue_from``
+        is the start of the answer, which the model continues (the completion holds only what follows)."""
         unknown = sorted(set(overrides) - set(_NAMES))
         if unknown:
             raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(_NAMES)}")
@@ -103,7 +105,8 @@ class Predictor:
             import json
 
             tools = json.loads(tools)
-        return Request(messages=messages, tools=tools or None, sampling=sampling, model=self.served)
+        return Request(messages=messages, tools=tools or None, sampling=sampling, model=self.served,
+                       continue_from=continue_from)
 
     def __call__(self, query: str, history: list[dict] | None = None, system: str | None = None,
                  **generation_overrides: Any) -> str:
@@ -111,10 +114,10 @@ class Predictor:
         return self.generate_batch([self.messages(query, history, system)], **generation_overrides)[0]
 
     def complete(self, conversations: list[list[dict]], *, tools: list[Any] | None = None,
-                 **generation_overrides: Any) -> list[Completion]:
+                 continue_from: str | None = None, **generation_overrides: Any) -> list[Completion]:
         """Completions (text, token counts, finish reason, tool calls) for several conversations, in order."""
         tools = tools or [None] * len(conversations)
-        requests = [self.request(messages, tool, **generation_overrides)
+        requests = [self.request(messages, tool, continue_from, **generation_overrides)
                     for messages, tool in zip(conversations, tools, strict=True)]
         for request in requests:
             self.engine.check(request, strict=False)

@@ -53,7 +53,7 @@ class Row:
         if token in self.stop_ids:
             self.finish_reason = "stop"
         else:
-            self._text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self._text = self._decode()
             cut = min((i for i in (self._text.find(s) for s in sampling.stop) if i >= 0), default=-1)
             if cut >= 0:
                 self._text, self.finish_reason = self._text[:cut], "stop"
@@ -63,6 +63,15 @@ class Row:
                 self.finish_reason = "cancelled"
         if not self.done:
             self._stream(self._visible(self._text))
+
+    def _decode(self) -> str:
+        """The answer's text. After an assistant prefix it is decoded behind the prompt's last tokens and cut
+        after them: SentencePiece drops a leading space at the start of a decode, which joins "Anna," and "I"."""
+        if not self.request.continue_from:
+            return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        context = self.prompt_ids[-4:]
+        before = self.tokenizer.decode(context, skip_special_tokens=True)
+        return self.tokenizer.decode(context + self.tokens, skip_special_tokens=True)[len(before):]
 
     def _stream(self, text: str) -> None:
         """Send what is certain: not a partial character, not a possible start of a stop string or tool call."""
