@@ -158,7 +158,7 @@ def main() -> None:
     print(f"\n{datetime.date.today()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
           f"model {args.model or 'stories260K (embedded)'} · {args.requests} requests per wave, max_tokens "
           f"{args.max_tokens}, greedy, streaming\n")
-    print("| server | clients | req/s | output tok/s | TTFT median (s) | TTFT p95 (s) | vs tunelab req/s | "
+    print("| server | clients | req/s | output tok/s | TTFT median (s) | TTFT p95 (s) | tunelab req/s ÷ this | "
           "same greedy text |")
     print("|---|---|---|---|---|---|---|---|")
     for name, waves in table.items():

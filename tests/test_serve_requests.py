@@ -457,3 +457,40 @@ def test_ctrl_c_lets_the_request_in_flight_finish_then_exits(signal_name: str, e
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_chunked_bodies_extreme_settings_and_big_n(small_server: Server) -> None:
+    """A body without Content-Length is held to the limit while read; a seed past 64 bits and a near-zero
+    temperature are served, not a failed batch; n above max_queue on an idle server is served."""
+    chunks = (part.encode() for part in ['{"model": "fake", "messages": [{"role": "user", "content": "',
+                                         "x" * 30_000, '"}]}'])
+    big = httpx.post(small_server.url + CHAT, content=chunks, timeout=TIMEOUT,
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    odd = httpx.post(small_server.url + CHAT, json=_chat(seed=2**70, temperature=1e-30, n=3), timeout=TIMEOUT)
+    assert odd.status_code == 200 and len(odd.json()["choices"]) == 3
+
+
+def test_score_requests_are_checked(fake: FakeEngine) -> None:
+    from tunelab.serve.app import ServeSettings, create_app
+
+    class Scorer:
+        def score_batch(self, prompts: list, responses: list) -> list[float]:
+            return [float(len(str(p)) - len(str(r))) for p, r in zip(prompts, responses, strict=True)]
+
+    server = Server(create_app(None, ServeSettings(), scorer=Scorer(), scorer_name="rm"))
+    try:
+        def post(body: dict) -> httpx.Response:
+            return httpx.post(server.url + "/v1/score", json=body, timeout=TIMEOUT)
+
+        assert post({"prompt": "ab", "response": "a"}).json()["data"][0]["score"] == 1.0
+        messages = [{"role": "user", "content": "hi"}]
+        assert len(post({"prompt": [messages, "x"], "response": ["a", "b"]}).json()["data"]) == 2
+        for bad in ({"prompt": ["a", "b"], "response": "x"}, {"prompt": ["a"], "response": ["b", "c"]},
+                    {"prompt": "", "response": "x"}, {"prompt": [{"role": "user"}], "response": "x"},
+                    {"prompt": [], "response": []}):
+            refused = post(bad)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt", bad
+        assert post({"model": "other", "prompt": "a", "response": "b"}).status_code == 404
+    finally:
+        server.stop()

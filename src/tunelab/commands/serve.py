@@ -11,6 +11,15 @@ from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.serve.config import ServeConfig
 
+ATTENTION = ("auto", "sdpa", "fa2", "eager", "disabled")
+
+
+def load_options(config: ServeConfig) -> Any:
+    from tunelab.inference.loading import LoadOptions
+
+    return LoadOptions(trust_remote_code=config.trust_remote_code, revision=config.revision,
+                       flash_attn=config.flash_attn)
+
 
 def check_serve(config: ServeConfig) -> tuple[str, dict[str, str], bool]:
     """Everything that can fail before a model loads: extras installed, adapters and model present, names, the
@@ -22,16 +31,19 @@ def check_serve(config: ServeConfig) -> tuple[str, dict[str, str], bool]:
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise TunelabError(f"serving needs {' and '.join(missing)}: pip install 'tunelab[serve]'")
-    if config.flash_attn not in ("auto", "sdpa", "fa2", "eager", "disabled"):
-        raise TunelabError(f"flash_attn '{config.flash_attn}' is not one of auto, sdpa, fa2, eager")
+    if config.flash_attn not in ATTENTION:
+        raise TunelabError(f"flash_attn '{config.flash_attn}' is not one of {', '.join(ATTENTION)}")
     adapters = adapter_names(config.adapter)
     first = next(iter(adapters.values()), None)
-    for path in list(adapters.values())[1:]:
-        check_inference_sources(config.model, path, use=None)
     base = check_inference_sources(config.model, first, use=None)
     reward = is_reward_model(base, first)
     if reward and len(adapters) > 1:
         raise TunelabError("a reward model is served on its own (/v1/score); give one --adapter")
+    for path in list(adapters.values())[1 if reward else 0:]:
+        check_inference_sources(config.model, path, use="generate")  # each must generate, on the same base
+    if (config.served_model_name or base) in adapters:
+        raise TunelabError(f"an adapter is named '{config.served_model_name or base}' like the base model; name it "
+                           "with --adapter NAME=PATH")
     if config.engine == "vllm":
         if reward:
             raise TunelabError("engine vllm serves generation models; serve the reward model with --engine hf")
@@ -53,10 +65,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def build_engine(config: ServeConfig, adapters: dict[str, str]) -> Any:
-    from tunelab.inference.loading import LoadOptions
-
-    options = LoadOptions(trust_remote_code=config.trust_remote_code, revision=config.revision,
-                          flash_attn=config.flash_attn)
+    options = load_options(config)
     if config.engine == "vllm":
         from tunelab.inference.engines.vllm import VLLMEngine
 
@@ -86,7 +95,8 @@ def serve(config: ServeConfig) -> None:
             from tunelab.inference.reward import RewardScorer
 
             adapter = next(iter(adapters.values()), None)
-            scorer = RewardScorer(config.model, adapter=adapter, template=config.template)
+            scorer = RewardScorer(config.model, adapter=adapter, template=config.template,
+                                  options=load_options(config))
             name = config.served_model_name or next(iter(adapters), None) or base
             app, names = create_app(None, settings, scorer=scorer, scorer_name=name, log=log), [name]
         else:
@@ -107,6 +117,6 @@ def serve(config: ServeConfig) -> None:
         console.print("Ctrl-C stops (requests in flight finish first)", highlight=False)
 
     server.startup = startup  # type: ignore[method-assign]
+    # uvicorn takes Ctrl-C and SIGTERM itself, lets the requests in flight finish, then raises the signal again:
+    # the command ends as interrupted (130) or terminated (143)
     server.run()
-    # uvicorn handles Ctrl-C itself, finishes the requests in flight, then re-raises it after returning
-    console.print("server stopped")

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from tunelab.inference.engines.base import Engine
 from tunelab.inference.engines.types import Completion, RequestError
@@ -43,21 +44,19 @@ class _ClientGone(Exception):
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
-            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    kind = {429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
-class _BodyLimit:
-    """ASGI middleware: a body over the limit is a 413 before any handler reads it."""
+class _DeclaredBodyLimit:
+    """ASGI middleware: a body whose Content-Length is over the limit gets a JSON 413 before anything reads it
+    (Starlette's RequestBodyLimitMiddleware, inside it, answers those in plain text; it counts chunked bodies)."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = dict(scope.get("headers") or []).get(b"content-length") if scope["type"] == "http" else None
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _error(413, f"the request body is over {self.limit} bytes", code="body_too_large")(
                 scope, receive, send)
@@ -71,6 +70,30 @@ def _usage(completions: list[Completion], choices_per_prompt: int | None = None)
     completion_tokens = sum(c.completion_tokens for c in completions)
     return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens}
+
+
+MAX_SCORE_PAIRS = 256
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def _score_pairs(prompt: Any, response: Any) -> tuple[list[Any], list[Any]]:
+    """One (prompt, response) pair, each text or messages, or two lists of them of one length."""
+    def one(value: Any) -> bool:
+        return (isinstance(value, str) and bool(value)) or _is_messages(value)
+
+    if one(prompt) and one(response):
+        return [prompt], [response]
+    if isinstance(prompt, list) and isinstance(response, list) and len(prompt) == len(response) and \
+            all(one(p) for p in prompt) and all(one(r) for r in response):
+        if not 0 < len(prompt) <= MAX_SCORE_PAIRS:
+            raise RequestError(f"give 1 to {MAX_SCORE_PAIRS} pairs", param="prompt")
+        return list(prompt), list(response)
+    raise RequestError("prompt and response: one non-empty text (or a list of {role, content} messages) each, or "
+                       "two lists of them of one length", param="prompt")
 
 
 def _tool_calls(completion: Completion) -> list[dict[str, Any]]:
@@ -114,7 +137,14 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 413:  # Starlette's body limit, by Content-Length or while a chunked body is read
+            return _error(413, f"the request body is over {settings.max_body_bytes} bytes", code="body_too_large")
         return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def _failure(_: Request, error: Exception) -> JSONResponse:  # a bug or a failed generation: still JSON
+        say(f"500 {type(error).__name__}: {error}")
+        return _error(500, f"the server failed: {type(error).__name__}: {error}", code="server_error")
 
     @app.exception_handler(QueueFull)
     async def _full(_: Request, error: QueueFull) -> JSONResponse:
@@ -168,13 +198,13 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
         limit = body.token_limit()
         if limit is not None and limit < 1:
             raise RequestError(f"max_tokens must be at least 1, got {limit}", param="max_tokens")
+        probe = EngineRequest(messages=messages, prompt=prompt, tools=tools, model=served.name,
+                              parse_tools=parse_tools)
+        # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
+        tokens = limit if limit is not None else max(1, active.context_length - len(active.prompt_ids(probe)))
         requests = []
         for index in range(body.n):
-            request = EngineRequest(messages=messages, prompt=prompt, tools=tools, sampling=body.sampling(1, index),
-                                    model=served.name, parse_tools=parse_tools)
-            # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
-            room = max(1, active.context_length - len(active.prompt_ids(request))) if limit is None else limit
-            request = replace(request, sampling=replace(request.sampling, max_tokens=room))
+            request = replace(probe, sampling=body.sampling(tokens, index))
             active.check(request)
             requests.append(request)
         return requests
@@ -271,10 +301,10 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
             raise RequestError(f"tool_choice {json.dumps(choice)} is not supported; use \"auto\" or \"none\"",
                                param="tool_choice")
         active = generation_engine(body.model)
-        if body.tools and active.served(body.model).tool_parser is None:
+        if body.tools and choice != "none" and active.served(body.model).tool_parser is None:
             raise RequestError(f"the chat template of '{active.served(body.model).name}' defines no tool calls",
                                param="tools")
-        requests = prepare(body, messages, None, body.tools, parse_tools=choice != "none")
+        requests = await asyncio.to_thread(prepare, body, messages, None, body.tools, choice != "none")
         ident, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), requests[0].model or ""
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -310,7 +340,8 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts or len(prompts) * body.n > 64:
             raise RequestError("give 1 to 64 prompts (times n)", param="prompt")
-        requests = [request for prompt in prompts for request in prepare(body, None, prompt, None, False)]
+        requests = [request for prompt in prompts
+                    for request in await asyncio.to_thread(prepare, body, None, prompt, None, False)]
         ident, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), requests[0].model or ""
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -339,17 +370,13 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
         if body.model is not None and body.model not in names():
             raise RequestError(f"The model '{body.model}' does not exist; served models: {', '.join(names())}",
                                param="model", code="model_not_found", status=404)
-        pairs = isinstance(body.prompt, list) and all(isinstance(p, (str, list)) for p in body.prompt) \
-            and isinstance(body.response, list) and len(body.prompt) == len(body.response) \
-            and not all(isinstance(p, dict) for p in body.prompt)
-        prompts, responses = (body.prompt, body.response) if pairs else ([body.prompt], [body.response])
-        if not prompts:
-            raise RequestError("prompt and response must not be empty", param="prompt")
+        prompts, responses = _score_pairs(body.prompt, body.response)
         async with score_lock:
             values = await asyncio.to_thread(scorer.score_batch, prompts, responses)
         say(f"200 POST /v1/score {len(values)} pairs")
         return {"object": "list", "model": names()[0],
                 "data": [{"index": i, "object": "score", "score": v} for i, v in enumerate(values)]}
 
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes)
+    app.add_middleware(_DeclaredBodyLimit, limit=settings.max_body_bytes)  # added last: runs first
     return app

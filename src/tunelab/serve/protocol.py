@@ -80,10 +80,10 @@ class _Generation(BaseModel):
             if getattr(self, name):
                 raise RequestError(f"{name} is not supported; use repetition_penalty", param=name)
 
-    def sampling(self, max_tokens: int | None, index: int = 0) -> Sampling:
+    def sampling(self, max_tokens: int, index: int = 0) -> Sampling:
         """Settings for choice ``index`` of ``n``; with a seed each choice samples from seed + index."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        sampling = Sampling(max_tokens=max_tokens if max_tokens is not None else 1, temperature=self.temperature,
+        sampling = Sampling(max_tokens=max_tokens, temperature=self.temperature,
                             top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty,
                             stop=stop, seed=None if self.seed is None else self.seed + index)
         sampling.check()

@@ -43,6 +43,7 @@ class AsyncSink(Sink):
         self._put("done", completion)
 
     def failed(self, error: BaseException) -> None:
+        self.finished = True
         self._put("error", error)
 
 
@@ -82,10 +83,10 @@ class Scheduler:
         return len(self._waiting)
 
     def submit(self, requests: list[Request], sinks: list[AsyncSink]) -> None:
-        """Queue checked requests (the choices of one API request, all or none); QueueFull when that would make
-        more than ``max_queue`` wait."""
+        """Queue checked requests (the choices of one API request, all or none); QueueFull when ``max_queue``
+        already wait."""
         with self._wake:
-            if len(self._waiting) + len(requests) > self.max_queue:
+            if self._waiting and len(self._waiting) >= self.max_queue:  # counted in choices; an idle server takes any
                 raise QueueFull
             for request, sink in zip(requests, sinks, strict=True):
                 self._waiting.append(_Job(request, sink, self.engine.served(request.model).name))
@@ -94,7 +95,7 @@ class Scheduler:
     def _take(self, model: str | None, free: int) -> list[_Job]:
         """Up to ``free`` waiting jobs of ``model`` (None: of the oldest job's), oldest first; none while an older
         job of another model waits. Cancelled jobs are answered and dropped. Call with the lock held."""
-        while self._waiting and self._waiting[0].sink.cancelled.is_set():
+        while self._waiting and self._waiting[0].sink.cancelled.is_set():  # so the oldest live job picks the model
             job = self._waiting.popleft()
             job.sink.done(Completion("", 0, 0, "cancelled", model=job.model))
         if not self._waiting or free <= 0:
@@ -112,7 +113,7 @@ class Scheduler:
                 blocked = blocked or job.model != model  # later jobs of this model wait behind another model's
                 kept.append(job)
         self._waiting = kept
-        self._handed += taken
+        self._handed = [job for job in self._handed if not job.sink.finished] + taken  # no growth under load
         return taken
 
     def _more(self, model: str, free: int) -> list[tuple[Request, Sink]]:

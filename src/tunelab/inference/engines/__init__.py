@@ -1,6 +1,3 @@
 """Inference engines: one interface (``base.Engine``) with request and completion types (``types``), the
-transformers engine (``hf``) and vLLM (``vllm``, optional). ``ENGINES`` names them for configs and flags."""
-
-from __future__ import annotations
-
-ENGINES = ("hf", "vllm")
+transformers engine (``hf``, with continuous batching in ``continuous`` and per-row decoding in ``decoding``)
+and vLLM (``vllm``, optional)."""

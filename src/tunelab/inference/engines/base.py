@@ -36,7 +36,6 @@ class ServedModel:
 class Engine(ABC):
     """Base model plus adapters; see the module docstring."""
 
-    kind = "base"
     models: dict[str, ServedModel]
     default_model: str
     context_length: int

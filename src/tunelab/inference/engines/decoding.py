@@ -18,6 +18,9 @@ import torch
 from tunelab.inference.engines.types import Completion, Request, Sink
 from tunelab.inference.tools import ToolParser
 
+# Temperatures below this sample the most likely token: dividing logits by less overflows.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass
 class Row:
@@ -37,41 +40,59 @@ class Row:
     generator: torch.Generator | None = None
     _text: str = ""
 
+    _window: list[int] = field(default_factory=list)  # token ids being decoded (the prompt's tail first)
+    _prefix_offset: int = 0
+    _read_offset: int = 0
+    completion: Completion | None = None
+
+    def __post_init__(self) -> None:
+        # after an assistant prefix, decoding starts behind the prompt's last tokens: SentencePiece drops the
+        # leading space of a decode's first token, which would join "Anna," and "I"
+        if self.request.continue_from:
+            self._window = list(self.prompt_ids[-4:])
+            self._read_offset = len(self._window)
+
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
     def _visible(self, decoded: str) -> str:
-        """The answer as shown: surrounding whitespace dropped (as ``str.strip``; kept after an assistant prefix),
-        trailing whitespace held back until more text follows."""
-        return (decoded if self.request.continue_from else decoded.lstrip()).rstrip()
+        """The answer as shown: a chat answer without surrounding whitespace (as ``str.strip``; while streaming,
+        trailing whitespace waits for the text after it); a raw completion or a continued answer as generated."""
+        if self.request.messages is None or self.request.continue_from:
+            return decoded
+        return decoded.strip()
+
+    def _decode_next(self, token: int) -> str:
+        """Text the token adds (incremental decoding: text already decoded never changes, and each step decodes
+        a few tokens, not the whole answer); empty while a character is still incomplete."""
+        self._window.append(token)
+        before = self.tokenizer.decode(self._window[self._prefix_offset:self._read_offset], skip_special_tokens=True)
+        after = self.tokenizer.decode(self._window[self._prefix_offset:], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix_offset, self._read_offset = self._read_offset, len(self._window)
+        return after[len(before):]
 
     def add(self, token: int) -> None:
         """Take the row's next token: stop on a stop token, a stop string, the token limit or cancellation."""
         self.tokens.append(token)
-        sampling = self.request.sampling
+        stops = self.request.sampling.stop
         if token in self.stop_ids:
             self.finish_reason = "stop"
+            return
+        new = self._decode_next(token)
+        start = max(0, len(self._text) - max((len(stop) for stop in stops), default=0) + 1)
+        self._text += new
+        found = [i for i in (self._text.find(stop, start) for stop in stops) if i >= 0] if new else []
+        if found:  # a stop string can only end in the new text
+            self._text, self.finish_reason = self._text[:min(found)], "stop"
+        elif len(self.tokens) >= (self.limit or self.request.sampling.max_tokens):
+            self.finish_reason = "length"
+        elif self.sink.cancelled.is_set():
+            self.finish_reason = "cancelled"
         else:
-            self._text = self._decode()
-            cut = min((i for i in (self._text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self._text, self.finish_reason = self._text[:cut], "stop"
-            elif len(self.tokens) >= (self.limit or sampling.max_tokens):
-                self.finish_reason = "length"
-            elif self.sink.cancelled.is_set():
-                self.finish_reason = "cancelled"
-        if not self.done:
             self._stream(self._visible(self._text))
-
-    def _decode(self) -> str:
-        """The answer's text. After an assistant prefix it is decoded behind the prompt's last tokens and cut
-        after them: SentencePiece drops a leading space at the start of a decode, which joins "Anna," and "I"."""
-        if not self.request.continue_from:
-            return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        context = self.prompt_ids[-4:]
-        before = self.tokenizer.decode(context, skip_special_tokens=True)
-        return self.tokenizer.decode(context + self.tokens, skip_special_tokens=True)[len(before):]
 
     def _stream(self, text: str) -> None:
         """Send what is certain: not a partial character, not a possible start of a stop string or tool call."""
@@ -91,7 +112,10 @@ class Row:
             self.emitted = safe
 
     def finish(self, reason: str | None = None) -> Completion:
-        """The completion; the rest of the text is streamed first (minus any tool-call markup)."""
+        """The completion (once; later calls return it); the rest of the text is streamed first (minus any
+        tool-call markup)."""
+        if self.completion is not None:
+            return self.completion
         self.finish_reason = self.finish_reason or reason or "length"
         text = self._visible(self._text)
         calls = []
@@ -105,6 +129,7 @@ class Row:
         completion = Completion(text=text, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.tokens),
                                 finish_reason="tool_calls" if calls else self.finish_reason, tool_calls=calls,
                                 model=self.model)
+        self.completion = completion
         self.sink.done(completion)
         return completion
 
@@ -126,6 +151,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
         cutoff = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < cutoff, float("-inf"))
     probs = torch.softmax(logits, -1)
+    if not torch.isfinite(probs).all():  # an extreme temperature or penalty: the most likely token
+        return int(logits.nan_to_num(nan=float("-inf")).argmax())
     if top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         outside = torch.cumsum(sorted_probs, -1) - sorted_probs >= top_p  # the smallest set reaching top_p stays
@@ -139,17 +166,18 @@ def choose_tokens(rows: list[Row], scores: torch.Tensor) -> torch.Tensor:
     choice = scores.argmax(-1)
     for index, row in enumerate(rows):
         sampling = row.request.sampling
-        if row.done or (sampling.temperature == 0 and sampling.repetition_penalty == 1):
+        if row.done or (sampling.temperature < GREEDY_BELOW and sampling.repetition_penalty == 1):
             continue
         logits = scores[index].float().clone()
         if sampling.repetition_penalty != 1:
             logits = _penalize(logits, row.prompt_ids + row.tokens, sampling.repetition_penalty)
-        if sampling.temperature == 0:
+        if sampling.temperature < GREEDY_BELOW:
             choice[index] = logits.argmax()
             continue
         if row.generator is None:
             row.generator = torch.Generator(device=scores.device)
-            row.generator.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+            # any integer a client sends is a valid seed (torch takes 0 .. 2**64 - 1)
+            row.generator.manual_seed(sampling.seed % 2**64 if sampling.seed is not None else secrets.randbits(63))
         choice[index] = _sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, row.generator)
     return choice
 
@@ -176,4 +204,6 @@ class RowStopper:
         for row, token in zip(self.rows, last, strict=True):
             if not row.done:
                 row.add(int(token))
+                if row.done:  # its client hears at once, not when the whole batch ends
+                    row.finish()
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)

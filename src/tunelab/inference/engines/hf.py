@@ -63,7 +63,6 @@ def adapter_names(adapters: list[str]) -> dict[str, str]:
 class HFEngine(Engine):
     """See the module docstring. ``adapters``: {served name: folder}; ``model`` None: the adapters' base."""
 
-    kind = "hf"
 
     def __init__(self, model: str | None = None, adapters: dict[str, str] | None = None,
                  template: str | None = None, *, device: str | None = None, options: LoadOptions | None = None,

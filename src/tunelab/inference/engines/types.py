@@ -9,8 +9,6 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
-
 
 class RequestError(TunelabError):
     """A request the engine cannot serve as asked (unknown model, prompt too long, a bad setting): the server

@@ -28,7 +28,6 @@ def check_vllm() -> None:
 
 
 class VLLMEngine(Engine):
-    kind = "vllm"
 
     def __init__(self, model: str | None = None, adapters: dict[str, str] | None = None,
                  template: str | None = None, *, options: LoadOptions | None = None,
@@ -63,8 +62,9 @@ class VLLMEngine(Engine):
             self._lora[name] = LoRARequest(name, index, path)
         self.default_model = next(iter(adapters)) if len(adapters) == 1 else self.base_name
         self.context_length = self.llm.llm_engine.model_config.max_model_len
-        config = self.llm.llm_engine.model_config.hf_config
-        self._stops = {name: stop_token_ids(served.tokenizer, _Config(config)) for name, served in self.models.items()}
+        eos = _generation_eos(str(resolve_model_path(base)), options,
+                              getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None))
+        self._stops = {name: stop_token_ids(served.tokenizer, _Eos(eos)) for name, served in self.models.items()}
         self._lock = threading.Lock()
 
     def stop_token_ids(self, model: str) -> list[int]:
@@ -98,12 +98,21 @@ class VLLMEngine(Engine):
         return completions
 
 
-class _Config:
+class _Eos:
     """What ``stop_token_ids`` reads from a model: its generation config's eos."""
 
-    def __init__(self, hf_config: Any) -> None:
-        self.generation_config = type("GenerationConfig", (), {"eos_token_id": getattr(hf_config, "eos_token_id",
-                                                                                         None)})()
+    def __init__(self, eos: Any) -> None:
+        self.generation_config = type("GenerationConfig", (), {"eos_token_id": eos})()
+
+
+def _generation_eos(model: str, options: LoadOptions, fallback: Any) -> Any:
+    """The eos ids of the model's generation_config.json (often more than its config's), as the hf engine reads."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model, revision=options.revision).eos_token_id
+    except OSError:  # no generation_config.json
+        return fallback
 
 
 def _lora_rank(path: str) -> int:
