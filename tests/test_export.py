@@ -111,7 +111,7 @@ def test_reward_model_exports_as_sequence_classification(tmp_path: Path) -> None
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm-merged")
     scorer = RewardScorer(adapter=str(rm))
     prompt, answer = "Write a story about Tim and a frog.", "Tim had a frog. They played all day."
-    ids = scorer._sequence(prompt, answer)
+    ids = scorer.sequence(prompt, answer)
     with torch.inference_mode():
         value = exported(torch.tensor([ids])).logits[0, 0].item()
     assert value == pytest.approx(scorer(prompt, answer), abs=1e-4)

@@ -313,18 +313,20 @@ def test_a_streamed_tool_call(tool_server: Server) -> None:
 
 def test_a_reward_model_is_served_on_v1_score(rm_adapter: Path) -> None:
     from tunelab.inference.reward import RewardScorer
-    from tunelab.serve.app import ServeSettings, create_app
+    from tunelab.serve.app import create_app
 
     scorer = RewardScorer(adapter=str(rm_adapter))
-    server = Server(create_app(None, ServeSettings(), scorer=scorer, scorer_name="rm"))
+    server = Server(create_app(scorer.engine))
     try:
         pair = {"prompt": "Tell me a story.", "response": "Once upon a time there was a cat."}
         one = httpx.post(server.url + "/v1/score", json=pair, timeout=TIMEOUT).json()
+        assert one["model"] == "reward"
         assert one["data"][0]["score"] == pytest.approx(scorer(pair["prompt"], pair["response"]), abs=1e-5)
         batch = httpx.post(server.url + "/v1/score", json={"prompt": [pair["prompt"]] * 2,
                                                            "response": [pair["response"], "No."]}).json()
         assert [d["index"] for d in batch["data"]] == [0, 1]
-        refused = httpx.post(server.url + CHAT, json={"model": "rm", "messages": USER}, timeout=TIMEOUT)
+        assert batch["data"][0]["score"] == pytest.approx(one["data"][0]["score"], abs=1e-5)
+        refused = httpx.post(server.url + CHAT, json={"model": "reward", "messages": USER}, timeout=TIMEOUT)
         assert refused.status_code == 400 and "/v1/score" in refused.json()["error"]["message"]
     finally:
         server.stop()
@@ -471,14 +473,16 @@ def test_chunked_bodies_extreme_settings_and_big_n(small_server: Server) -> None
     assert odd.status_code == 200 and len(odd.json()["choices"]) == 3
 
 
-def test_score_requests_are_checked(fake: FakeEngine) -> None:
-    from tunelab.serve.app import ServeSettings, create_app
+def test_score_requests_are_checked(load_tokenizer: Any) -> None:
+    from tunelab.serve.app import create_app
 
-    class Scorer:
-        def score_batch(self, prompts: list, responses: list) -> list[float]:
+    class FakeScorer(FakeEngine):
+        can_generate, can_score = False, True
+
+        def score(self, prompts: list, responses: list, model: str | None = None, batch_size: int = 8) -> list:
             return [float(len(str(p)) - len(str(r))) for p, r in zip(prompts, responses, strict=True)]
 
-    server = Server(create_app(None, ServeSettings(), scorer=Scorer(), scorer_name="rm"))
+    server = Server(create_app(FakeScorer(load_tokenizer("stories260K"))))
     try:
         def post(body: dict) -> httpx.Response:
             return httpx.post(server.url + "/v1/score", json=body, timeout=TIMEOUT)
@@ -494,3 +498,16 @@ def test_score_requests_are_checked(fake: FakeEngine) -> None:
         assert post({"model": "other", "prompt": "a", "response": "b"}).status_code == 404
     finally:
         server.stop()
+
+
+def test_chat_template_kwargs_reach_the_template_and_reasoning_comes_apart(tool_server: Server) -> None:
+    """minimind's template opens a <think> block in the prompt when asked (open_thinking): the answer then
+    starts inside it, and what the model writes there comes back as reasoning_content, not content."""
+    client = tool_server.client()
+    plain = client.chat.completions.create(model="weather", messages=USER, temperature=0, max_tokens=6)
+    thinking = client.chat.completions.create(model="weather", messages=USER, temperature=0, max_tokens=6,
+                                              extra_body={"chat_template_kwargs": {"open_thinking": True}})
+    assert thinking.usage.prompt_tokens != plain.usage.prompt_tokens  # the template read the variable
+    message = thinking.choices[0].message
+    reasoning = (message.model_extra or {}).get("reasoning_content")
+    assert thinking.usage.completion_tokens > 0 and reasoning and not message.content

@@ -155,7 +155,7 @@ def test_reward_model_learns_and_reloads_as_sequence_classifier(tmp_path):
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("stories260K"), num_labels=1)
     base.config.pad_token_id = scorer.tokenizer.pad_token_id
     plain = PeftModel.from_pretrained(base, str(out)).eval()
-    ids = torch.tensor([scorer._sequence(rows[0]["prompt"], rows[0]["chosen"])])
+    ids = torch.tensor([scorer.sequence(rows[0]["prompt"], rows[0]["chosen"])])
     with torch.no_grad():
         expected = result.model.eval()(input_ids=ids).logits
         torch.testing.assert_close(plain(input_ids=ids).logits, expected)

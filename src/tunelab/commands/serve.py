@@ -64,7 +64,7 @@ def _check_port(host: str, port: int) -> None:
                                "(or stop what uses it)") from None
 
 
-def build_engine(config: ServeConfig, adapters: dict[str, str]) -> Any:
+def build_engine(config: ServeConfig, adapters: dict[str, str], head: str = "causal_lm") -> Any:
     options = load_options(config)
     if config.engine == "vllm":
         from tunelab.inference.engines.vllm import VLLMEngine
@@ -76,7 +76,7 @@ def build_engine(config: ServeConfig, adapters: dict[str, str]) -> Any:
     from tunelab.inference.engines.hf import HFEngine
 
     return HFEngine(config.model, adapters, config.template, options=options,
-                    served_model_name=config.served_model_name)
+                    served_model_name=config.served_model_name, head=head)
 
 
 def serve(config: ServeConfig) -> None:
@@ -91,17 +91,8 @@ def serve(config: ServeConfig) -> None:
     log = None if config.quiet else (lambda line: console.print(line, markup=False, highlight=False))
     what = f"{base}" + (f" with {len(adapters)} adapter(s)" if adapters else "")
     with console.status(f"loading {what} ({config.engine}) ..."):
-        if reward:
-            from tunelab.inference.reward import RewardScorer
-
-            adapter = next(iter(adapters.values()), None)
-            scorer = RewardScorer(config.model, adapter=adapter, template=config.template,
-                                  options=load_options(config))
-            name = config.served_model_name or next(iter(adapters), None) or base
-            app, names = create_app(None, settings, scorer=scorer, scorer_name=name, log=log), [name]
-        else:
-            engine = build_engine(config, adapters)
-            app, names = create_app(engine, settings, log=log), list(engine.models)
+        engine = build_engine(config, adapters, head="score" if reward else "causal_lm")
+        app, names = create_app(engine, settings, log=log), list(engine.models)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=30, lifespan="on"))
     original_startup = server.startup

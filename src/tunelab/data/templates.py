@@ -124,10 +124,12 @@ def apply_template(tokenizer: Any, name: str | None) -> str:
 
 
 def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None,
-           add_generation_prompt: bool = False) -> str:
-    """The conversation as text, exactly as the model will see it."""
+           add_generation_prompt: bool = False, **template_kwargs: Any) -> str:
+    """The conversation as text, exactly as the model will see it; ``template_kwargs`` are variables the
+    template reads (``enable_thinking``, ...)."""
     if tools is not None and not isinstance(tools, list):
         tools = json.loads(tools)
     return tokenizer.apply_chat_template(
-        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt,
+        **template_kwargs
     )

@@ -1,21 +1,13 @@
-"""Scores from a reward model trained by stage ``rm``: one float per (prompt, response).
-
-The conversation is rendered and cut exactly as in training (``data/encoders.py``), so a score here is the
-score the model learned; the RL stages use the same class as a reward.
-"""
+"""Scores from a reward model trained by stage ``rm``: one float per (prompt, response), the Python API over the
+engine's score capability (``HFEngine.score``), as ``Predictor`` is over its generation. The RL stages use it as
+a reward; `tunelab score` and `tunelab serve`'s /v1/score use the engine underneath."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from tunelab.data.encoders import encode_pair, scored_sequence
-from tunelab.inference.loading import LoadOptions, load_for_inference
-
-
-def _messages(text: str | list[dict], role: str) -> list[dict]:
-    return [{"role": role, "content": text}] if isinstance(text, str) else list(text)
+from tunelab.inference.engines.hf import HFEngine
+from tunelab.inference.loading import LoadOptions
 
 
 class RewardScorer:
@@ -23,34 +15,33 @@ class RewardScorer:
 
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
                  device: str | None = None, batch_size: int = 8, options: LoadOptions | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
-        self.tokenizer, self.model, self.model_name = load_for_inference(
-            model, adapter, template, dtype=torch.float32, options=options or LoadOptions(), head="score")
-        self.model.to(self.device).eval()
+        self.engine = HFEngine(model, {"reward": adapter} if adapter else None, template, device=device,
+                               options=options, head="score")
 
-    def _sequence(self, prompt: str | list[dict], response: str | list[dict]) -> list[int]:
-        row = {"prompt": _messages(prompt, "user"), "chosen": _messages(response, "assistant"),
-               "rejected": _messages(response, "assistant")}
-        return scored_sequence(encode_pair(row, self.tokenizer)[0])
+    @property
+    def model(self) -> Any:
+        return self.engine.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.served(None).tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.base_name
+
+    @property
+    def device(self) -> Any:
+        return self.engine.device
+
+    def sequence(self, prompt: str | list[dict], response: str | list[dict]) -> list[int]:
+        """The token ids the score reads (the pair as stage rm encoded it in training)."""
+        return self.engine.scored_ids(prompt, response)
 
     def score_batch(self, prompts: list[Any], responses: list[Any]) -> list[float]:
         """One score per (prompt, response); prompts and responses are text or message lists."""
-        scores: list[float] = []
-        sequences = [self._sequence(p, r) for p, r in zip(prompts, responses, strict=True)]
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(sequences), self.batch_size):
-            batch = sequences[start:start + self.batch_size]
-            width = max(len(ids) for ids in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, sequence in enumerate(batch):  # right padding: the head reads the last real token
-                ids[row, :len(sequence)] = torch.tensor(sequence)
-                mask[row, :len(sequence)] = 1
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            scores += logits[:, 0].float().cpu().tolist()
-        return scores
+        return self.engine.score(prompts, responses, batch_size=self.batch_size)
 
     def __call__(self, prompt: str | list[dict], response: str | list[dict]) -> float:
         return self.score_batch([prompt], [response])[0]

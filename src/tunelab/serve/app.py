@@ -101,11 +101,11 @@ def _tool_calls(completion: Completion) -> list[dict[str, Any]]:
             for call in completion.tool_calls]
 
 
-def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(), *, scorer: Any = None,
-               scorer_name: str | None = None, log: Callable[[str], None] | None = None) -> FastAPI:
-    """The app over ``engine`` (generation) or ``scorer`` (a reward model: /v1/score only)."""
-    scheduler = Scheduler(engine, settings.max_concurrency, settings.max_queue) if engine is not None else None
-    score_lock = asyncio.Lock()
+def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
+               log: Callable[[str], None] | None = None) -> FastAPI:
+    """The app over ``engine``: generation endpoints when it generates, /v1/score when it scores (a reward
+    model)."""
+    scheduler = Scheduler(engine, settings.max_concurrency, settings.max_queue) if engine.can_generate else None
     say = log or (lambda line: None)
 
     @asynccontextmanager
@@ -119,7 +119,7 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     def names() -> list[str]:
-        return list(engine.models) if engine is not None else [scorer_name or "reward-model"]
+        return list(engine.models)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, error: RequestError) -> JSONResponse:
@@ -175,17 +175,14 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
     async def models() -> dict[str, Any]:
         created = int(time.time())
         data = []
-        for name in names():
-            served = engine.models[name] if engine is not None else None
-            parent = engine.base_name if served is not None and served.adapter else None
+        for name, served in engine.models.items():
             data.append({"id": name, "object": "model", "created": created, "owned_by": "tunelab",
-                         "root": served.adapter if served is not None and served.adapter else name,
-                         "parent": parent})
+                         "root": served.adapter or name, "parent": engine.base_name if served.adapter else None})
         return {"object": "list", "data": data}
 
     def generation_engine(model: str | None) -> Engine:
-        if engine is None:
-            raise RequestError(f"'{model or names()[0]}' is a reward model: it scores answers; use /v1/score",
+        if not engine.can_generate:
+            raise RequestError(f"'{engine.served(model).name}' is a reward model: it scores answers; use /v1/score",
                                param="model", code="model_not_supported")
         return engine
 
@@ -199,7 +196,8 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
         if limit is not None and limit < 1:
             raise RequestError(f"max_tokens must be at least 1, got {limit}", param="max_tokens")
         probe = EngineRequest(messages=messages, prompt=prompt, tools=tools, model=served.name,
-                              parse_tools=parse_tools)
+                              parse_tools=parse_tools, parse_reasoning=messages is not None,
+                              template_kwargs=getattr(body, "chat_template_kwargs", None))
         # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
         tokens = limit if limit is not None else max(1, active.context_length - len(active.prompt_ids(probe)))
         requests = []
@@ -256,6 +254,8 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
                     index, kind, value = await events.get()
                     if kind == "text":
                         yield line(make_chunk(index, {"content": value} if chat else {"text": value}, None))
+                    elif kind == "reasoning":
+                        yield line(make_chunk(index, {"reasoning_content": value}, None))
                     elif kind == "done":
                         finished[index] = value
                         if value.tool_calls:
@@ -327,6 +327,8 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
                                        else None}
             if completion.tool_calls:
                 message["tool_calls"] = _tool_calls(completion)
+            if completion.reasoning:
+                message["reasoning_content"] = completion.reasoning
             choices.append({"index": index, "message": message, "finish_reason": completion.finish_reason,
                             "logprobs": None})
         return {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices,
@@ -364,17 +366,14 @@ def create_app(engine: Engine | None, settings: ServeSettings = ServeSettings(),
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest) -> Any:
-        if scorer is None:
+        if not engine.can_score:
             raise RequestError("this server serves generation models; /v1/score needs a reward model (stage rm): "
                                "tunelab serve --adapter RM_FOLDER", param="model", code="model_not_supported")
-        if body.model is not None and body.model not in names():
-            raise RequestError(f"The model '{body.model}' does not exist; served models: {', '.join(names())}",
-                               param="model", code="model_not_found", status=404)
+        served = engine.served(body.model)
         prompts, responses = _score_pairs(body.prompt, body.response)
-        async with score_lock:
-            values = await asyncio.to_thread(scorer.score_batch, prompts, responses)
-        say(f"200 POST /v1/score {len(values)} pairs")
-        return {"object": "list", "model": names()[0],
+        values = await asyncio.to_thread(engine.score, prompts, responses, served.name)
+        say(f"200 POST /v1/score model={served.name} {len(values)} pairs")
+        return {"object": "list", "model": served.name,
                 "data": [{"index": i, "object": "score", "score": v} for i, v in enumerate(values)]}
 
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes)

@@ -38,6 +38,9 @@ class AsyncSink(Sink):
     def text(self, piece: str) -> None:
         self._put("text", piece)
 
+    def reasoning(self, piece: str) -> None:
+        self._put("reasoning", piece)
+
     def done(self, completion: Completion) -> None:
         self.finished = True
         self._put("done", completion)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
+from tunelab.inference.reasoning import THINK_END, opens_in_prompt
 from tunelab.inference.tools import ToolParser, messages_for_template, tool_parser_for
 
 
@@ -31,6 +32,11 @@ class ServedModel:
     @property
     def tool_parser(self) -> ToolParser | None:
         return tool_parser_for(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def reasons(self) -> bool:
+        """The template writes reasoning in a <think> block (Qwen3, DeepSeek-R1, minimind)."""
+        return THINK_END in (getattr(self.tokenizer, "chat_template", None) or "")
 
 
 class Engine(ABC):
@@ -59,6 +65,17 @@ class Engine(ABC):
     def stop_token_ids(self, model: str) -> list[int]:
         """Token ids that end an answer of this served model."""
 
+    # --- capabilities (a reward model scores, a language model generates) -------------------
+
+    can_generate = True
+    can_score = False
+
+    def score(self, prompts: list[Any], responses: list[Any], model: str | None = None,
+              batch_size: int = 8) -> list[float]:
+        """One score per (prompt, response), for an engine over a reward model."""
+        raise RequestError("this engine generates; scores need a reward model (stage rm)", param="model",
+                           code="model_not_supported")
+
     # --- shared ---------------------------------------------------------------------------
 
     def served(self, name: str | None) -> ServedModel:
@@ -83,7 +100,7 @@ class Engine(ABC):
 
         try:
             text = render(served.tokenizer, messages_for_template(request.messages), tools=request.tools,
-                          add_generation_prompt=True)
+                          add_generation_prompt=True, **(request.template_kwargs or {}))
         except Exception as error:  # the template's own refusal (raise_exception), or a missing field
             raise RequestError(f"the chat template of '{served.name}' cannot render these messages: "
                                f"{type(error).__name__}: {error}", param="messages") from None
@@ -117,6 +134,14 @@ class Engine(ABC):
         """max_tokens, cut to the room the context leaves (a prompt past the context keeps max_tokens)."""
         room = self.context_length - len(prompt_ids)
         return min(request.sampling.max_tokens, room) if room > 0 else request.sampling.max_tokens
+
+    def reasoning_mode(self, request: Request, prompt_ids: list[int]) -> str | None:
+        """How a row reads <think> blocks: None (not asked, or the template has none), "prompt" (the prompt
+        opened one) or "answer" (the answer may open one)."""
+        served = self.served(request.model)
+        if not request.parse_reasoning or request.messages is None or not served.reasons:
+            return None
+        return "prompt" if opens_in_prompt(served.tokenizer.decode(prompt_ids[-8:])) else "answer"
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         """Completions in order; requests of the same model share batches."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.inference.engines.types import Completion, Request, Sink
+from tunelab.inference.reasoning import split_reasoning
 from tunelab.inference.tools import ToolParser
 
 # Temperatures below this sample the most likely token: dividing logits by less overflows.
@@ -34,9 +35,11 @@ class Row:
     tool_parser: ToolParser | None = None
     model: str = ""
     limit: int = 0  # max_tokens, or less where the context ends first
+    reasoning: str | None = None  # None: no <think> parsing; "prompt": the block opened in the prompt; "answer"
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     emitted: str = ""
+    emitted_reasoning: str = ""
     generator: torch.Generator | None = None
     _text: str = ""
 
@@ -94,8 +97,24 @@ class Row:
         else:
             self._stream(self._visible(self._text))
 
+    def _split(self, text: str, final: bool) -> tuple[str, str, bool]:
+        """(reasoning, answer, certain) under this row's reasoning mode."""
+        if self.reasoning is None:
+            return "", text, True
+        return split_reasoning(text, self.reasoning == "prompt", final)
+
+    def _send_reasoning(self, reasoning: str) -> None:
+        if reasoning.startswith(self.emitted_reasoning) and len(reasoning) > len(self.emitted_reasoning):
+            self.sink.reasoning(reasoning[len(self.emitted_reasoning):])
+            self.emitted_reasoning = reasoning
+
     def _stream(self, text: str) -> None:
-        """Send what is certain: not a partial character, not a possible start of a stop string or tool call."""
+        """Send what is certain: not a partial character, not a possible start of a stop string, tool call or
+        reasoning marker; reasoning and answer each to their own channel."""
+        reasoning, text, certain = self._split(text, final=False)
+        if not certain:
+            return
+        self._send_reasoning(reasoning)
         keep = len(text)
         if text.endswith("\ufffd"):
             keep = len(text.rstrip("\ufffd"))
@@ -117,7 +136,8 @@ class Row:
         if self.completion is not None:
             return self.completion
         self.finish_reason = self.finish_reason or reason or "length"
-        text = self._visible(self._text)
+        reasoning, text, _ = self._split(self._visible(self._text), final=True)
+        self._send_reasoning(reasoning)
         calls = []
         if self.tool_parser is not None and self.request.tools and self.request.parse_tools:
             content, calls = self.tool_parser.split(text)
@@ -128,7 +148,7 @@ class Row:
             self.emitted = text
         completion = Completion(text=text, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.tokens),
                                 finish_reason="tool_calls" if calls else self.finish_reason, tool_calls=calls,
-                                model=self.model)
+                                model=self.model, reasoning=reasoning if self.reasoning is not None else None)
         self.completion = completion
         self.sink.done(completion)
         return completion

@@ -19,7 +19,7 @@ from tunelab.errors import TunelabError, shorten
 from tunelab.inference.engines.base import Engine, ServedModel
 from tunelab.inference.engines.continuous import DecodeBatch, supports_continuous
 from tunelab.inference.engines.decoding import Row, RowSampler, RowStopper
-from tunelab.inference.engines.types import Completion, Request, Sink
+from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
 from tunelab.inference.loading import LoadOptions, load_for_inference
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
@@ -31,7 +31,8 @@ def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
     """Where generation ends: eos of the tokenizer and of the model, plus the template's end-of-turn token if it
     has one. Chat, predict, serve and the RL stages' sampling stop at the same tokens."""
     ids: list[int] = []
-    candidates: list[Any] = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    candidates: list[Any] = [tokenizer.eos_token_id,
+                             getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
     vocab = tokenizer.get_vocab()
     template = tokenizer.chat_template or ""
     candidates += [vocab[token] for token in END_OF_TURN_TOKENS if token in template and token in vocab]
@@ -66,7 +67,7 @@ class HFEngine(Engine):
 
     def __init__(self, model: str | None = None, adapters: dict[str, str] | None = None,
                  template: str | None = None, *, device: str | None = None, options: LoadOptions | None = None,
-                 served_model_name: str | None = None) -> None:
+                 served_model_name: str | None = None, head: str = "causal_lm") -> None:
         from peft import PeftModel
 
         from tunelab.models.loading import load_tokenizer
@@ -76,11 +77,15 @@ class HFEngine(Engine):
         adapters = dict(adapters or {})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # Half precision only where it is fast; CPU generation stays in fp32.
-        fast_half = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # (a reward model's scores stay in fp32: a ranking of near-equal answers must not flip with the dtype)
+        fast_half = self.device.type == "cuda" and torch.cuda.is_bf16_supported() and head == "causal_lm"
         dtype = torch.bfloat16 if fast_half else torch.float32
         paths = list(adapters.values())
+        if head == "score" and len(paths) > 1:
+            raise TunelabError("a reward model is served on its own: give one adapter")
+        self.head = head
         tokenizer, loaded, base = load_for_inference(model, paths[0] if paths else None, template, dtype=dtype,
-                                                     options=options)
+                                                     options=options, head=head)
         self.base_name = served_model_name or base
         self.models = {}
         if paths:
@@ -103,7 +108,7 @@ class HFEngine(Engine):
         self._stops = {name: stop_token_ids(served.tokenizer, self.model) for name, served in self.models.items()}
         self._lock = threading.Lock()
         self._peft = isinstance(loaded, PeftModel)
-        self._continuous = supports_continuous(self.model)
+        self._continuous = head == "causal_lm" and supports_continuous(self.model)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str) -> HFEngine:
@@ -118,7 +123,7 @@ class HFEngine(Engine):
         engine.context_length = _context_length(model)
         engine._stops = {name: stop_token_ids(tokenizer, model)}
         engine._lock = threading.Lock()
-        engine._peft = False  # the model is used as it is, adapter included
+        engine._peft, engine.head = False, "causal_lm"  # the model is used as it is, adapter included
         engine._continuous = supports_continuous(model) and not getattr(
             getattr(model, "active_peft_config", None), "is_prompt_learning", False)
         return engine
@@ -166,8 +171,13 @@ class HFEngine(Engine):
                 raise ValueError("one batch serves one model")
             ids = self.check(request, strict=False)
             rows.append(Row(request, ids, stops, served.tokenizer, sink, served.tool_parser, served.name,
-                            limit=self.token_limit(request, ids)))
+                            limit=self.token_limit(request, ids), reasoning=self.reasoning_mode(request, ids)))
         return rows
+
+    def _refuse_generation(self, served: ServedModel) -> None:
+        if not self.can_generate:
+            raise RequestError(f"'{served.name}' is a reward model: it scores answers and cannot generate them; use "
+                               "/v1/score (or `tunelab score`)", param="model", code="model_not_supported")
 
     def _pad_id(self, served: ServedModel) -> int:
         pad = served.tokenizer.pad_token_id
@@ -176,10 +186,50 @@ class HFEngine(Engine):
     def _prompt_learning(self, served: ServedModel) -> bool:
         return self._peft and served.key is not None and self.model.peft_config[served.key].is_prompt_learning
 
+    @property
+    def can_generate(self) -> bool:
+        return self.head == "causal_lm"
+
+    @property
+    def can_score(self) -> bool:
+        return self.head == "score"
+
+    def score(self, prompts: list[Any], responses: list[Any], model: str | None = None,
+              batch_size: int = 8) -> list[float]:
+        """A reward model's score per (prompt, response), each text or messages. The pair is rendered and cut
+        exactly as stage ``rm`` trained on it (``data/encoders.py``), so a score here is the one it learned."""
+        if not self.can_score:
+            raise RequestError(f"'{self.served(model).name}' generates answers; scores need a reward model (stage "
+                               "rm)", param="model", code="model_not_supported")
+        served = self.served(model)
+        sequences = [self.scored_ids(p, r, served.name) for p, r in zip(prompts, responses, strict=True)]
+        pad = served.tokenizer.pad_token_id if served.tokenizer.pad_token_id is not None else 0
+        scores: list[float] = []
+        with self._lock, self._using(served) as module, torch.inference_mode():
+            for start in range(0, len(sequences), batch_size):
+                batch = sequences[start:start + batch_size]
+                ids = torch.full((len(batch), max(len(s) for s in batch)), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, tokens in enumerate(batch):  # right padding: the head reads the last real token
+                    ids[row, :len(tokens)] = torch.tensor(tokens)
+                    mask[row, :len(tokens)] = 1
+                logits = module(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                scores += logits[:, 0].float().cpu().tolist()
+        return scores
+
+    def scored_ids(self, prompt: Any, response: Any, model: str | None = None) -> list[int]:
+        """The token ids a score reads for (prompt, response): the pair as stage rm encoded it in training."""
+        from tunelab.data.encoders import encode_pair, scored_sequence
+
+        turn = _messages(response, "assistant")
+        row = {"prompt": _messages(prompt, "user"), "chosen": turn, "rejected": turn}
+        return scored_sequence(encode_pair(row, self.served(model).tokenizer)[0])
+
     def run_continuous(self, jobs: list[tuple[Request, Sink]], more: Callable[[int], list[tuple[Request, Sink]]],
                        max_rows: int) -> None:
         """Continuous batching (``continuous.py``) where the model's cache allows it, else whole batches."""
         served = self.served(jobs[0][0].model)
+        self._refuse_generation(served)
         if not self._continuous or self._prompt_learning(served):
             return super().run_continuous(jobs, more, max_rows)
         with self._lock, self._using(served) as model, torch.inference_mode():
@@ -210,6 +260,7 @@ class HFEngine(Engine):
         from tunelab.models.generation import generate
 
         served = self.served(requests[0].model)
+        self._refuse_generation(served)
         rows = self._rows(served, list(zip(requests, sinks, strict=True)))
         stops = frozenset(self._stops[served.name])
         pad = self._pad_id(served)
@@ -230,6 +281,10 @@ class HFEngine(Engine):
                      generation_config=config, logits_processor=LogitsProcessorList([RowSampler(rows)]),
                      stopping_criteria=StoppingCriteriaList([RowStopper(rows)]))
         return [row.finish() for row in rows]
+
+
+def _messages(text: str | list[dict], role: str) -> list[dict]:
+    return [{"role": role, "content": text}] if isinstance(text, str) else list(text)
 
 
 def _context_length(model: Any) -> int:

@@ -61,6 +61,8 @@ class Request:
     model: str | None = None
     continue_from: str | None = None
     parse_tools: bool = True  # False: tool-call markup stays in the text (predict, eval)
+    parse_reasoning: bool = False  # True: a <think> block becomes Completion.reasoning (the server)
+    template_kwargs: dict[str, Any] | None = None  # extra chat-template variables (enable_thinking, ...)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     tool_calls: list[ToolCall] = field(default_factory=list)
+    reasoning: str | None = None  # the <think> block, when the request asked for it apart
     model: str = ""
 
 
@@ -91,6 +94,9 @@ class Sink:
 
     def text(self, piece: str) -> None:
         """A new piece of the answer (pieces join to the final ``Completion.text``)."""
+
+    def reasoning(self, piece: str) -> None:
+        """A new piece of the reasoning (pieces join to ``Completion.reasoning``)."""
 
     def done(self, completion: Completion) -> None:
         """The row finished (also when cancelled)."""

@@ -79,7 +79,7 @@ class VLLMEngine(Engine):
             ids = self.check(request, strict=False)
             limit = self.token_limit(request, ids)
             rows.append(Row(request, ids, frozenset(self._stops[served.name]), served.tokenizer, sink,
-                            served.tool_parser, served.name, limit=limit))
+                            served.tool_parser, served.name, limit=limit, reasoning=self.reasoning_mode(request, ids)))
             sampling = request.sampling
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(max_tokens=limit, temperature=sampling.temperature, top_p=sampling.top_p,
