@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunelab.commands.predict import run_predict
 from tunelab.data.templates import BUILTIN_TEMPLATES, render
 from tunelab.errors import TunelabError
 from tunelab.inference.chat import run_chat
-from tunelab.inference.predict import run_predict
 from tunelab.inference.predictor import Predictor
 from tunelab.models.loading import load_model, load_tokenizer
 

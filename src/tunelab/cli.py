@@ -341,8 +341,9 @@ def predict(
     attn: AttnOption = "auto",
 ) -> None:
     """Generate for every prompt of a dataset and write JSONL (prompt, prediction, reference)."""
+    from tunelab.commands.predict import run_predict
     from tunelab.inference.loading import check_inference_sources
-    from tunelab.inference.predict import load_samples, run_predict
+    from tunelab.inference.predict import load_samples
 
     target = _output_file(output, "--output")
     if batch_size < 1:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.commands.predict import report_skipped
 from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.evaluation.report import print_results
@@ -75,6 +76,7 @@ def evaluate_and_report(systems: list[System], dataset: str | None, *, dataset_d
     samples = None
     if dataset is not None:
         samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=skip_hint)
+        report_skipped(samples)
         golds = [reference for _, reference, _ in samples]
         notes = check_references(golds, f"dataset '{dataset}'")
     else:

@@ -129,8 +129,9 @@ def _generate(system: System, samples: list[Sample], metrics: list[str], setting
               options: LoadOptions, target: Path, template: str | None) -> dict[str, Any]:
     """Generate with the system into ``target`` (as ``tunelab predict`` writes), and compute perplexity when
     asked, while the model is loaded. Returns the perplexity summary values."""
+    from tunelab.console import progress_bar
     from tunelab.inference.loading import base_model_for
-    from tunelab.inference.predict import run_predict
+    from tunelab.inference.predict import write_predictions
     from tunelab.inference.predictor import Predictor
 
     name = base_model_for(system.model, system.adapter)
@@ -139,7 +140,8 @@ def _generate(system: System, samples: list[Sample], metrics: list[str], setting
     predictor = Predictor(system.model, adapter=system.adapter, template=template,
                           max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                           top_p=settings.top_p, options=options)
-    run_predict(predictor, samples, output=target, batch_size=settings.batch_size)
+    with progress_bar("predicting", len(samples)) as advance:
+        write_predictions(predictor, samples, target, batch_size=settings.batch_size, on_batch=advance)
     if "perplexity" not in metrics:
         return {}
     from tunelab.evaluation.perplexity import perplexity

@@ -17,8 +17,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunelab.config import TrainConfig
-from tunelab.console import console, stdout
-from tunelab.inference.predict import Sample, run_predict, split_prompt
+from tunelab.console import console, progress_bar, stdout
+from tunelab.inference.predict import Sample, split_prompt, write_predictions
 from tunelab.inference.predictor import Predictor
 from tunelab.metrics import parse_metrics
 from tunelab.metrics.scoring import resolve_task, score_predictions
@@ -42,7 +42,9 @@ def generate_and_score(model: Any, tokenizer: Any, samples: list[Sample], cfg: T
     try:
         predictor = Predictor.from_loaded(model, tokenizer, cfg.model_name_or_path,
                                           max_new_tokens=cfg.generation_max_new_tokens)
-        run_predict(predictor, samples, output=output, batch_size=cfg.per_device_eval_batch_size)
+        with progress_bar("predicting", len(samples)) as advance:
+            write_predictions(predictor, samples, output, batch_size=cfg.per_device_eval_batch_size,
+                              on_batch=advance)
     finally:
         model.train(was_training)
     from tunelab.evaluation.run import read_predictions
