@@ -402,26 +402,31 @@ def build_config(values: dict[str, Any], source: str = "config",
         raise ConfigError(_format_validation_error(error, sources, source)) from None
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file of ``key: value`` pairs (train, export and serve configs), or one error saying what is wrong."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; expected a YAML file (see examples/)")
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (optional) and apply ``key=value`` overrides on top of it."""
     values: dict[str, Any] = {}
     source = "command line"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if path.is_dir():
-            raise ConfigError(f"config file '{path}' is a folder; expected a YAML file (see examples/)")
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
-        values.update(loaded or {})
+        values.update(read_yaml_mapping(path))
     given = parse_overrides(overrides or [])
     values.update(given)
     return build_config(values, source, {key: "command line" for key in given})

@@ -5,12 +5,11 @@ once."""
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunelab.config import read_yaml_mapping
 from tunelab.errors import ConfigError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
@@ -71,17 +70,7 @@ def load_export_settings(config: str | None, flags: dict[str, Any]) -> ExportSet
     values: dict[str, Any] = {}
     where = "command line"
     if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"config file '{config}' does not exist" if not path.exists() else
-                              f"config '{config}' is a folder; expected a YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{config}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config}: expected key: value pairs")
-        values = {key: value for key, value in loaded.items() if key not in _IGNORED}
+        values = {key: value for key, value in read_yaml_mapping(config).items() if key not in _IGNORED}
         where = config
     values.update({key: value for key, value in flags.items() if value is not None})
     unknown = [key for key in values if key not in ExportSettings.model_fields]

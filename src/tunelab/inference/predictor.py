@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tunelab.errors import ConfigError
+from tunelab.inference.engines.base import OverEngine
 from tunelab.inference.engines.hf import END_OF_TURN_TOKENS, HFEngine, stop_token_ids
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sampling
 from tunelab.inference.loading import LoadOptions
@@ -32,7 +33,7 @@ def check_generation_settings(max_new_tokens: int, temperature: float, top_p: fl
         raise ConfigError(str(error).replace("max_tokens", "max_new_tokens")) from None
 
 
-class Predictor:
+class Predictor(OverEngine):
     """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0.
 
     ``model`` None means the adapter's own base model (or the embedded model without an adapter).
@@ -56,23 +57,7 @@ class Predictor:
         return cls(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                    repetition_penalty=repetition_penalty, engine=HFEngine.from_loaded(model, tokenizer, name))
 
-    # what earlier code and users read from a predictor
-    @property
-    def model(self) -> Any:
-        return self.engine.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.served(self.served).tokenizer
-
-    @property
-    def model_name(self) -> str:
-        return self.engine.base_name
-
-    @property
-    def device(self) -> Any:
-        return self.engine.device
-
+    # what earlier code and users read from a predictor (model, tokenizer, model_name, device: OverEngine)
     @property
     def stop_token_ids(self) -> list[int]:
         return self.engine.stop_token_ids(self.served)

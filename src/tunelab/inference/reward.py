@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.inference.engines.base import OverEngine
 from tunelab.inference.engines.hf import HFEngine
 from tunelab.inference.loading import LoadOptions
 
 
-class RewardScorer:
+class RewardScorer(OverEngine):
     """A reward model (a full ``rm`` output folder, or a base model plus an ``rm`` adapter)."""
 
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
@@ -18,22 +19,6 @@ class RewardScorer:
         self.batch_size = batch_size
         self.engine = HFEngine(model, {"reward": adapter} if adapter else None, template, device=device,
                                options=options, head="score")
-
-    @property
-    def model(self) -> Any:
-        return self.engine.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.served(None).tokenizer
-
-    @property
-    def model_name(self) -> str:
-        return self.engine.base_name
-
-    @property
-    def device(self) -> Any:
-        return self.engine.device
 
     def sequence(self, prompt: str | list[dict], response: str | list[dict]) -> list[int]:
         """The token ids the score reads (the pair as stage rm encoded it in training)."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunelab.config import read_yaml_mapping
 from tunelab.errors import ConfigError
 
 # other names for the same key (LLaMA-Factory's, vLLM's)
@@ -62,24 +61,11 @@ class ServeConfig(BaseModel):
         return [str(item) for item in value]
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    try:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
-    return loaded
-
-
 def load_serve_config(path: str | None, flags: dict[str, Any]) -> ServeConfig:
     """YAML keys under flags given on the command line; environment values where neither sets one."""
     known = list(ServeConfig.model_fields)
     values: dict[str, Any] = {}
-    for key, value in (_read_yaml(path) if path else {}).items():
+    for key, value in (read_yaml_mapping(path) if path else {}).items():
         name = ALIASES.get(key, key)
         if name not in known:
             close = difflib.get_close_matches(name, known + list(ALIASES), n=1, cutoff=0.6)

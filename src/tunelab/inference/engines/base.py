@@ -162,6 +162,30 @@ class Engine(ABC):
         return Stream(self, request, strict)
 
 
+class OverEngine:
+    """What the Python APIs over an engine (``Predictor``, ``RewardScorer``) show of it: the loaded model, the
+    tokenizer of the model they serve, the base's name, the device."""
+
+    engine: Any
+    served: str | None = None
+
+    @property
+    def model(self) -> Any:
+        return self.engine.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.served(self.served).tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.base_name
+
+    @property
+    def device(self) -> Any:
+        return self.engine.device
+
+
 class _Keep(Sink):
     def __init__(self) -> None:
         super().__init__()
