@@ -1,9 +1,10 @@
 """The one interface under every command that generates (chat, predict, eval, serve, later the web UI).
 
 An engine holds one base model and any number of adapters, each served under a name. It renders a request
-with the template that model was trained with, checks it against the context, and generates a batch of
-requests of one model together (``run_batch``), streaming each row to its own ``Sink``. ``generate`` and
-``stream`` are the convenience forms the commands use; the server's scheduler calls ``run_batch`` itself.
+with the template that model was trained with, checks it against the context, and generates requests of one
+model together (``run_continuous``: new requests may join while others run; ``run_batch``: one whole batch),
+streaming each row to its own ``Sink``. ``generate`` and ``stream`` are the convenience forms the commands use;
+the server's scheduler calls ``run_continuous`` itself. A reward-model engine scores instead (``score``).
 """
 
 from __future__ import annotations
