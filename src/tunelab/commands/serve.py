@@ -3,10 +3,14 @@ run the OpenAI-compatible app under uvicorn until Ctrl-C (drains, exit 130) or S
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
+from tunelab import signals
 from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.serve.config import ServeConfig
@@ -64,6 +68,26 @@ def _check_port(host: str, port: int) -> None:
                                "(or stop what uses it)") from None
 
 
+def _uvicorn_server() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but the signal that stopped it is not raised again inside the event loop (where
+        asyncio turns it into a traceback); ``serve`` ends the command with that signal's exit code instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def build_engine(config: ServeConfig, adapters: dict[str, str], head: str = "causal_lm") -> Any:
     options = load_options(config)
     if config.engine == "vllm":
@@ -84,6 +108,7 @@ def serve(config: ServeConfig) -> None:
     base, adapters, reward = check_serve(config)
     import uvicorn
 
+    server_class = _uvicorn_server()
     from tunelab.serve.app import ServeSettings, create_app
 
     settings = ServeSettings(api_key=config.api_key, max_concurrency=config.max_concurrency,
@@ -93,8 +118,8 @@ def serve(config: ServeConfig) -> None:
     with console.status(f"loading {what} ({config.engine}) ..."):
         engine = build_engine(config, adapters, head="score" if reward else "causal_lm")
         app, names = create_app(engine, settings, log=log), list(engine.models)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=30, lifespan="on"))
+    server = server_class(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                         access_log=False, timeout_graceful_shutdown=30, lifespan="on"))
     original_startup = server.startup
 
     async def startup(sockets: Any = None) -> None:
@@ -108,6 +133,10 @@ def serve(config: ServeConfig) -> None:
         console.print("Ctrl-C stops (requests in flight finish first)", highlight=False)
 
     server.startup = startup  # type: ignore[method-assign]
-    # uvicorn takes Ctrl-C and SIGTERM itself, lets the requests in flight finish, then raises the signal again:
-    # the command ends as interrupted (130) or terminated (143)
-    server.run()
+    server.run()  # Ctrl-C or SIGTERM: the requests in flight finish, then the command ends as interrupted (130)
+    stopped_by = getattr(server, "_captured_signals", [])  # or terminated (143), as every tunelab command does
+    if signal.SIGTERM in stopped_by:
+        signals.STOP.requested.set()
+        raise signals.Terminated()
+    if stopped_by:
+        raise KeyboardInterrupt
