@@ -456,6 +456,8 @@ def test_ctrl_c_lets_the_request_in_flight_finish_then_exits(signal_name: str, e
             rest = list(lines)
         assert "data: [DONE]" in rest
         assert server.wait(timeout=TIMEOUT) == exit_code
+        said = server.stderr.read()
+        assert "Traceback" not in said and ("interrupted" if exit_code == 130 else "terminated") in said
     finally:
         if server.poll() is None:
             server.kill()
