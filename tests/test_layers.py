@@ -58,3 +58,32 @@ def test_imports_only_go_down_the_layers():
     upward = [f"{source} imports {target}" for source, target in _imports()
               if target != "tunelab" and LAYER_OF[_unit(target)] > LAYER_OF[_unit(source)]]
     assert not upward, "\n".join(upward)
+
+
+def test_no_stage_imports_another():
+    """Shared stage pieces live below the stages (training/preference.py, rewards/online_rl.py); a stage that runs
+    another's recipe finds it by name in the registry."""
+    crossing = [f"{source} imports {target}" for source, target in _imports()
+                if source.startswith("tunelab.stages.") and target.startswith("tunelab.stages.")]
+    assert not crossing, "\n".join(crossing)
+
+
+def test_validating_a_config_loads_no_training_code():
+    """Reading and validating every example config imports every stage module (discovery), and none of them
+    may bring in torch, the training libraries or the run lifecycle: validation answers at once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib\n"
+        "from tunelab.config import load_config\n"
+        "for path in sorted(pathlib.Path('examples').glob('*.yaml')):\n"
+        "    load_config(path)\n"
+        "heavy = ('torch', 'transformers', 'trl', 'peft', 'datasets', 'accelerate')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
+        "                or m.startswith(('tunelab.training.lifecycle', 'tunelab.models.loading')))\n"
+        "print(loaded)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parents[1], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
+from tunelab.rewards.online_rl import OnlineRLKeys, check_rewards
 from tunelab.rewards.settings import RewardSettings
 from tunelab.stage_registry import Stage
 
@@ -24,34 +25,6 @@ if TYPE_CHECKING:
 
 # The loss aggregations of the installed TRL's GRPOTrainer (loss_type).
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
-
-
-class OnlineRLKeys(RewardSettings):
-    """What every RL stage reads: the rewards (RewardSettings), the prompts' system prompt, sampling, logging."""
-
-    system_prompt: str | None = Field(None, description="System prompt put in front of every prompt that has none "
-                                                        "(e.g. the R1 recipe's <reasoning>/<answer> format).")
-    max_completion_length: int = Field(256, ge=1, description="Most tokens sampled per answer.")
-    max_new_tokens: int | None = Field(None, ge=1, description="LLaMA-Factory's name for max_completion_length.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the answers.")
-    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens (0 = no limit).")
-    log_completions: bool = Field(True, description="Write sampled answers with their rewards to completions.jsonl "
-                                                    "in the run folder every logging step.")
-    num_completions_to_log: int = Field(4, ge=0, description="How many answers per logging step go to "
-                                                             "completions.jsonl.")
-
-    @model_validator(mode="after")
-    def _checked(self) -> OnlineRLKeys:
-        if self.max_new_tokens is not None:
-            if "max_completion_length" in self.model_fields_set and self.max_completion_length != self.max_new_tokens:
-                raise ValueError(f"max_new_tokens {self.max_new_tokens} and max_completion_length "
-                                 f"{self.max_completion_length} are the same setting; give one")
-            self.max_completion_length = self.max_new_tokens
-        from tunelab.rewards.registry import check_reward_specs
-
-        check_reward_specs(self.reward_funcs, self.reward_weights, self.reward_model, check_model_path=False)
-        return self
 
 
 class GroupKeys(OnlineRLKeys):
@@ -140,13 +113,6 @@ def check_vllm(cfg: TrainConfig) -> None:
         raise ConfigError("use_vllm: vLLM is not installed (pip install vllm, on a machine with a GPU)")
 
 
-def check_rewards(cfg: TrainConfig) -> None:
-    """The reward list once more, now with the reward model's folder (at config time it may not exist yet)."""
-    from tunelab.rewards.registry import check_reward_specs
-
-    check_reward_specs(cfg.reward_funcs, cfg.reward_weights, cfg.reward_model)
-
-
 def sampling_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The TRL settings every group RL stage shares."""
     settings = {key: getattr(cfg, key) for key in (
@@ -202,7 +168,7 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
     if peft_config is None and getattr(trainer, "ref_model", None) is not None:
         # TRL loads its own reference from the model's path, without tunelab's resized embeddings (a template's
         # added tokens), revision or cache folder: the reference is tunelab's frozen copy instead
-        from tunelab.stages.dpo import reference_model
+        from tunelab.training.preference import reference_model
 
         trainer.ref_model = None
         trainer.ref_model = trainer.accelerator.prepare_model(reference_model(cfg, tokenizer), evaluation_mode=True)

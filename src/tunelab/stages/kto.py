@@ -32,7 +32,7 @@ class KTOKeys(BaseModel):
 
 
 STAGES = [Stage("kto", "kto", "Kahneman-Tversky optimisation on answers labelled desirable / undesirable",
-                "tunelab.stages.kto:run_kto", KTOKeys, check="tunelab.stages.dpo:check_reference")]
+                "tunelab.stages.kto:run_kto", KTOKeys, check="tunelab.training.preference:check_reference")]
 
 
 KL_CHUNK = 1000  # rows rotated at a time: memory stays bounded on large datasets
@@ -85,9 +85,9 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import KTOConfig
 
-    from tunelab.stages.dpo import reference_model
     from tunelab.training.arguments import training_arguments
     from tunelab.training.collate import UnpairedCollator
+    from tunelab.training.preference import reference_model
 
     train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed).flatten_indices())
     eval_dataset = with_kl_completions(eval_dataset)

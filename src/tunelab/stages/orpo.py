@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.data.masking import IGNORE_INDEX
 from tunelab.stage_registry import Stage
-from tunelab.stages.dpo import PreferenceKeys
+from tunelab.training.preference import PreferenceKeys
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from tunelab.rewards.online_rl import OnlineRLKeys, check_rewards
 from tunelab.stage_registry import Stage
-from tunelab.stages.grpo import OnlineRLKeys, check_rewards
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
@@ -72,7 +72,7 @@ class WeightedScore:
 
 def check_ppo(cfg: TrainConfig, data: DataReport | None = None) -> None:
     from tunelab.errors import ConfigError
-    from tunelab.stages.dpo import check_reference
+    from tunelab.training.preference import check_reference
 
     if data is not None:
         check_rollout_size(cfg, data.train_samples)
@@ -101,9 +101,9 @@ def run_ppo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     from tunelab.inference.predictor import stop_token_ids
     from tunelab.rewards.registry import load_rewards
     from tunelab.rewards.settings import RewardSettings
-    from tunelab.stages.dpo import reference_model
     from tunelab.training.arguments import training_arguments
     from tunelab.training.ppo import PPOTrainer, PromptCollator
+    from tunelab.training.preference import reference_model
     from tunelab.training.samples import SampleLog
 
     rewards = load_rewards(cfg.reward_funcs, RewardSettings.model_validate(

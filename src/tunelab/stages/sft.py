@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tunelab.config import TrainConfig
 from tunelab.errors import ConfigError
 from tunelab.metrics import parse_metrics
 from tunelab.stage_registry import Stage
-from tunelab.training.lifecycle import TrainResult, begin, load_trainable_model, preflight, prepare_data, train_and_save
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the recipe's imports come when it runs: validating a config only reads the keys above
+    from tunelab.config import TrainConfig
     from tunelab.data.pipeline import DataReport
+    from tunelab.training.lifecycle import TrainResult
 
 
 class GenerationKeys(BaseModel):
@@ -76,6 +76,8 @@ def check_generation_keys(cfg: TrainConfig, data: DataReport | None = None) -> N
 
 
 def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
+    from tunelab.training.lifecycle import begin, load_trainable_model, preflight, prepare_data, train_and_save
+
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import SFTTrainer
