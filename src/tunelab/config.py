@@ -282,7 +282,7 @@ class TrainConfig(BaseModel):
 
     def _method_problems(self) -> list[str]:
         """Settings that contradict the fine-tuning method, found before any model loads."""
-        from tunelab.method_registry import keys_of_other_methods, method
+        from tunelab.method_registry import keys_of_other_methods, method, method_names
 
         chosen = method(self.finetuning_type)
         problems = [f"`{key}` applies to finetuning_type {', '.join(names)}; this run is `{chosen.name}`"
@@ -293,8 +293,9 @@ class TrainConfig(BaseModel):
                             "sample packed into a sequence, and attention would cross samples; turn packing off")
         if self.quantization_bit and not chosen.quantizable:
             problems.append(f"quantization_bit {self.quantization_bit} with finetuning_type {chosen.name}: the "
-                            f"quantized base weights cannot train; use an adapter (lora, adalora, ia3, prefix, "
-                            "ptuning, prompt) on the quantized base, or drop quantization_bit")
+                            "quantized base weights cannot train; use an adapter ("
+                            f"{', '.join(method_names(lambda m: m.is_peft and m.quantizable))}) on the quantized "
+                            "base, or drop quantization_bit")
         if self.quantization_bit and self.pissa_init:
             problems.append("pissa_init with quantization_bit: PiSSA rewrites the base weights from their singular "
                             "vectors, which a quantized base cannot hold; train PiSSA in 16/32 bits")

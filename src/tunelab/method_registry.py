@@ -94,8 +94,9 @@ METHODS: dict[str, Method] = {method.name: method for method in (
 ALIASES = {alias: method.name for method in METHODS.values() for alias in method.aliases}
 
 
-def method_names() -> list[str]:
-    return list(METHODS)
+def method_names(where: Callable[[Method], bool] | None = None) -> list[str]:
+    """Every method's name, or those ``where`` holds for: lists in messages come from here, never by hand."""
+    return [name for name, entry in METHODS.items() if where is None or where(entry)]
 
 
 def canonical_name(name: str) -> str:

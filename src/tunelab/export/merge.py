@@ -16,7 +16,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError, shorten
 from tunelab.export.settings import ExportSettings
-from tunelab.method_registry import method_of_adapter
+from tunelab.method_registry import method_names, method_of_adapter
 from tunelab.models.saving import usage_blocks
 from tunelab.models.sources import (
     EMBEDDED_MODEL,
@@ -39,7 +39,7 @@ def check_mergeable(adapter: str, gguf: bool = False) -> None:
         raise TunelabError(f"adapter '{adapter}' is a {made_by.name} ({peft_type}) adapter: its virtual tokens are "
                            f"added at run time and cannot be merged into the base weights, so it cannot become "
                            f"{target}; use it as an adapter (tunelab chat/predict/eval --adapter {adapter}), or train "
-                           "a merging method (lora, dora, ia3, ...) to export")
+                           f"a merging method ({', '.join(method_names(lambda m: m.can_merge))}) to export")
     if peft_type and made_by is None:
         raise TunelabError(f"adapter '{adapter}' has PEFT type {peft_type}, which tunelab cannot merge")
 

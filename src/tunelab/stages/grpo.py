@@ -96,12 +96,12 @@ def check_method(cfg: TrainConfig) -> None:
     """TRL samples through the PEFT model's own generate, which drifts for prompt-learning adapters under
     transformers 5 (see models/generation.py): refused rather than trained on wrong samples."""
     from tunelab.errors import ConfigError
-    from tunelab.method_registry import method
+    from tunelab.method_registry import method, method_names
 
     if method(cfg.finetuning_type).is_prompt_learning:
         raise ConfigError(f"stage {cfg.stage} with finetuning_type {cfg.finetuning_type}: TRL would sample through "
-                          "PEFT's generate, which is wrong for prompt-learning adapters under transformers 5; use an "
-                          "adapter method (lora, adalora, ia3) or freeze/full")
+                          "PEFT's generate, which is wrong for prompt-learning adapters under transformers 5; use "
+                          f"{', '.join(method_names(lambda m: not m.is_prompt_learning))}")
 
 
 def check_vllm(cfg: TrainConfig) -> None:

@@ -80,12 +80,12 @@ def check_ppo(cfg: TrainConfig, data: DataReport | None = None) -> None:
     if cfg.eval_strategy != "no":
         raise ConfigError("stage ppo does not evaluate during training; set eval_strategy: no and score the result "
                           "with `tunelab rewards score` or `tunelab predict`")
-    from tunelab.method_registry import method
+    from tunelab.method_registry import method, method_names
 
     if method(cfg.finetuning_type).is_prompt_learning:
         raise ConfigError(f"stage ppo with finetuning_type {cfg.finetuning_type}: the value head and the per-token "
-                          "log-probabilities are not checked for virtual tokens yet; use an adapter method (lora, "
-                          "adalora, ia3) or freeze/full")
+                          "log-probabilities are not checked for virtual tokens yet; use "
+                          f"{', '.join(method_names(lambda m: not m.is_prompt_learning))}")
     if cfg.deepspeed or cfg.fsdp:
         raise ConfigError("stage ppo runs data-parallel (accelerate launch / torchrun, one model copy per GPU); "
                           "DeepSpeed and FSDP sharding are not supported by its generation and checkpoints yet")
