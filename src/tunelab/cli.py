@@ -19,7 +19,8 @@ from typing import Annotated, Any
 import typer
 
 from tunelab import __version__, signals
-from tunelab.console import console, stdout
+from tunelab.commands.config import keys_epilog
+from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.quiet import quiet_libraries
 
@@ -64,32 +65,13 @@ def main(
     """tunelab: fine-tune large language models end to end."""
 
 
-def _stage_lines() -> list[str]:
-    from tunelab.stage_registry import all_stages
-
-    return [f"{name} ({stage.kind} rows): {stage.summary}" for name, stage in all_stages().items()]
-
-
-def _keys_epilog() -> str:
-    from tunelab.config import describe_keys
-
-    keys = [f"{name} ({kind}, default {_shown(default)}{f'; stages {chr(44).join(stages)}' if stages else ''}): "
-            f"{help_text}" for name, kind, default, help_text, stages in describe_keys()]
-    return ("Stages (key `stage`):\n\n" + "\n\n".join(_stage_lines())
-            + "\n\nConfig keys (YAML, key=value or --key value):\n\n" + "\n\n".join(keys))
-
-
 def _stage_option_help() -> str:
     from tunelab.stage_registry import ROW_KINDS, stage_names
 
     return f"Stage ({', '.join(stage_names())}) or row kind ({', '.join(ROW_KINDS)}): which rows to build."
 
 
-def _shown(value: Any) -> str:
-    return "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
-
-
-@app.command(epilog=_keys_epilog(), context_settings={**CONTEXT, "ignore_unknown_options": True,
+@app.command(epilog=keys_epilog(), context_settings={**CONTEXT, "ignore_unknown_options": True,
                                                       "allow_extra_args": True})
 @_friendly_errors
 def train(
@@ -130,24 +112,9 @@ def config_keys(
     as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
 ) -> None:
     """List the stages and every config key with its type, default, help (and stages, for a stage's own keys)."""
-    from tunelab.config import describe_keys
+    from tunelab.commands.config import print_keys
 
-    rows = describe_keys()
-    if as_json:
-        print(json.dumps([dict(zip(("key", "type", "default", "help", "stages"), row, strict=True)) for row in rows],
-                         indent=2))
-        return
-    import textwrap
-
-    width = max(40, min(stdout.width, 100))
-    stdout.print("[bold]stages[/bold] (key `stage`)")
-    for line in _stage_lines():
-        stdout.print(textwrap.fill(line, width, initial_indent="    ", subsequent_indent="      "), markup=False)
-    for name, kind, default, help_text, stages in rows:
-        only = f" (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" if stages else ""
-        stdout.print(textwrap.fill(f"{name}: {kind} = {_shown(default)}{only}", width, subsequent_indent="      "),
-                     markup=False, style="bold")
-        stdout.print(textwrap.fill(help_text, width, initial_indent="    ", subsequent_indent="    "), markup=False)
+    print_keys(as_json)
 
 
 # --- options shared by the commands that load a model to generate ----------------------------------
