@@ -115,6 +115,17 @@ BAD_INVOCATIONS = [
      "do_predict: generation runs on the main process, which under DeepSpeed/FSDP"),
     (["train", DEMO, f"dataset_dir={DATA}", "eval_dataset=demo_stories_heldout", "do_predict=true",
       "generation_metrics=accuracy", "output_dir={tmp}/run_accuracy"], "metric accuracy needs a task"),
+    # serve: every flag is checked before a model loads
+    (["serve", "--engine", "tgi"], "engine: Value error, 'tgi' is not an engine; use hf or vllm"),
+    (["serve", "--engine", "vllm"], "engine vllm: vLLM is not installed"),
+    (["serve", "--port", "70000"], "port: Input should be less than or equal to 65535"),
+    (["serve", "--max-concurrency", "0"], "max_concurrency: Input should be greater than or equal to 1"),
+    (["serve", "--max-queue", "-1"], "max_queue: Input should be greater than or equal to 0"),
+    (["serve", "--attn", "flash"], "flash_attn 'flash' is not one of auto, sdpa, fa2, eager"),
+    (["serve", "--adapter", "{tmp}/no_adapter"], "adapter folder '{tmp}/no_adapter' does not exist"),
+    (["serve", "--adapter", "{rm}", "--adapter", "{adapter}"], "a reward model is served on its own"),
+    (["serve", "--adapter", "stories260K={adapter}"], "an adapter is named 'stories260K' like the base model"),
+    (["serve", "{tmp}/missing.yaml"], "config file '{tmp}/missing.yaml' does not exist"),
     # export
     (["export"], "no output folder; set export_dir (or --output)"),
     (["export", "--output", "{tmp}/out"], "nothing to export; set model_name_or_path (--model)"),

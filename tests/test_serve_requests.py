@@ -371,6 +371,7 @@ def test_serve_config_takes_llamafactory_names_and_env(tmp_path: Path, monkeypat
     assert (loaded.model, loaded.adapter, loaded.engine, loaded.port, loaded.api_key) == \
         ("stories260K", ["a", "b"], "hf", 8011, "k")
     assert load_serve_config(str(config), {"port": 9000}).port == 9000  # a flag wins
+    assert load_serve_config(None, {"port": 0}).port == 0  # 0 is a value (any free port), not an unset flag
 
 
 SERVE_EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "serve").glob("*"))

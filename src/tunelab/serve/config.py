@@ -77,7 +77,10 @@ def load_serve_config(path: str | None, flags: dict[str, Any]) -> ServeConfig:
     for key, value in env.items():
         if value and key not in values:
             values[key] = value
-    values.update({key: value for key, value in flags.items() if value not in (None, [], False)})
+    # a flag left unset is None (or an empty list, or a False switch); 0 is a value (`--port 0`, a bad
+    # `--max-concurrency 0`), so no `in (None, [], False)` test, which 0 == False would pass
+    values.update({key: value for key, value in flags.items() if value is not None and value is not False
+                   and value != []})
     try:
         return ServeConfig(**values)
     except ValidationError as error:
