@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tunelab.data.completions import completion_text
 from tunelab.errors import RewardError
-from tunelab.training.samples import completion_text
 
 __all__ = ["TRAINER_ARGUMENTS", "column", "completion_text", "words"]  # completion_text lives with the sample log
 _WORD = re.compile(r"\w+")
