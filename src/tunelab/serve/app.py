@@ -198,11 +198,12 @@ def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
         probe = EngineRequest(messages=messages, prompt=prompt, tools=tools, model=served.name,
                               parse_tools=parse_tools, parse_reasoning=messages is not None,
                               template_kwargs=getattr(body, "chat_template_kwargs", None))
+        ids = tuple(active.prompt_ids(probe))  # rendered once: the checks and the worker reuse it
         # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
-        tokens = limit if limit is not None else max(1, active.context_length - len(active.prompt_ids(probe)))
+        tokens = limit if limit is not None else max(1, active.context_length - len(ids))
         requests = []
         for index in range(body.n):
-            request = replace(probe, sampling=body.sampling(tokens, index))
+            request = replace(probe, sampling=body.sampling(tokens, index), prompt_ids=ids)
             active.check(request)
             requests.append(request)
         return requests

@@ -109,6 +109,8 @@ class Engine(ABC):
 
     def prompt_ids(self, request: Request) -> list[int]:
         """Token ids of the prompt; chat templates write their own bos, raw prompts get the tokenizer's."""
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
         served = self.served(request.model)
         text = self.prompt_text(request)
         return list(served.tokenizer(text, add_special_tokens=request.messages is None)["input_ids"])

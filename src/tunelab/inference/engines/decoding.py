@@ -109,15 +109,13 @@ class Row:
             self.emitted_reasoning = reasoning
 
     def _stream(self, text: str) -> None:
-        """Send what is certain: not a partial character, not a possible start of a stop string, tool call or
-        reasoning marker; reasoning and answer each to their own channel."""
+        """Send what is certain: not a possible start of a stop string, tool call or reasoning marker; reasoning
+        and answer each to their own channel."""
         reasoning, text, certain = self._split(text, final=False)
         if not certain:
             return
         self._send_reasoning(reasoning)
-        keep = len(text)
-        if text.endswith("\ufffd"):
-            keep = len(text.rstrip("\ufffd"))
+        keep = len(text)  # (a half-decoded character never gets here: _decode_next waits for it)
         for stop in self.request.sampling.stop:
             for size in range(min(len(stop) - 1, keep), 0, -1):
                 if stop.startswith(text[keep - size:keep]):

@@ -63,6 +63,7 @@ class Request:
     parse_tools: bool = True  # False: tool-call markup stays in the text (predict, eval)
     parse_reasoning: bool = False  # True: a <think> block becomes Completion.reasoning (the server)
     template_kwargs: dict[str, Any] | None = None  # extra chat-template variables (enable_thinking, ...)
+    prompt_ids: tuple[int, ...] | None = None  # the rendered prompt's tokens, once known (rendered once per request)
 
 
 @dataclass

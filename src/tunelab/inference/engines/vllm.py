@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunelab.errors import TunelabError
@@ -64,7 +65,8 @@ class VLLMEngine(Engine):
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         eos = _generation_eos(str(resolve_model_path(base)), options,
                               getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None))
-        self._stops = {name: stop_token_ids(served.tokenizer, _Eos(eos)) for name, served in self.models.items()}
+        model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))  # what stop_token_ids reads
+        self._stops = {name: stop_token_ids(served.tokenizer, model) for name, served in self.models.items()}
         self._lock = threading.Lock()
 
     def stop_token_ids(self, model: str) -> list[int]:
@@ -96,13 +98,6 @@ class VLLMEngine(Engine):
             reason = "length" if result.finish_reason == "length" else "stop"
             completions.append(row.finish(reason))
         return completions
-
-
-class _Eos:
-    """What ``stop_token_ids`` reads from a model: its generation config's eos."""
-
-    def __init__(self, eos: Any) -> None:
-        self.generation_config = type("GenerationConfig", (), {"eos_token_id": eos})()
 
 
 def _generation_eos(model: str, options: LoadOptions, fallback: Any) -> Any:
