@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from tunelab.cli import app
 from tunelab.config import TrainConfig, build_config, describe_keys, load_config, parse_overrides
 from tunelab.errors import ConfigError
+from tunelab.method_registry import LoraKeys
 
 # The keys and values of LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml, with the model path
 # pointing at a local folder instead of a hub id.
@@ -75,7 +76,7 @@ def test_yaml_values_are_typed(tmp_path: Path) -> None:
     assert cfg.num_train_epochs == 1.0
     assert cfg.dataset == ["alpaca_en_demo"]
     # Untouched keys keep their defaults.
-    assert cfg.lora_dropout == TrainConfig.model_fields["lora_dropout"].default
+    assert cfg.lora_dropout == LoraKeys.model_fields["lora_dropout"].default
     assert cfg.fp16 is False
 
 
@@ -295,15 +296,17 @@ def test_stage_keys_belong_to_their_stages(tmp_path: Path) -> None:
 
 
 def test_describe_keys_covers_schema() -> None:
+    from tunelab.method_registry import method_keys
     from tunelab.stage_registry import stage_keys
 
     rows = describe_keys()
-    names = [row[0] for row in rows]
-    assert names == [*TrainConfig.model_fields, *stage_keys()]
+    names = [row.key for row in rows]
+    assert names == [*TrainConfig.model_fields, *stage_keys(), *method_keys()]
     lora_rank = rows[names.index("lora_rank")]
-    assert lora_rank[1] == "int" and lora_rank[2] == 8 and lora_rank[3] and lora_rank[4] == []
-    assert rows[names.index("pref_beta")][4][0] == "dpo"  # a stage's own key names its stages
-    assert all(row[3] for row in rows)
+    assert lora_rank.type == "int" and lora_rank.default == 8 and lora_rank.help and lora_rank.stages == []
+    assert lora_rank.methods == ["lora", "adalora"]  # a method's own key names its methods
+    assert rows[names.index("pref_beta")].stages[0] == "dpo"  # a stage's own key names its stages
+    assert all(row.help for row in rows)
 
 
 # --- CLI ------------------------------------------------------------------------------------------

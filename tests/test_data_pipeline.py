@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.config import build_config
+from tunelab.config import DataSettings, build_config
 from tunelab.data.pipeline import DataReport, load_rows, tokenize_rows
 from tunelab.data.registry import load_dataset_rows
 from tunelab.errors import DataError
@@ -166,8 +166,8 @@ def _cfg(**values):
 def test_mixing_and_validation_split_are_deterministic():
     cfg = _cfg(dataset="identity,alpaca_en_demo", mix_strategy="interleave_under", interleave_probs="0.5,0.5",
                val_size=0.1, seed=3)
-    train, held_out, report = load_rows(cfg)
-    again_train, _, _ = load_rows(cfg)
+    train, held_out, report = load_rows(cfg, "sft", cfg.seed)
+    again_train, _, _ = load_rows(cfg, "sft", cfg.seed)
     assert train == again_train
     identity = {json.dumps(r) for r in load_dataset_rows("identity", DATA / "llamafactory", "sft").rows}
     mixed = train + held_out
@@ -178,24 +178,28 @@ def test_mixing_and_validation_split_are_deterministic():
 
 
 def test_cutoff_truncates_or_drops_and_counts():
+    """The data layer reads only the data settings: a DataSettings alone drives it, no training config."""
+    def _cfg(**values):
+        return DataSettings(dataset_dir=str(DATA / "llamafactory"), **values)
+
     tokenizer = load_tokenizer("stories260K", "default")
     rows = load_dataset_rows("alpaca_en_demo", DATA / "llamafactory", "sft", max_samples=40).rows
     truncate = DataReport()
-    kept = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=300), truncate, "train")
+    kept = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=300), "sft", truncate, "train")
     assert truncate.truncated > 0 and all(len(sample["input_ids"]) <= 300 for sample in kept)
     assert len(kept) + truncate.skipped.total == len(rows)
 
     drop = DataReport()
-    short = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=300, cutoff_policy="drop"), drop, "train")
+    short = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=300, cutoff_policy="drop"), "sft", drop, "train")
     assert len(short) == len(rows) - truncate.truncated - truncate.skipped.total
     assert sum(drop.skipped.counts.values()) == len(rows) - len(short) and drop.truncated == 0
 
     tiny = DataReport()
-    left = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=60), tiny, "train")
+    left = tokenize_rows(rows, tokenizer, _cfg(cutoff_len=60), "sft", tiny, "train")
     reason = "no trained token left after truncation to cutoff_len 60"
     assert tiny.skipped.counts[reason] == len(rows) - len(left) > 0 and left
     with pytest.raises(DataError, match="every train sample was dropped"):
-        tokenize_rows(rows, tokenizer, _cfg(cutoff_len=20), DataReport(), "train")
+        tokenize_rows(rows, tokenizer, _cfg(cutoff_len=20), "sft", DataReport(), "train")
 
 
 runner = CliRunner()

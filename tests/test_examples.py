@@ -34,10 +34,11 @@ def test_example_config_is_valid_and_its_data_builds(path, monkeypatch):
     cfg = load_config(path)
     if cfg.model_name_or_path != "stories260K":
         # GPU recipes name hub models (no tokenizer offline): their data, shipped in the repository, must read.
-        train_rows, _, _ = load_rows(cfg)
+        train_rows, _, _ = load_rows(cfg, cfg.row_kind, cfg.seed)
         assert train_rows
         return
-    train, _, report = build_datasets(cfg, load_tokenizer(cfg.model_name_or_path, cfg.template))
+    train, _, report = build_datasets(cfg, cfg.row_kind, load_tokenizer(cfg.model_name_or_path, cfg.template),
+                                      cfg.seed)
     assert len(train) > 0
     if cfg.row_kind == "rl":  # prompts only: what trains is sampled later
         assert isinstance(train[0]["prompt"], list) and train[0]["prompt"][-1]["role"] == "user"

@@ -458,7 +458,8 @@ def test_pretraining_text(llamafactory_dir: Path) -> None:
 # --- detection, kinds, options ----------------------------------------------------------------------------------
 
 def test_stage_kinds() -> None:
-    from tunelab.stage_registry import ROW_KINDS, stage_kinds
+    from tunelab.data.row_kinds import ROW_KINDS
+    from tunelab.stage_registry import stage_kinds
 
     assert tuple(KINDS) == ROW_KINDS and set(stage_kinds().values()) <= set(KINDS)
     assert stage_kinds()["sft"] == "sft" and stage_kinds()["pt"] == "pt"

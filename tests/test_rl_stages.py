@@ -231,15 +231,13 @@ def test_llamafactory_ppo_yaml_runs_with_the_paths_changed(tmp_path, tiny_model)
 # --- RL prompts --------------------------------------------------------------------------------------
 
 def test_rl_prompts_carry_the_system_prompt_and_the_columns_the_rewards_read(tmp_path):
-    from tunelab.data.pipeline import build_datasets
-    from tunelab.models.loading import load_tokenizer
     from tunelab.rewards.r1 import R1_SYSTEM_PROMPT
+    from tunelab.training.lifecycle import prepare_data
 
-    tokenizer = load_tokenizer("stories260K", "default")
     cfg = load_config(None, ["stage=grpo", f"dataset_dir={DEMO_DATA}", "dataset=gsm8k_train", "max_samples=40",
                              "reward_funcs=correctness,xmlcount", f"system_prompt={R1_SYSTEM_PROMPT}",
                              "cutoff_len=200", "num_generations=2", f"output_dir={tmp_path}"])
-    train, _, report = build_datasets(cfg, tokenizer)
+    _, train, _, report = prepare_data(cfg)  # the run's own path: the stage's system_prompt reaches the data layer
     first = train[0]  # GSM8K's first record: Natalia's clips, "#### 72"
     assert first["prompt"][0] == {"role": "system", "content": R1_SYSTEM_PROMPT}
     assert first["prompt"][1]["content"].startswith("Natalia sold clips") and first["answer"] == "72"
@@ -249,5 +247,5 @@ def test_rl_prompts_carry_the_system_prompt_and_the_columns_the_rewards_read(tmp
     # a LIMO set (MATH500): the problem is the prompt, the gold answer and solution stay for `accuracy`
     cfg = load_config(None, ["stage=grpo", f"dataset_dir={DEMO_DATA}", "dataset=math500", "max_samples=3",
                              "reward_funcs=accuracy", "num_generations=2", f"output_dir={tmp_path}"])
-    train, _, _ = build_datasets(cfg, tokenizer)
+    _, train, _, _ = prepare_data(cfg)
     assert {"answer", "solution"} <= set(train.column_names) and train[0]["prompt"][-1]["role"] == "user"

@@ -66,7 +66,8 @@ def main(
 
 
 def _stage_option_help() -> str:
-    from tunelab.stage_registry import ROW_KINDS, stage_names
+    from tunelab.data.row_kinds import ROW_KINDS
+    from tunelab.stage_registry import stage_names
 
     return f"Stage ({', '.join(stage_names())}) or row kind ({', '.join(ROW_KINDS)}): which rows to build."
 
@@ -190,7 +191,7 @@ def data_inspect(
 ) -> None:
     """Show a dataset's format, size, skipped records, token lengths and trained/untrained segments."""
     from tunelab.commands.inspect import inspect_dataset, print_inspection
-    from tunelab.stage_registry import kind_of
+    from tunelab.data.row_kinds import kind_of
 
     kind_of(stage)
     if cutoff_len < 1 or num_samples < 0:

@@ -20,8 +20,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-ROW_KINDS = ("sft", "pt", "preference", "kto", "rl")
-
 
 class NoKeys(BaseModel):
     """A stage without keys of its own."""
@@ -30,7 +28,7 @@ class NoKeys(BaseModel):
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # which canonical rows it trains on: one of ROW_KINDS
+    kind: str  # which canonical rows it trains on: a name in data/row_kinds.py
     summary: str
     recipe: str  # "module:function", imported when the stage runs: function(cfg, command=...) -> TrainResult
     keys: type[BaseModel] = NoKeys
@@ -91,20 +89,3 @@ def stage_keys() -> dict[str, tuple[Any, list[str]]]:
         for key, info in stage.keys.model_fields.items():
             keys.setdefault(key, (info, []))[1].append(name)
     return keys
-
-
-def kind_of(name: str) -> str:
-    """The row kind of a stage name, or a row kind itself (for data of stages not in this version, e.g. rl)."""
-    from tunelab.errors import TunelabError
-
-    kinds = stage_kinds()
-    if name in kinds:
-        return kinds[name]
-    if name in ROW_KINDS:
-        return name
-    raise TunelabError(f"--stage '{name}' is neither a stage ({', '.join(kinds)}) nor a row kind "
-                       f"({', '.join(ROW_KINDS)})")
-
-
-def stages_of_kind(kind: str) -> list[str]:
-    return [name for name, stage_kind in stage_kinds().items() if stage_kind == kind]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tunelab.console import console, stdout
 from tunelab.data.registry import SKIP_HINT, Skipped, iter_rows, resolve_dataset
+from tunelab.data.row_kinds import kind_of
 from tunelab.errors import TunelabError
-from tunelab.stage_registry import kind_of
 
 
 def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = "data", stage: str = "sft",

@@ -8,32 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.console import stdout
-from tunelab.data.encoders import encode_kto, encode_pair, encode_prompt, encode_pt, encode_sft
-from tunelab.data.masking import Encoded, segments
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
+from tunelab.data.row_kinds import kind_of, row_kind
 from tunelab.models.loading import load_tokenizer
 from tunelab.models.sources import default_template
-from tunelab.stage_registry import kind_of
-
-
-def _encode(row: dict, kind: str, tokenizer: Any, policy: str) -> tuple[list[Encoded], dict[str, Any]]:
-    """Encodings whose lengths count, and the sample fields to show, for one canonical row of any kind
-    (through the same encoders as training)."""
-    if kind == "pt":
-        encoded = encode_pt(row, tokenizer)
-        return encoded, {"segments": [s for item in encoded for s in segments(item)]}
-    if kind == "sft":
-        encoded = encode_sft(row, tokenizer, policy)
-        return encoded, {"segments": segments(encoded[0])}
-    if kind == "preference":
-        chosen, rejected = encode_pair(row, tokenizer)
-        return [chosen, rejected], {"segments": segments(chosen), "rejected_segments": segments(rejected)}
-    if kind == "kto":
-        encoded = encode_kto(row, tokenizer)
-        return [encoded], {"segments": segments(encoded), "label": row["label"]}
-    encoded = encode_prompt(row, tokenizer)  # rl: the prompt is all there is
-    extra = {key: value for key, value in row.items() if key not in ("prompt", "tools")}
-    return [encoded], {"segments": [{"text": encoded.text, "trained": False}], "extra": extra}
 
 
 def _length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
@@ -85,25 +63,27 @@ def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "st
                     encoding: str | None = None, plot_dir: str | None = None,
                     skip_hint: str | None = None) -> dict[str, Any]:
     """Format, mapping, counts, skipped records, token lengths and rendered samples of one dataset."""
-    kind = kind_of(stage)
+    kind = row_kind(kind_of(stage))
     source = resolve_dataset(dataset, dataset_dir)
     if encoding:
         source.read_options["encoding"] = encoding
-    tokenizer = load_tokenizer(model, default_template(model, template), require_template=kind != "pt")
+    tokenizer = load_tokenizer(model, default_template(model, template), require_template=kind.name != "pt")
     skipped = Skipped()
     fmt_name, lengths, samples = "?", [], []
     hint = {"skip_hint": skip_hint} if skip_hint else {}
-    for fmt, line, row in iter_rows(source, kind, skip_invalid=skip_invalid, skipped=skipped, **hint):
+    for fmt, line, row in iter_rows(source, kind.name, skip_invalid=skip_invalid, skipped=skipped, **hint):
         fmt_name = fmt.name
-        encoded, shown = _encode(row, kind, tokenizer, policy)
-        # pt chunks add up; a preference pair is as long as its longer side
-        pick = sum if kind == "pt" else max
-        lengths.append(pick(len(e.input_ids) for e in encoded))
+        # through the same encoders as training, uncut: a record's length is its samples' (text chunks add up)
+        encoded = kind.encode(row, tokenizer, policy, None)
+        lengths.append(sum(kind.lengths(sample) for sample in encoded))
         if len(samples) < num_samples:
-            trained = sum(e.num_trained for e in encoded) if kind == "pt" else encoded[0].num_trained
+            shown = kind.view(encoded[0], row)
+            if len(encoded) > 1:  # several chunks of one text: show them all
+                shown["segments"] = [part for sample in encoded for part in kind.view(sample, row)["segments"]]
+            trained = sum(sample[0].num_trained for sample in encoded)
             samples.append({"line": line, **shown, "num_tokens": lengths[-1], "num_trained_tokens": trained})
     result: dict[str, Any] = {
-        "dataset": dataset, "source": source.location, "format": fmt_name, "kind": kind,
+        "dataset": dataset, "source": source.location, "format": fmt_name, "kind": kind.name,
         "column_mapping": source.spec.columns, "tags": source.spec.tags, "num_rows": len(lengths),
         "skipped": skipped.as_dict(), "num_skipped": skipped.total, "samples": samples,
         "token_lengths": _length_stats(lengths, cutoff_len) if lengths else None,

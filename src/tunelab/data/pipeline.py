@@ -1,4 +1,7 @@
-"""From config to tokenized train/eval datasets, with every dropped or truncated sample counted."""
+"""From the data settings to tokenized train/eval datasets, with every dropped or truncated sample counted.
+
+The data layer reads ``DataSettings`` (not the whole training config), the row kind of the stage and the seed;
+each row is encoded by its kind's entry in ``row_kinds``."""
 
 from __future__ import annotations
 
@@ -7,19 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import TrainConfig
-from tunelab.data.encoders import (
-    completion_sample,
-    encode_kto,
-    encode_pair,
-    encode_prompt,
-    encode_pt,
-    encode_sft,
-    pair_sample,
-)
-from tunelab.data.masking import Encoded, MaskingError
+from tunelab.config.concerns import DataSettings
+from tunelab.data.masking import MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
+from tunelab.data.row_kinds import RowKind, row_kind
 from tunelab.errors import ConfigError, DataError, shorten
 
 
@@ -54,11 +49,11 @@ class DataReport:
                 "skipped": self.skipped.as_dict()}
 
 
-def _load(names: list[str], cfg: TrainConfig, report: DataReport) -> list[list[dict]]:
+def _load(names: list[str], data: DataSettings, kind: str, report: DataReport) -> list[list[dict]]:
     parts = []
     for name in names:
-        loaded = load_dataset_rows(name, cfg.dataset_dir, cfg.row_kind, cfg.max_samples,
-                                   skip_invalid=cfg.skip_invalid, dedup=cfg.dedup)
+        loaded = load_dataset_rows(name, data.dataset_dir, kind, data.max_samples, skip_invalid=data.skip_invalid,
+                                   dedup=data.dedup)
         report.datasets.append({"name": name, "rows": len(loaded.rows), "format": loaded.format,
                                 "source": loaded.source.location, "skipped": loaded.skipped.total})
         report.skipped.merge(loaded.skipped)
@@ -66,97 +61,78 @@ def _load(names: list[str], cfg: TrainConfig, report: DataReport) -> list[list[d
     return parts
 
 
-def load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict], DataReport]:
-    """Canonical rows of every configured dataset, mixed, then split into train and eval."""
-    if not cfg.dataset:
+def load_rows(data: DataSettings, kind: str, seed: int) -> tuple[list[dict], list[dict], DataReport]:
+    """Canonical rows of every configured dataset, mixed, then split into train and eval (``seed`` decides)."""
+    if not data.dataset:
         raise ConfigError("key 'dataset' is not set; name a dataset from dataset_info.json or a file path")
     report = DataReport()
-    rows = mix_rows(_load(cfg.dataset, cfg, report), cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
-    train, held_out = split_rows(rows, cfg.val_size, cfg.seed)
-    for part in _load(cfg.eval_dataset or [], cfg, report):
+    rows = mix_rows(_load(data.dataset, data, kind, report), data.mix_strategy, data.interleave_probs, seed)
+    train, held_out = split_rows(rows, data.val_size, seed)
+    for part in _load(data.eval_dataset or [], data, kind, report):
         held_out += part
     report.eval_rows = held_out
     return train, held_out, report
 
 
-def _encode(row: dict, tokenizer: Any, cfg: TrainConfig) -> list[tuple[Encoded, ...]]:
-    """The encodings of one row that form one training sample each (a pair: both answers together)."""
-    kind = cfg.row_kind
-    if kind == "pt":
-        return [(item,) for item in encode_pt(row, tokenizer, cfg.cutoff_len)]
-    if kind == "sft":
-        return [(item,) for item in encode_sft(row, tokenizer, cfg.loss_policy, cfg.cutoff_len)]
-    if kind == "preference":
-        return [encode_pair(row, tokenizer, cfg.cutoff_len)]
-    if kind == "kto":
-        return [(encode_kto(row, tokenizer, cfg.cutoff_len),)]
-    raise ConfigError(f"stage {cfg.stage} trains on {kind} rows, which this version cannot encode for training")
-
-
-def _sample(encodings: tuple[Encoded, ...], row: dict, kind: str) -> dict[str, Any]:
-    if kind == "preference":
-        return pair_sample(*encodings)
-    if kind == "kto":
-        return {**completion_sample(encodings[0]), "label": bool(row["label"])}
-    return {"input_ids": encodings[0].input_ids, "labels": encodings[0].labels}
-
-
-def iter_samples(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
+def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: RowKind, report: DataReport,
                  split: str) -> Iterator[dict[str, list[int]]]:
     """Model inputs per sample; over-long samples are truncated or dropped, and counted either way."""
+    if kind.inputs is None:
+        raise ConfigError(f"{kind.name} rows train online on their prompts; they have no token samples")
     kept = 0
     for index, row in enumerate(rows):
         try:
-            items = _encode(row, tokenizer, cfg)
+            samples = kind.encode(row, tokenizer, data.loss_policy, data.cutoff_len)
         except MaskingError as error:
             raise DataError(f"{split} sample {index + 1}: {error}") from None
-        for encodings in items:
+        for encodings in samples:
             truncated = any(item.truncated for item in encodings)
-            if truncated and cfg.cutoff_policy == "drop":
+            if truncated and data.cutoff_policy == "drop":
                 length = max(item.full_length for item in encodings)
-                report.skipped.add(f"longer than cutoff_len {cfg.cutoff_len} (cutoff_policy: drop)",
+                report.skipped.add(f"longer than cutoff_len {data.cutoff_len} (cutoff_policy: drop)",
                                    f"{split} sample {index + 1}: {length} tokens")
                 continue
             if any(item.num_trained == 0 for item in encodings):
-                report.skipped.add(f"no trained token left after truncation to cutoff_len {cfg.cutoff_len}",
+                report.skipped.add(f"no trained token left after truncation to cutoff_len {data.cutoff_len}",
                                    f"{split} sample {index + 1}")
                 continue
             report.truncated += truncated
             report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
             kept += 1
-            yield _sample(encodings, row, cfg.row_kind)
+            yield kind.inputs(encodings, row)
     if not kept and rows:
-        raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {cfg.cutoff_len})")
+        raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {data.cutoff_len})")
 
 
 def with_system_prompt(prompt: list[dict], system_prompt: str | None) -> list[dict]:
-    """An RL prompt with the config's system prompt in front, unless the row brings its own."""
+    """An RL prompt with the stage's system prompt in front, unless the row brings its own."""
     if not system_prompt or (prompt and prompt[0].get("role") == "system"):
         return prompt
     return [{"role": "system", "content": system_prompt}, *prompt]
 
 
-def iter_prompts(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
-                 split: str) -> Iterator[dict[str, Any]]:
+def iter_prompts(rows: list[dict], tokenizer: Any, data: DataSettings, report: DataReport, split: str,
+                 system_prompt: str | None = None) -> Iterator[dict[str, Any]]:
     """RL samples: the prompt messages (system prompt added) with every extra column for the reward functions.
     A prompt cannot be cut without losing the question, so one longer than cutoff_len is dropped and counted."""
-    system_prompt = getattr(cfg, "system_prompt", None)
+    prompt_kind = row_kind("rl")
     kept = 0
     for index, row in enumerate(rows):
         prompt = with_system_prompt(row["prompt"], system_prompt)
         try:
-            length = len(encode_prompt({**row, "prompt": prompt}, tokenizer).input_ids)
+            (encoded,), = prompt_kind.encode({**row, "prompt": prompt}, tokenizer, data.loss_policy, None)
         except Exception as error:  # a template that cannot render this prompt
             raise DataError(f"{split} sample {index + 1}: the chat template cannot render the prompt: "
                             f"{shorten(str(error))}") from None
-        if length > cfg.cutoff_len:
-            report.skipped.add(f"prompt longer than cutoff_len {cfg.cutoff_len}",
+        length = len(encoded.input_ids)
+        if length > data.cutoff_len:
+            report.skipped.add(f"prompt longer than cutoff_len {data.cutoff_len}",
                                f"{split} sample {index + 1}: {length} tokens")
             continue
         kept += 1
         yield {**row, "prompt": prompt}
     if not kept and rows:
-        raise DataError(f"every {split} prompt is longer than cutoff_len {cfg.cutoff_len}; raise it")
+        raise DataError(f"every {split} prompt is longer than cutoff_len {data.cutoff_len}; raise it")
 
 
 def _prompt_dataset(samples: Iterator[dict[str, Any]]) -> Any:
@@ -180,9 +156,9 @@ def _uniform_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{key: text(value) if key in mixed else value for key, value in row.items()} for row in rows]
 
 
-def tokenize_rows(rows: list[dict], tokenizer: Any, cfg: TrainConfig, report: DataReport,
+def tokenize_rows(rows: list[dict], tokenizer: Any, data: DataSettings, kind: str, report: DataReport,
                   split: str) -> list[dict[str, list[int]]]:
-    return list(iter_samples(rows, tokenizer, cfg, report, split))
+    return list(iter_samples(rows, tokenizer, data, row_kind(kind), report, split))
 
 
 def _to_dataset(samples: Iterator[dict[str, list[int]]], batch_size: int = 2000) -> Any:
@@ -211,23 +187,25 @@ def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
                      for key, value in batch[0].items()})
 
 
-def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, cfg: TrainConfig,
-                    report: DataReport) -> tuple[Any, Any]:
-    """Tokenized ``datasets.Dataset`` objects ready for TRL's SFTTrainer (which skips re-tokenizing); for RL, the
-    prompts as messages plus their extra columns (TRL's online trainers render and sample them)."""
-    if cfg.row_kind == "rl":
-        train = _prompt_dataset(iter_prompts(train_rows, tokenizer, cfg, report, "train"))
-        evaluation = _prompt_dataset(iter_prompts(eval_rows, tokenizer, cfg, report, "eval"))
-        report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0
-        return train, evaluation
-    train = _to_dataset(iter_samples(train_rows, tokenizer, cfg, report, "train"))
-    evaluation = _to_dataset(iter_samples(eval_rows, tokenizer, cfg, report, "eval"))
+def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, data: DataSettings, kind: str,
+                    report: DataReport, system_prompt: str | None = None) -> tuple[Any, Any]:
+    """Tokenized ``datasets.Dataset`` objects ready for TRL's trainers (which skip re-tokenizing); for rows that
+    train online (RL), the prompts as messages plus their extra columns (TRL's online trainers render and sample
+    them)."""
+    entry = row_kind(kind)
+    if entry.inputs is None:
+        train = _prompt_dataset(iter_prompts(train_rows, tokenizer, data, report, "train", system_prompt))
+        evaluation = _prompt_dataset(iter_prompts(eval_rows, tokenizer, data, report, "eval", system_prompt))
+    else:
+        train = _to_dataset(iter_samples(train_rows, tokenizer, data, entry, report, "train"))
+        evaluation = _to_dataset(iter_samples(eval_rows, tokenizer, data, entry, report, "eval"))
     report.train_samples, report.eval_samples = len(train), len(evaluation) if evaluation is not None else 0
     return train, evaluation
 
 
-def build_datasets(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataReport]:
+def build_datasets(data: DataSettings, kind: str, tokenizer: Any, seed: int = 42,
+                   system_prompt: str | None = None) -> tuple[Any, Any, DataReport]:
     """Rows read, mixed, split and encoded in one call."""
-    train_rows, eval_rows, report = load_rows(cfg)
-    train, evaluation = encode_datasets(train_rows, eval_rows, tokenizer, cfg, report)
+    train_rows, eval_rows, report = load_rows(data, kind, seed)
+    train, evaluation = encode_datasets(train_rows, eval_rows, tokenizer, data, kind, report, system_prompt)
     return train, evaluation, report

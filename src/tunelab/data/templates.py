@@ -89,6 +89,25 @@ _TEMPLATE_SPECIAL_TOKENS = {
 _TEMPLATE_STOP = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>"}
 
 
+def check_template_name(name: str | None, label: str = "template") -> None:
+    """A built-in name, a readable .jinja file or None (the tokenizer's own); said before anything loads."""
+    if name is None:
+        return
+    if name.endswith(".jinja"):
+        import os
+
+        if not os.path.isfile(os.path.expanduser(name)):
+            raise ConfigError(f"{label}: template file '{name}' does not exist")
+        return
+    if name not in BUILTIN_TEMPLATES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{label} '{name}' is not a built-in template ({', '.join(BUILTIN_TEMPLATES)}){hint}; "
+                          "leave it unset to use the tokenizer's own")
+
+
 def apply_template(tokenizer: Any, name: str | None) -> str:
     """Install the chat template on the tokenizer and return a short description of it.
 
@@ -107,13 +126,7 @@ def apply_template(tokenizer: Any, name: str | None) -> str:
         except OSError as error:
             raise ConfigError(f"template file '{name}' cannot be read: {error.strerror}") from None
         return name
-    if name not in BUILTIN_TEMPLATES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"template '{name}' is not a built-in ({', '.join(BUILTIN_TEMPLATES)}){hint}; "
-                          "leave template unset to use the tokenizer's own")
+    check_template_name(name)
     missing = [t for t in _TEMPLATE_SPECIAL_TOKENS.get(name, []) if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})

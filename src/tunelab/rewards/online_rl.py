@@ -7,17 +7,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
+from tunelab.config.concerns import SystemPromptKeys
 from tunelab.rewards.settings import RewardSettings
 
 if TYPE_CHECKING:
     from tunelab.config import TrainConfig
 
 
-class OnlineRLKeys(RewardSettings):
+class OnlineRLKeys(RewardSettings, SystemPromptKeys):
     """What every RL stage reads: the rewards (RewardSettings), the prompts' system prompt, sampling, logging."""
 
-    system_prompt: str | None = Field(None, description="System prompt put in front of every prompt that has none "
-                                                        "(e.g. the R1 recipe's <reasoning>/<answer> format).")
     max_completion_length: int = Field(256, ge=1, description="Most tokens sampled per answer.")
     max_new_tokens: int | None = Field(None, ge=1, description="LLaMA-Factory's name for max_completion_length.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")

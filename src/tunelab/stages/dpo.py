@@ -61,8 +61,8 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import DPOConfig
 
+    from tunelab.data.row_kinds import row_kind
     from tunelab.training.arguments import training_arguments
-    from tunelab.training.collate import PairCollator
 
     begin(run, report)
     # A new LoRA adapter goes to TRL as a config, so the reference is the base with the adapter disabled (no
@@ -74,7 +74,8 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         peft_config=peft_config,
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, DPOConfig, **dpo_settings(cfg)),
-        data_collator=PairCollator(tokenizer.pad_token_id),  # completion_mask = tunelab's trained tokens
+        # completion_mask = tunelab's trained tokens
+        data_collator=row_kind(cfg.row_kind).collator_class()(tokenizer.pad_token_id),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

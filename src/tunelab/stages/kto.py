@@ -85,8 +85,8 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import KTOConfig
 
+    from tunelab.data.row_kinds import row_kind
     from tunelab.training.arguments import training_arguments
-    from tunelab.training.collate import UnpairedCollator
     from tunelab.training.preference import reference_model
 
     train_dataset = with_kl_completions(train_dataset.shuffle(seed=cfg.seed).flatten_indices())
@@ -100,7 +100,7 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         model=model,
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, KTOConfig, **settings),
-        data_collator=UnpairedCollator(tokenizer.pad_token_id),
+        data_collator=row_kind(cfg.row_kind).collator_class()(tokenizer.pad_token_id),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

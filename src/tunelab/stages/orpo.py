@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunelab.data.masking import IGNORE_INDEX
 from tunelab.stage_registry import Stage
 from tunelab.training.preference import PreferenceKeys
 
@@ -41,6 +40,8 @@ def check_reference_free(cfg: TrainConfig, data: DataReport | None = None) -> No
 def experimental_row(feature: dict[str, Any]) -> dict[str, list[int]]:
     """tunelab's pair (prompt_ids, chosen_ids/_mask, rejected_ids/_mask) in the columns of TRL's experimental
     preference trainers: full sequences with labels -100 wherever no loss is taken."""
+    from tunelab.data.masking import IGNORE_INDEX
+
     prompt = list(feature["prompt_ids"])
     row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
     for side in ("chosen", "rejected"):

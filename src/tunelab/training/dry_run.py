@@ -14,6 +14,7 @@ from typing import Any
 
 from tunelab.config import TrainConfig
 from tunelab.console import human_size, stdout
+from tunelab.data.row_kinds import row_kind
 from tunelab.errors import TunelabError, shorten
 from tunelab.models.sources import default_template, resolve_model_path
 from tunelab.training.lifecycle import preflight, prepare_data
@@ -100,19 +101,14 @@ def planned_optimizer_steps(cfg: TrainConfig, train_samples: int) -> int:
     return math.ceil(cfg.num_train_epochs * per_epoch)
 
 
-# What one training sequence is, per row kind: the lengths --dry-run adds up and sizes memory by.
-SEQUENCE = {"sft": "prompt + answers", "pt": "text chunk", "preference": "prompt + the longer answer",
-            "kto": "prompt + answer", "rl": "prompt + max_completion_length"}
-
-
 def sample_lengths(dataset: Any, tokenizer: Any, cfg: TrainConfig) -> list[int]:
     """Tokens of each training sequence: the sample, a pair's longer side, prompt + KTO answer, or an RL prompt
     plus the longest answer it may sample."""
     columns = dataset.column_names
-    if cfg.row_kind == "rl":
-        from tunelab.data.encoders import encode_prompt
-
-        return [len(encode_prompt(row, tokenizer).input_ids) + cfg.max_completion_length for row in dataset]
+    kind = row_kind(cfg.row_kind)
+    if kind.inputs is None:  # trains online: the prompt plus the longest answer it may sample
+        return [kind.lengths(kind.encode(row, tokenizer, cfg.loss_policy, None)[0]) + cfg.max_completion_length
+                for row in dataset]
     if "input_ids" in columns:
         return [len(ids) for ids in dataset["input_ids"]]
     prompts = [len(ids) for ids in dataset["prompt_ids"]]
@@ -132,7 +128,7 @@ def dry_run(cfg: TrainConfig) -> dict[str, Any]:
     for line in report.lines():
         stdout.print(f"[bold]data[/bold] {line}")
     stdout.print(f"[bold]sequence tokens[/bold] {sum(lengths):,} in {len(lengths):,} train samples "
-                 f"({SEQUENCE[cfg.row_kind]}; longest {max(lengths)}, mean {sum(lengths) / len(lengths):.0f})"
+                 f"({row_kind(cfg.row_kind).sequence}; longest {max(lengths)}, mean {sum(lengths) / len(lengths):.0f})"
                  + (f"; template {template}" if cfg.stage != "pt" else ""))
     stdout.print(f"[bold]steps[/bold] {steps:,} optimizer steps (batch {cfg.per_device_train_batch_size} x "
                  f"accumulation {cfg.gradient_accumulation_steps} x {os.environ.get('WORLD_SIZE', '1')} processes"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import TrainConfig
+from tunelab.config import SystemPromptKeys, TrainConfig
 from tunelab.console import console, stdout
 from tunelab.method_registry import method
 from tunelab.models.saving import record_base_model, usage_command, write_model_card
@@ -59,16 +59,18 @@ def preflight(cfg: TrainConfig) -> RunDir:
 
 def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     """(tokenizer, train dataset, eval dataset, data report): every data and template check of a run, each
-    row encoded by its kind's encoder (data/encoders.py)."""
+    row encoded by its kind's entry in data/row_kinds.py."""
     from tunelab.data.pipeline import encode_datasets, load_rows
 
-    train_rows, eval_rows, report = load_rows(cfg)  # no torch needed to find a wrong name or record
+    train_rows, eval_rows, report = load_rows(cfg, cfg.row_kind, cfg.seed)  # no torch to find a wrong name or record
     from tunelab.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, default_template(cfg.model_name_or_path, cfg.template),
                                trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
                                cache_dir=cfg.cache_dir, require_template=cfg.row_kind != "pt")
-    train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, report)
+    prompts = cfg.keys_of(SystemPromptKeys)
+    train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, cfg.row_kind, report,
+                                                  prompts.system_prompt if prompts else None)
     all_stages()[cfg.stage].check_config(cfg, report)
     return tokenizer, train_dataset, eval_dataset, report
 

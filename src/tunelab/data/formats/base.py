@@ -10,15 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunelab.data.row_kinds import ROW_KINDS
+
 Row = dict[str, Any]
 
-# The canonical row each kind produces (TRL's standard dataset types, see docs/architecture.md):
-#   sft        {"messages": [...], "tools": list | None}
-#   pt         {"text": str}
-#   preference {"prompt": [...], "chosen": [...], "rejected": [...]} (+ "tools" when the data has a tools column)
-#   kto        {"prompt": [...], "completion": [...], "label": bool} (+ "tools" likewise)
-#   rl         {"prompt": [...], **every other column of the record, unchanged}
-KINDS = ("sft", "pt", "preference", "kto", "rl")
+# The kinds of canonical rows a format produces, with the fields of each: the table in data/row_kinds.py.
+KINDS = ROW_KINDS
 
 # Short stable reasons, so callers can count skipped records by category (the message says the details).
 MISSING_FIELD = "missing field"
@@ -130,7 +127,7 @@ class Format:
     """
 
     name: str
-    kind: str  # which canonical row it produces: one of KINDS
+    kind: str  # which canonical row it produces: a name in data/row_kinds.py
     detect: Callable[[set[str], ColumnSpec], bool]
     convert: Callable[[Any, ColumnSpec], list[Row]]
     needs: str  # what the columns must hold, for error messages

@@ -12,7 +12,6 @@ from typing import Any
 
 from tunelab.data.formats.base import (
     BAD_FORMATTING,
-    KINDS,
     UNKNOWN_FORMAT,
     WRONG_STAGE,
     WRONG_TYPE,
@@ -26,6 +25,7 @@ from tunelab.data.formats.preference import PREFERENCE_FORMATS
 from tunelab.data.formats.pretrain import PRETRAIN_FORMATS
 from tunelab.data.formats.rl import RL_FORMATS
 from tunelab.data.formats.supervised import MESSAGE_LIST, SUPERVISED_FORMATS
+from tunelab.data.row_kinds import ROW_KIND_TABLE, stages_of_kind
 
 # Order matters within a kind: detection takes the first match, so specific layouts come first.
 FORMATS: dict[str, Format] = {
@@ -33,15 +33,14 @@ FORMATS: dict[str, Format] = {
     for fmt in (*SUPERVISED_FORMATS, MESSAGE_LIST, *PREFERENCE_FORMATS, *KTO_FORMATS, *RL_FORMATS,
                 *PRETRAIN_FORMATS)
 }
-_KIND_NAMES = {"pt": "plain text (pretraining)", "preference": "preference", "kto": "KTO (labelled answers)",
-               "sft": "supervised (instruction/answer)", "rl": "RL prompt"}
 # Columns whose mapping in dataset_info.json says which kind of rows a dataset holds.
-_KIND_COLUMNS = {"kto_tag": "kto", "chosen": "preference", "rejected": "preference"}
+_KIND_COLUMNS = {column: kind.name for kind in ROW_KIND_TABLE.values() for column in kind.mapping_columns}
+# The kinds a record of another stage's data can be named as, the most specific first.
+_NAMEABLE = [kind.name for kind in sorted(ROW_KIND_TABLE.values(), key=lambda k: k.precedence or 0)
+             if kind.precedence is not None]
 
 
 def _stages(kind: str) -> str:
-    from tunelab.stage_registry import stages_of_kind
-
     stages = stages_of_kind(kind)
     if not stages:
         return f"a stage for {kind} rows (none in this version)"
@@ -57,7 +56,7 @@ def _first_match(kind: str, columns: set[str], spec: ColumnSpec) -> Format | Non
 
 
 def _other_stage_error(kind: str, fmt: Format, columns: set[str]) -> FieldError:
-    return FieldError(", ".join(sorted(columns)), f"these records look like {_KIND_NAMES[fmt.kind]} data "
+    return FieldError(", ".join(sorted(columns)), f"these records look like {ROW_KIND_TABLE[fmt.kind].title} data "
                       f"({fmt.name} format: {fmt.needs}), not {kind} data; use stage: {_stages(fmt.kind)}",
                       WRONG_STAGE)
 
@@ -87,8 +86,8 @@ def _kind_mismatch(kind: str, record: dict, spec: ColumnSpec) -> FieldError | No
     mapped = _mapped_kind(spec)
     if mapped and mapped != kind:
         return FieldError(", ".join(sorted(spec.columns)), f"the dataset's column mapping ({sorted(spec.columns)}) "
-                          f"is for {_KIND_NAMES[mapped]} data, not {kind} data; use stage: {_stages(mapped)}, or map "
-                          "the columns for this stage explicitly", WRONG_STAGE)
+                          f"is for {ROW_KIND_TABLE[mapped].title} data, not {kind} data; use stage: {_stages(mapped)}, "
+                          "or map the columns for this stage explicitly", WRONG_STAGE)
     if kind == "sft" and not spec.columns and (kto := _first_match("kto", set(record), spec)):
         try:
             parse_label(record, "label")
@@ -99,7 +98,7 @@ def _kind_mismatch(kind: str, record: dict, spec: ColumnSpec) -> FieldError | No
 
 
 def _undetected(kind: str, columns: set[str], spec: ColumnSpec) -> FieldError:
-    for other in ("preference", "kto", "sft", "pt"):
+    for other in _NAMEABLE:
         fmt = _first_match(other, columns, spec) if other != kind else None
         if fmt:
             return _other_stage_error(kind, fmt, columns)
@@ -110,13 +109,13 @@ def _undetected(kind: str, columns: set[str], spec: ColumnSpec) -> FieldError:
 
 
 def detect_format(record: Any, spec: ColumnSpec, kind: str) -> Format:
-    """The format for rows of ``kind`` (one of KINDS; a stage's kind is in stage_registry.py).
+    """The format for rows of ``kind`` (a name in data/row_kinds.py; a stage's kind is in its registry entry).
 
     Raises FieldError: for the record (reason "unknown format", "wrong type") or for the dataset's
     settings (reasons in DATASET_REASONS: wrong stage, bad formatting, bad option).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in ROW_KIND_TABLE:
+        raise ValueError(f"kind must be one of {', '.join(ROW_KIND_TABLE)}, got {kind!r}")
     check_options(spec)
     if spec.ranking and kind != "preference":
         raise FieldError("ranking", f"a ranking (preference) dataset cannot give {kind!r} rows; use stage: "

@@ -1,0 +1,135 @@
+"""The row kinds: every kind of canonical row a stage trains on, described once with everything the rest of
+tunelab asks about it.
+
+A dataset's records become canonical rows of one kind (the formats in ``formats/`` detect and convert them);
+a stage names the kind it trains on. Per kind this table holds its fields, how messages name its data, the
+dataset_info.json columns that mark it, its encoder (rows into training samples, through the same loss masks
+everywhere), the model inputs of a sample, what ``tunelab data inspect`` shows, the sequence length that
+``train --dry-run`` sizes memory by, and the collator its trainers batch with. The pipeline, inspect, the dry
+run, format detection and the stages read it; adding a row kind is one entry here and its functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.data.encoders import (
+    completion_sample,
+    encode_kto,
+    encode_pair,
+    encode_prompt,
+    encode_pt,
+    encode_sft,
+    pair_sample,
+)
+from tunelab.data.masking import Encoded, segments
+from tunelab.errors import TunelabError
+
+Row = dict[str, Any]
+Sample = tuple[Encoded, ...]  # the encodings of one training sample (a pair: chosen and rejected)
+
+
+@dataclass(frozen=True)
+class RowKind:
+    name: str
+    title: str  # how messages name its data: "these records look like {title} data"
+    fields: str  # the canonical row (TRL's standard dataset types)
+    # row, tokenizer, loss policy, cutoff_len (None: no cut) -> its training samples
+    encode: Callable[[Row, Any, str, int | None], list[Sample]]
+    # a sample's encodings and its row -> the model inputs the trainer reads (None: trains online on prompts)
+    inputs: Callable[[Sample, Row], dict[str, Any]] | None
+    view: Callable[[Sample, Row], dict[str, Any]]  # what `data inspect` shows of a sample beyond its tokens
+    sequence: str  # what one training sequence is, in the words of --dry-run
+    mapping_columns: tuple[str, ...] = ()  # dataset_info.json "columns" keys that mark data of this kind
+    # records given to a stage of another kind are named as the fitting kind of lowest precedence (the most specific);
+    # None: never named so (any record with a prompt would fit RL)
+    precedence: int | None = None
+    # "module:Class"(pad_token_id) that batches its samples as encoded, keeping tunelab's loss masks, for the trainers
+    # that take them so (dpo, kto); None: the trainer's own collator (sft, pt; rm re-shapes pairs first)
+    collator: str | None = None
+
+    def collator_class(self) -> Any:
+        if self.collator is None:
+            raise ValueError(f"{self.name} rows are batched by their trainer's own collator")
+        module, name = self.collator.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def lengths(self, sample: Sample) -> int:
+        """Tokens of the sample's sequence: a pair is as long as its longer side."""
+        return max(len(item.input_ids) for item in sample)
+
+
+def _sft(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    return [(item,) for item in encode_sft(row, tokenizer, policy, cutoff_len)]
+
+
+def _pt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    return [(chunk,) for chunk in encode_pt(row, tokenizer, cutoff_len)]
+
+
+def _pair(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    return [encode_pair(row, tokenizer, cutoff_len)]
+
+
+def _labelled(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    return [(encode_kto(row, tokenizer, cutoff_len),)]
+
+
+def _prompt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    return [(encode_prompt(row, tokenizer),)]
+
+
+def _token_inputs(sample: Sample, row: Row) -> dict[str, Any]:
+    return {"input_ids": sample[0].input_ids, "labels": sample[0].labels}
+
+
+def _segments(sample: Sample, row: Row) -> dict[str, Any]:
+    return {"segments": segments(sample[0])}
+
+
+ROW_KIND_TABLE: dict[str, RowKind] = {kind.name: kind for kind in (
+    RowKind("sft", "supervised (instruction/answer)", '{"messages": [...], "tools": list | None}', _sft,
+            _token_inputs, _segments, "prompt + answers", precedence=2),
+    RowKind("pt", "plain text (pretraining)", '{"text": str}', _pt, _token_inputs, _segments, "text chunk",
+            precedence=3),
+    RowKind("preference", "preference", '{"prompt": [...], "chosen": [...], "rejected": [...]} (+ "tools")',
+            _pair, lambda sample, row: pair_sample(*sample),
+            lambda sample, row: {"segments": segments(sample[0]), "rejected_segments": segments(sample[1])},
+            "prompt + the longer answer", mapping_columns=("chosen", "rejected"), precedence=0,
+            collator="tunelab.training.collate:PairCollator"),
+    RowKind("kto", "KTO (labelled answers)", '{"prompt": [...], "completion": [...], "label": bool} (+ "tools")',
+            _labelled, lambda sample, row: {**completion_sample(sample[0]), "label": bool(row["label"])},
+            lambda sample, row: {"segments": segments(sample[0]), "label": row["label"]}, "prompt + answer",
+            mapping_columns=("kto_tag",), precedence=1, collator="tunelab.training.collate:UnpairedCollator"),
+    RowKind("rl", "RL prompt", '{"prompt": [...], **every other column of the record, unchanged}', _prompt, None,
+            lambda sample, row: {"segments": [{"text": sample[0].text, "trained": False}],
+                                 "extra": {key: value for key, value in row.items() if key not in ("prompt", "tools")}},
+            "prompt + max_completion_length"),
+)}
+ROW_KINDS = tuple(ROW_KIND_TABLE)
+
+
+def row_kind(name: str) -> RowKind:
+    return ROW_KIND_TABLE[name]
+
+
+def kind_of(name: str) -> str:
+    """The row kind of a stage name, or a row kind itself (for data of stages not in this version)."""
+    from tunelab.stage_registry import stage_kinds
+
+    kinds = stage_kinds()
+    if name in kinds:
+        return kinds[name]
+    if name in ROW_KIND_TABLE:
+        return name
+    raise TunelabError(f"--stage '{name}' is neither a stage ({', '.join(kinds)}) nor a row kind "
+                       f"({', '.join(ROW_KINDS)})")
+
+
+def stages_of_kind(kind: str) -> list[str]:
+    from tunelab.stage_registry import stage_kinds
+
+    return [name for name, stage_kind in stage_kinds().items() if stage_kind == kind]
