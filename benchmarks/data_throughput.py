@@ -54,16 +54,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (the shared harness, a sibling module)
+    MIB,
+    REPO_ROOT,
+    add_worker_args,
+    cpu_count,
+    cpu_model,
+    machine_busy_seconds,
+    run_worker,
+    table,
+    to_json,
+)
+
 SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "alpaca" / "alpaca_5000.json"
 LF_TOOL = SHARED / "tools" / "llamafactory-venv"
 EMBEDDED_MODEL_DIR = REPO_ROOT / "src" / "tunelab" / "assets" / "stories260K"
 STAGES = ("read", "read+convert", "convert→jsonl", "tokenize")
-RESULT_MARK = "@@data_throughput@@ "  # the child's result line; tunelab's console may print other lines
 CUTOFF_LEN = 1024
 TEMPLATE = "alpaca"
-MB = 1024 * 1024
 LF_TIMEOUT_S = 300
 
 
@@ -79,18 +89,6 @@ def proc_status_kb(key: str, pid: int | str = "self") -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs have spent busy since boot (/proc/stat); differences tell how much CPU every
-    process used over a window, so subtracting our own shows whether someone else competed for the cores."""
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -147,10 +145,10 @@ def _stage_convert_jsonl(path: Path, limit: int) -> dict[str, Any]:
 
     out = Path.cwd() / f"{path.stem}.converted.jsonl"
     clock = Clock()
-    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines must not mix with our result line
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines: console output is not what is timed
         written, skipped = convert_dataset(str(path), out, dataset_dir=".", stage="sft", skip_invalid=True)
     timing = clock.stop()
-    size_mb = out.stat().st_size / MB
+    size_mb = out.stat().st_size / MIB
     out.unlink()
     return {"rows": written, **timing, "skipped": skipped.total,
             "notes": f"{skipped.total} skipped; wrote {size_mb:.0f} MB"}
@@ -172,7 +170,7 @@ def _stage_tokenize(path: Path, limit: int) -> dict[str, Any]:
 
     report = DataReport()
     clock = Clock()
-    samples = tokenize_rows(rows, tokenizer, cfg, report, "train")
+    samples = tokenize_rows(rows, tokenizer, cfg, "sft", report, "train")
     timing = clock.stop()
     notes = [f"first {limit:,} rows only (--tokenize-limit)"] if capped else []
     if report.truncated:
@@ -190,11 +188,12 @@ CHILD_STAGES = {"read": _stage_read, "read+convert": _stage_convert, "convert→
                 "tokenize": _stage_tokenize}
 
 
-def child_main(stage: str, path: Path, limit: int) -> None:
-    """Run one stage and print its result as one JSON line (read by ``run_stage`` in the parent)."""
-    result = CHILD_STAGES[stage](path, limit)
+def worker_main(args: argparse.Namespace) -> None:
+    """Run one stage (``args.worker``) on the spec's file and write its result (read by ``run_stage``)."""
+    spec = json.loads(Path(args.spec).read_text())
+    result = CHILD_STAGES[args.worker](Path(spec["input"]), spec["limit"])
     result["peak_rss_kb"] = proc_status_kb("VmHWM")
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    Path(args.result).write_text(to_json(result))
 
 
 # --- parent side: tunelab stages ------------------------------------------------------------------------
@@ -237,17 +236,11 @@ def make_large_jsonl(source: Path, dest: Path, rows: int) -> Path:
 def run_stage(stage: str, path: Path, limit: int, workdir: Path) -> StageResult:
     """The stage in a fresh interpreter (cwd: an empty folder, so no local dataset_info.json or model
     folder changes what names resolve to)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--input", str(path),
-               "--tokenize-limit", str(limit)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    result = run_worker(__file__, stage, {"input": str(path), "limit": limit}, workdir, f"{stage}-{path.name}",
+                        env=env, cwd=workdir / "cwd")
     process_seconds = time.perf_counter() - started
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"stage '{stage}' on {path.name} failed (exit {done.returncode}):\n"
-                           f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    result = json.loads(lines[-1][len(RESULT_MARK):])
     main_keys = ("rows", "seconds", "cpu_seconds", "others_cpu_seconds", "peak_rss_kb", "base_rss_kb", "notes")
     return StageResult(stage, path.name, result["rows"], result["seconds"], result["cpu_seconds"],
                        result["others_cpu_seconds"], result["peak_rss_kb"] / 1024, result["base_rss_kb"] / 1024,
@@ -440,21 +433,14 @@ def lf_counts(venv: Path, tokenized: Path) -> tuple[dict[str, str], dict[str, in
 # --- report ---------------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and cores (lscpu), memory, load, library versions of tunelab's venv, date."""
-    cpu = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                   cpu)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    """CPU model and cores, memory, load, library versions of tunelab's venv, date."""
     versions = {}
     for name in ("tunelab", "torch", "transformers", "tokenizers"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(mem_total_kb() / MB, 1),
+    return {"cpu": cpu_model(), "cores": cpu_count(), "memory_gb": round(mem_total_kb() / MIB, 1),
             "python": sys.version.split()[0], "versions": versions,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_average_at_start": round(os.getloadavg()[0], 2)}
@@ -470,14 +456,15 @@ def mem_total_kb() -> int:
 
 
 def render_table(results: list[StageResult]) -> str:
-    header = (f"{'stage':<14} {'file':<22} {'rows':>8} {'wall s':>7} {'rows/s':>8} {'cpu s':>7} {'rows/cpu-s':>10} "
-              f"{'others cpu s':>12} {'peak RSS MB':>11} {'base RSS MB':>11}  notes")
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(f"{r.stage:<14} {r.file:<22} {r.rows:>8,} {r.seconds:>7.2f} {r.rows_per_s:>8,.0f} "
-                     f"{r.cpu_seconds:>7.2f} {r.rows_per_cpu_s:>10,.0f} {r.others_cpu_seconds:>12.2f} "
-                     f"{r.peak_rss_mb:>11.0f} {r.base_rss_mb:>11.0f}  {r.notes}")
-    return "\n".join(lines)
+    header = ["stage", "file", "rows", "wall s", "rows/s", "cpu s", "rows/cpu-s", "others cpu s", "peak RSS MB",
+              "base RSS MB"]
+    body = [[r.stage, r.file, f"{r.rows:,}", f"{r.seconds:.2f}", f"{r.rows_per_s:,.0f}", f"{r.cpu_seconds:.2f}",
+             f"{r.rows_per_cpu_s:,.0f}", f"{r.others_cpu_seconds:.2f}", f"{r.peak_rss_mb:.0f}", f"{r.base_rss_mb:.0f}"]
+            for r in results]
+    lines = [f"{line}  {notes}".rstrip() for line, notes in zip(
+        table(header, body, widths=[14, 22, 8, 7, 8, 7, 10, 12, 11, 11], align="<<>>>>>>>>", gap=" "),
+        ["notes", *(r.notes for r in results)], strict=True)]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def comparison(results: list[StageResult], lf: LfResult, data_name: str) -> dict[str, Any]:
@@ -571,8 +558,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-llamafactory", action="store_true", help="skip the LLaMA-Factory comparison")
     parser.add_argument("--workdir", type=Path, help="keep the generated files and LF's log here (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
-    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    add_worker_args(parser, STAGES)
     return parser.parse_args(argv)
 
 
@@ -583,13 +569,12 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
     files = [data]
     if args.large_rows:
         files.append(make_large_jsonl(data, workdir / f"alpaca_{args.large_rows // 1000}k.jsonl", args.large_rows))
-    stage_dir = workdir / "cwd"
-    stage_dir.mkdir(exist_ok=True)
+    (workdir / "cwd").mkdir(exist_ok=True)
     results = []
     for stage in STAGES:
         for path in files:
             print(f"  {stage} {path.name} ...", file=sys.stderr, flush=True)
-            results.append(run_stage(stage, path, args.tokenize_limit, stage_dir))
+            results.append(run_stage(stage, path, args.tokenize_limit, workdir))
     if args.no_llamafactory:
         lf = LfResult(False, note="--no-llamafactory given")
     else:
@@ -612,8 +597,8 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.child:
-        child_main(args.child, args.input, args.tokenize_limit)
+    if args.worker:
+        worker_main(args)
         return
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -621,7 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="tunelab-data-throughput-") as tmp:
             report, results, lf = run_all(args, Path(tmp))
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else render_text(report, results, lf))
+    print(to_json(report) if args.json else render_text(report, results, lf))
 
 
 if __name__ == "__main__":

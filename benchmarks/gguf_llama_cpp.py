@@ -17,13 +17,14 @@ random Qwen2 with the real Llama-3 byte-level BPE tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO_ROOT, table, to_json  # noqa: E402  (a sibling module)
+
 PROMPTS = ["Once upon a time, there was a little girl named Lily.",
            "Tom had a red ball. One day, he went to the park and",
            "The cat and the dog were friends. They liked to"]
@@ -35,8 +36,8 @@ def _tunelab(*args: str) -> None:
 
 def _demo_adapter(work: Path) -> Path:
     out = work / "demo"
-    _tunelab("train", str(REPO / "examples" / "demo_lora_sft.yaml"), f"output_dir={out}",
-             f"dataset_dir={REPO / 'examples' / 'data'}", "plot_loss=false")
+    _tunelab("train", str(REPO_ROOT / "examples" / "demo_lora_sft.yaml"), f"output_dir={out}",
+             f"dataset_dir={REPO_ROOT / 'examples' / 'data'}", "plot_loss=false")
     return out
 
 
@@ -48,7 +49,7 @@ def _tiny_qwen2(work: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     folder = work / "tiny-qwen2"
-    packed = REPO / "tests" / "fixtures" / "tokenizers" / "llama3"
+    packed = REPO_ROOT / "tests" / "fixtures" / "tokenizers" / "llama3"
     tokenizer_dir = work / "llama3-tokenizer"
     shutil.copytree(packed, tokenizer_dir, ignore=shutil.ignore_patterns("*.xz"))
     (tokenizer_dir / "tokenizer.json").write_bytes(lzma.decompress((packed / "tokenizer.json.xz").read_bytes()))
@@ -120,13 +121,13 @@ def main() -> None:
                                  "same_prompt_ids": hf_prompt == cpp_prompt,
                                  "agreeing_tokens": _agreeing(hf_tokens, cpp_tokens), "of": args.max_tokens})
     if args.json:
-        print(json.dumps({"llama_cpp_python": llama_cpp.__version__, "rows": rows}, indent=2))
+        print(to_json({"llama_cpp_python": llama_cpp.__version__, "rows": rows}))
         return
     print(f"llama-cpp-python {llama_cpp.__version__}; greedy, {args.max_tokens} tokens per prompt")
-    print(f"{'source':<28} {'type':<5} {'prompt ids':<10} agreeing tokens")
-    for row in rows:
-        print(f"{row['source']:<28} {row['type']:<5} {'same' if row['same_prompt_ids'] else 'DIFFER':<10} "
-              f"{row['agreeing_tokens']}/{row['of']}  {row['prompt'][:40]}")
+    body = [[row["source"], row["type"], "same" if row["same_prompt_ids"] else "DIFFER",
+             f"{row['agreeing_tokens']}/{row['of']}  {row['prompt'][:40]}"] for row in rows]
+    print("\n".join(table(["source", "type", "prompt ids", "agreeing tokens"], body, widths=[28, 5, 10],
+                          align="<<<<", gap=" ")))
 
 
 if __name__ == "__main__":

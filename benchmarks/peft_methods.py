@@ -33,12 +33,12 @@ How memory is measured:
 
 * On CUDA: ``torch.cuda.memory_allocated`` when training begins and ``max_memory_allocated`` over the steps.
 * On CPU, torch keeps no allocator statistics, so the resident set is sampled every few milliseconds from
-  ``/proc/self/statm`` (as in ``sft_throughput.py``). Two things would make it lie, and are corrected when
+  ``/proc/self/statm`` (the harness's ``RssSampler``). Two things would make it lie, and are corrected when
   training begins (outside the timed window): weights that safetensors left memory-mapped from the file (an fp32
   model loaded in fp32) count only once touched and as file pages, so every plain floating-point parameter is
   copied into ordinary memory (same values, same Parameter objects); and memory freed while loading is
   handed back to the system (``malloc_trim``). The methods table shows the growth of the resident set during
-  training (activations, gradients, optimizer state: ``sft_throughput.py``'s measure). The memory table
+  training (activations, gradients, optimizer state: the harness's measure). The memory table
   shows the anonymous resident set (without file pages) when training begins and its peak during training,
   absolute, so that the weights are in it: both include about 0.4 GiB of Python, torch and libraries,
   the same in every row.
@@ -51,7 +51,7 @@ How memory is measured:
   tensor over 128 KiB is returned when freed; this cost a quarter to a third of the tokens/s on a 2-core EPYC,
   which that part does not compare).
 
-Throughput is measured by ``sft_throughput.py``'s ``StepClock`` callback; use ``--threads 1`` on a shared 2-core
+Throughput is measured by the harness's ``StepClock`` callback; use ``--threads 1`` on a shared 2-core
 machine, and look at the "busy" column (CPU cores used by other processes while timing).
 """
 
@@ -63,10 +63,8 @@ import gc
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -74,19 +72,30 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import (  # noqa: E402  (the shared measurement helpers)
+from harness import (  # noqa: E402  (the shared harness, a sibling module)
+    FIXTURES,
     MIB,
+    RssSampler,
     SideResult,
-    build_random_model,
+    WorkerFailed,
+    add_machine_args,
+    add_model_args,
+    add_run_args,
+    add_worker_args,
     machine_description,
+    machine_lines,
     make_step_clock,
+    prepare_model,
     resolve_device,
+    run_worker,
     summarize,
+    table,
+    to_json,
+    worker_env,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "tests" / "fixtures" / "data" / "llamafactory"
-DEFAULT_TOKENIZER = REPO_ROOT / "tests" / "fixtures" / "tokenizers" / "minimind"
+DATA_DIR = FIXTURES / "data" / "llamafactory"
+DEFAULT_TOKENIZER = FIXTURES / "tokenizers" / "minimind"
 KIB = 1024
 WEIGHT_LOADS = ("fp32", "fp16", "bf16", "8-bit", "4-bit")
 LOSS_TOKENS = "assistant replies (tunelab default)"
@@ -122,7 +131,7 @@ class RunSpec:
 
 @dataclass
 class RowResult:
-    """What one training worker measured (``side`` is sft_throughput's SideResult, None if the run failed)."""
+    """What one training worker measured (``side`` is the harness's SideResult, None if the run failed)."""
 
     row: Row
     error: str | None = None
@@ -192,16 +201,6 @@ def memory_rows(lr: float) -> list[Row]:
 # Measurement (runs inside the workers)
 # --------------------------------------------------------------------------------------------------
 
-def anon_rss_bytes() -> int:
-    """Resident set size without file-backed pages (resident - shared in /proc/self/statm); 0 without /proc."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            fields = handle.read().split()
-        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def give_back_freed_memory() -> None:
     """Collect garbage and return the heap's free memory to the system (glibc malloc_trim; no-op elsewhere)."""
     gc.collect()
@@ -249,8 +248,7 @@ def make_memory_probe() -> Any:
             self.total_params = 0
             self.begin = 0
             self.peak = 0
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
+            self._sampler: RssSampler | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if model is not None:
@@ -265,14 +263,8 @@ def make_memory_probe() -> Any:
                         if type(param) is torch.nn.Parameter and param.is_floating_point():
                             param.data = param.data.clone()
             give_back_freed_memory()
-            self.begin = self.peak = anon_rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-        def _sample(self) -> None:
-            while not self._stop.is_set():
-                self.peak = max(self.peak, anon_rss_bytes())
-                self._stop.wait(0.005)
+            self._sampler = RssSampler(anonymous=True)
+            self.begin = self.peak = self._sampler.start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step >= state.max_steps:  # before the final checkpoint is written
@@ -282,10 +274,8 @@ def make_memory_probe() -> Any:
             self.finish()
 
         def finish(self) -> None:
-            if self._thread is not None and not self._stop.is_set():
-                self._stop.set()
-                self._thread.join()
-                self.peak = max(self.peak, anon_rss_bytes())
+            if self._sampler is not None:
+                self.peak = self._sampler.stop()
 
     return MemoryProbe()
 
@@ -365,11 +355,11 @@ def weights_worker(model_path: str) -> list[WeightLoad]:
     return results
 
 
-def worker_main(kind: str, spec_path: Path, result_path: Path) -> None:
+def worker_main(args: argparse.Namespace) -> None:
     """Entry point of a worker process: write its result (or the error) as JSON."""
-    spec = json.loads(spec_path.read_text())
-    if kind == "weights":
-        result_path.write_text(json.dumps([asdict(w) for w in weights_worker(spec["model"])]))
+    spec = json.loads(Path(args.spec).read_text())
+    if args.worker == "weights":
+        Path(args.result).write_text(to_json(weights_worker(spec["model"])))
         return
     run = RunSpec(**{**spec, "row": Row(**spec["row"])})
     try:
@@ -378,38 +368,25 @@ def worker_main(kind: str, spec_path: Path, result_path: Path) -> None:
         traceback.print_exc()
         message = " ".join(f"{type(error).__name__}: {error}".split())
         result = RowResult(row=run.row, error=message[:600])
-    result_path.write_text(json.dumps(asdict(result)))
+    Path(args.result).write_text(to_json(result))
 
 
 # --------------------------------------------------------------------------------------------------
 # Orchestration (parent process)
 # --------------------------------------------------------------------------------------------------
 
-def worker_env(device: str, threads: int | None, mmap_threshold: int) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if threads:  # before torch starts its thread pools
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # tunelab has no device key
-        if mmap_threshold:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    return env
+def fixed_malloc_env(device: str, threads: int | None, mmap_threshold: int) -> dict[str, str]:
+    """The workers' environment, with a fixed glibc mmap threshold on CPU (see the module's docstring)."""
+    fixed = device == "cpu" and mmap_threshold
+    return worker_env(device, threads, **({"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if fixed else {}))
 
 
-def run_worker(kind: str, name: str, spec: dict, workdir: Path, env: dict[str, str], verbose: bool) -> Any:
-    """One configuration in a fresh interpreter; its output goes to a log file, shown when it fails."""
-    slug = "".join(c if c.isalnum() else "-" for c in name)
-    spec_path, result_path, log_path = (workdir / f"{slug}{suffix}" for suffix in (".spec.json", ".json", ".log"))
-    spec_path.write_text(json.dumps(spec))
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path),
-               "--result", str(result_path)]
-    with log_path.open("w") as log:
-        done = subprocess.run(command, env=env, stdout=None if verbose else log,
-                              stderr=None if verbose else subprocess.STDOUT, check=False)
-    if done.returncode == 0 and result_path.is_file():
-        return json.loads(result_path.read_text())
-    tail = "" if verbose else "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-    return {"error": f"worker exited with {done.returncode}: {tail}"}
+def run_config(kind: str, name: str, spec: Any, workdir: Path, env: dict[str, str], verbose: bool) -> Any:
+    """One configuration in a fresh worker; ``{"error": ...}`` when it failed, which the tables report."""
+    try:
+        return run_worker(__file__, kind, spec, workdir, name, env=env, verbose=verbose, tail=15)
+    except WorkerFailed as error:
+        return {"error": str(error)}
 
 
 def to_row_result(raw: dict, row: Row) -> RowResult:
@@ -426,7 +403,7 @@ def run_rows(configs: list[Row], model: str, args: argparse.Namespace, part: str
         print(f"[{part} {index + 1}/{len(configs)}] {row.name} ...", file=sys.stderr, flush=True)
         spec = RunSpec(row=row, model=model, seed=args.seed, bf16=args.bf16, template=args.template,
                        output_dir=str(workdir / f"{part}-{index}"), **sizes)
-        result = to_row_result(run_worker("train", f"{part}-{index}", asdict(spec), workdir, env, args.verbose), row)
+        result = to_row_result(run_config("train", f"{part}-{index}", spec, workdir, env, args.verbose), row)
         if result.error:
             print(f"    failed: {result.error[:300]}", file=sys.stderr, flush=True)
         results.append(result)
@@ -443,16 +420,6 @@ def _size(n: float) -> str:
 
 def _loss(values: list[float], index: int) -> str:
     return f"{values[index]:.4f}" if values else "-"
-
-
-def _table(header: list[str], body: list[list[str]], left: int = 1) -> list[str]:
-    """Plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
-                                                                                                strict=True)))
-    return [line(header), *(line(r) for r in body)]
 
 
 def method_table(results: list[RowResult], steps: int) -> list[str]:
@@ -472,7 +439,7 @@ def method_table(results: list[RowResult], steps: int) -> list[str]:
         ])
     header = ["method", "lr", "trainable", "of all", "saved", "loss@1", f"loss@{steps}", "tokens/s",
               "peak MiB", "weights", "busy"]
-    return _table(header, body) + (["failed:", *failures] if failures else [])
+    return table(header, body) + (["failed:", *failures] if failures else [])
 
 
 def weights_table(loads: list[dict]) -> list[str]:
@@ -492,7 +459,7 @@ def weights_table(loads: list[dict]) -> list[str]:
         ])
     header = ["load", "linear layers", "footprint MiB", "+ quant consts", "linear MiB", "rest MiB",
               "footprint/fp16", "with consts/fp16", "linear/fp16", "load s"]
-    return _table(header, body, left=2)
+    return table(header, body, align="<<" + ">" * 8)
 
 
 def memory_table(results: list[RowResult]) -> list[str]:
@@ -511,16 +478,14 @@ def memory_table(results: list[RowResult]) -> list[str]:
         ])
     header = ["run", "weights MiB", "at begin MiB", "peak MiB", "growth MiB", "trainable", "tokens/s", "last loss",
               "busy"]
-    return _table(header, body) + (["failed:", *failures] if failures else [])
+    return table(header, body) + (["failed:", *failures] if failures else [])
 
 
 def format_report(report: dict) -> str:
     info, s = report["machine"], report["settings"]
     lines = [
         "Fine-tuning methods: tunelab SFT, one fresh process per configuration",
-        f"machine   {info['cpu']}" + (f"; GPU {info['gpu']}" if "gpu" in info else ""),
-        f"software  torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, "
-        f"peft {info['peft']}, bitsandbytes {info.get('bitsandbytes', '-')}, python {info['python']}",
+        *machine_lines(info),
         f"date      {info['date']}; load average at start {report['load_average_at_start']:.2f}",
         f"command   {report['command']}",
     ]
@@ -567,19 +532,10 @@ def format_report(report: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", help="local model folder for the methods table; default: a random small Qwen2 "
-                                        "with the minimind tokenizer")
-    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer of the random models")
+    add_model_args(parser, DEFAULT_TOKENIZER)  # --model: the methods table's model
     parser.add_argument("--template", help="chat template for a --model without one (default, alpaca, chatml, ...)")
-    parser.add_argument("--hidden-size", type=int, default=256, help="random model: hidden size")
-    parser.add_argument("--layers", type=int, default=4, help="random model: decoder layers")
-    parser.add_argument("--rows", type=int, default=100, help="alpaca_en_demo records used (the first N)")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per method")
-    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of tokens/s")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    add_run_args(parser, rows=100, steps=20, warmup=3, batch_size=4, lr=1e-4)  # --lr: every row but the two below
     parser.add_argument("--cutoff", type=int, default=256, help="max tokens per sample")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of every row but the ones below")
     parser.add_argument("--prompt-lr", type=float, default=1e-2, help="learning rate of prefix, ptuning, prompt")
     parser.add_argument("--ia3-lr", type=float, default=3e-3, help="learning rate of IA3")
     parser.add_argument("--virtual-tokens", type=int, default=16, help="prompt learning: virtual tokens")
@@ -598,24 +554,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "tensors leave the resident set and peaks repeat; 0 leaves glibc's adaptive threshold")
     parser.add_argument("--memory-malloc-mmap-threshold", type=int, default=128 * KIB,
                         help="the same for the workers of the memory part")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every methods row")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per worker (default: torch's choice); 1 steadies the numbers on a "
-                             "shared machine")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--verbose", action="store_true", help="show the workers' own output")
-    parser.add_argument("--worker", choices=("train", "weights"), help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_machine_args(parser)
+    add_worker_args(parser, ("train", "weights"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        worker_main(args.worker, Path(args.spec), Path(args.result))
+        worker_main(args)
         return 0
     device = resolve_device(args.device)
     rows = method_rows(args.lr, args.prompt_lr, args.ia3_lr, args.virtual_tokens)
@@ -646,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="peft-methods-") as tmp:
         workdir = Path(tmp)
         if not args.skip_methods:
-            model_path, model = _model(args.model, workdir / "model", args.hidden_size, args.layers, args)
-            env = worker_env(device, args.threads, args.malloc_mmap_threshold)
+            model_path, model = prepare_model(args.model, workdir / "model", args.tokenizer, args.hidden_size,
+                                              args.layers, args.seed)
+            env = fixed_malloc_env(device, args.threads, args.malloc_mmap_threshold)
             results = run_rows(rows, model_path, args, "methods", workdir, env, rows=args.rows, cutoff_len=args.cutoff,
                                steps=args.steps, warmup=min(args.warmup, args.steps - 1), batch_size=args.batch_size,
                                grad_accum=args.grad_accum)
@@ -656,11 +605,11 @@ def main(argv: list[str] | None = None) -> int:
             report["models"]["methods"] = model
             report["methods"] = [asdict(r) for r in results]
         if not args.skip_memory:
-            model_path, model = _model(args.memory_model, workdir / "memory-model", args.memory_hidden_size,
-                                       args.memory_layers, args)
+            model_path, model = prepare_model(args.memory_model, workdir / "memory-model", args.tokenizer,
+                                              args.memory_hidden_size, args.memory_layers, args.seed)
             print("[memory] loading the base in fp32, fp16, bf16, 8-bit, 4-bit ...", file=sys.stderr, flush=True)
-            env = worker_env(device, args.threads, args.memory_malloc_mmap_threshold)
-            loads = run_worker("weights", "weights", {"model": model_path}, workdir, env, args.verbose)
+            env = fixed_malloc_env(device, args.threads, args.memory_malloc_mmap_threshold)
+            loads = run_config("weights", "weights", {"model": model_path}, workdir, env, args.verbose)
             if isinstance(loads, dict):
                 print(f"    failed: {loads['error']}", file=sys.stderr)
                 loads = []
@@ -679,17 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_seconds"] = time.perf_counter() - started
     report["load_average_at_end"] = os.getloadavg()[0]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(to_json(report))
     else:
         print(format_report(report))
         print(f"\nwall time {report['wall_seconds']:.0f} s; load average at end {report['load_average_at_end']:.2f}")
     return 0
-
-
-def _model(path: str | None, out_dir: Path, hidden: int, layers: int, args: argparse.Namespace) -> tuple[str, dict]:
-    if path:
-        return str(Path(path).resolve()), {"name": str(Path(path).resolve()), "params": 0}
-    return str(out_dir), build_random_model(Path(args.tokenizer), out_dir, hidden, layers, args.seed)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO_ROOT, machine_description, resolve_device, table, to_json  # noqa: E402  (a sibling module)
 
-from sft_throughput import machine_description, resolve_device  # noqa: E402
-
-HELD_OUT = REPO / "examples" / "data" / "demo_stories_heldout.json"
+HELD_OUT = REPO_ROOT / "examples" / "data" / "demo_stories_heldout.json"
 
 
 def _prompts(count: int) -> list[list[dict]]:
@@ -89,14 +87,15 @@ def main() -> None:
     report = {"machine": machine_description(device, args.threads), "model": args.model, "adapter": args.adapter,
               "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "rows": rows}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(to_json(report))
         return
     print(f"{report['machine']}\nmodel {args.model}" + (f" + {args.adapter}" if args.adapter else "")
           + f", {len(prompts)} prompts, greedy, up to {args.max_new_tokens} new tokens, best of {args.repeats}")
-    print(f"{'batch':>5}  {'seconds':>8}  {'samples/s':>10}  {'tokens/s':>9}  {'vs 1-by-1':>9}  same answers")
-    for row in rows:
-        print(f"{row['batch_size']:>5}  {row['seconds']:>8.2f}  {row['samples_per_second']:>10.1f}  "
-              f"{row['tokens_per_second']:>9.0f}  {row['speedup']:>8.1f}x  {row['same_as_one_by_one']}/{len(prompts)}")
+    body = [[str(row["batch_size"]), f"{row['seconds']:.2f}", f"{row['samples_per_second']:.1f}",
+             f"{row['tokens_per_second']:.0f}", f"{row['speedup']:.1f}x", f"{row['same_as_one_by_one']}/{len(prompts)}"]
+            for row in rows]
+    print("\n".join(table(["batch", "seconds", "samples/s", "tokens/s", "vs 1-by-1", "same answers"], body,
+                          widths=[5, 8, 10, 9, 9], align=">>>>><")))
 
 
 if __name__ == "__main__":

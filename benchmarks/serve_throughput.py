@@ -27,7 +27,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_count, cpu_model  # noqa: E402  (a sibling module)
 
 PROMPTS = ["Tell me a story about a cat.", "Tell me a story about a dog.", "What did Lily find in the park?",
            "Tell me a story about the sun.", "Why was Tom sad?", "Tell me a story about a boat."]
@@ -155,7 +157,7 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-    print(f"\n{datetime.date.today()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
+    print(f"\n{datetime.date.today()} · {cpu_model()} · {cpu_count()} CPUs · "
           f"model {args.model or 'stories260K (embedded)'} · {args.requests} requests per wave, max_tokens "
           f"{args.max_tokens}, greedy, streaming\n")
     print("| server | clients | req/s | output tok/s | TTFT median (s) | TTFT p95 (s) | tunelab req/s ÷ this | "

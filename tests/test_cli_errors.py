@@ -149,9 +149,9 @@ BAD_INVOCATIONS = [
     (["export", "{tmp}/export.yaml"], "{tmp}/export.yaml: unknown export key 'export_dri'; did you mean 'export_dir'?"),
     (["export", "--model", "stories260K", "--output", "{tmp}/out", "--dtype", "fp8"], "key 'export_dtype'"),
     # chat
-    (["chat", "--max-new-tokens", "-1", "--query", "hi"], "max_new_tokens must be at least 1"),
-    (["chat", "--temperature", "-1", "--query", "hi"], "temperature must be 0 (greedy) or more"),
-    (["chat", "--top-p", "0", "--query", "hi"], "top_p must be in (0, 1]"),
+    (["chat", "--max-new-tokens", "-1", "--query", "hi"], "--max-new-tokens must be at least 1"),
+    (["chat", "--temperature", "-1", "--query", "hi"], "--temperature must be at least 0 (0 = greedy)"),
+    (["chat", "--top-p", "0", "--query", "hi"], "--top-p must be in (0, 1]"),
     (["chat", "--adapter", "{tmp}/no_adapter", "--query", "hi"], "adapter folder '{tmp}/no_adapter' does not exist"),
     (["chat", "--adapter", "outputs/no_such_adapter", "--query", "hi"], "adapter folder 'outputs/no_such_adapter' "
                                                                         "does not exist (looked for "

@@ -139,3 +139,46 @@ def test_model_card_code_compiles_and_runs(kind, demo_adapter, rm_adapter, tmp_p
         assert args[0] == "tunelab", command
         result = CliRunner().invoke(app, args[1:], input="")  # `tunelab chat` ends at the end of its input
         assert result.exit_code == 0, f"{command}\n{result.output[-3000:]}"
+
+
+# --- docs/architecture.md: the picture and the "how to add" checklists name what exists -------------------
+
+ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+PACKAGE = REPO / "src" / "tunelab"
+
+
+def _defined_names(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    names |= {target.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+              for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+              if isinstance(target, ast.Name)}
+    return names
+
+
+def test_architecture_checklists_name_files_and_symbols_that_exist():
+    """Every `path.py` and `path.py:Symbol` the architecture page names is in the package (or the tests), so a
+    rename that leaves the checklists stale fails here."""
+    checked = 0
+    for path, symbol in re.findall(r"`((?:[\w]+/)*[\w]+\.py)(?::(\w+))?`", ARCHITECTURE):
+        candidates = [PACKAGE / path, REPO / path, REPO / "src" / path]
+        found = next((c for c in candidates if c.is_file()), None)
+        assert found is not None, path
+        if symbol:
+            assert symbol in _defined_names(found), f"{path}:{symbol}"
+        checked += 1
+    assert checked > 30
+    for section in ("## Adding a stage", "## Adding a fine-tuning method", "## Adding a row kind",
+                    "## Adding an inference engine", "## One run, from YAML to saved adapter"):
+        assert section in ARCHITECTURE
+
+
+def test_the_layer_picture_names_every_package_unit():
+    """Every subpackage and top-level module of tunelab appears in the layer picture."""
+    picture = ARCHITECTURE.split("```")[1]
+    units = {path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
+    units |= {path.name for path in PACKAGE.glob("*.py") if path.name not in ("__init__.py", "__main__.py")}
+    missing = [unit for unit in sorted(units) if unit + ("/" if not unit.endswith(".py") else "") not in picture]
+    assert not missing, missing

@@ -9,11 +9,9 @@ never a traceback. Heavy libraries are imported inside the commands, after the c
 from __future__ import annotations
 
 import functools
-import json
 import shlex
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -138,36 +136,19 @@ SkipInvalidOption = Annotated[bool, typer.Option(
 SKIP_HINT = "pass --skip-invalid to skip and count such records"
 
 
-def _load_options(trust_remote_code: bool, revision: str, attn: str) -> Any:
-    from tunelab.inference.loading import LoadOptions
+def _model_flags(model: str | None, adapter: str | None, template: str | None, trust_remote_code: bool = False,
+                 revision: str = "main", attn: str = "auto") -> Any:
+    from tunelab.commands.flags import ModelFlags
 
-    if attn not in ATTENTION_CHOICES:
-        raise TunelabError(f"--attn '{attn}' is not one of {', '.join(ATTENTION_CHOICES)}")
-    return LoadOptions(trust_remote_code=trust_remote_code, revision=revision, flash_attn=attn)
-
-
-ATTENTION_CHOICES = ("auto", "sdpa", "fa2", "eager", "disabled")
+    return ModelFlags(model, adapter, template, trust_remote_code, revision, attn)
 
 
-def _predictor(model: str | None, adapter: str | None, template: str | None, max_new_tokens: int,
-               temperature: float, top_p: float, options: Any) -> Any:
-    from tunelab.inference.loading import base_model_for
-    from tunelab.inference.predictor import Predictor
+def _sampling(max_new_tokens: int, temperature: float, top_p: float) -> Any:
+    from tunelab.commands.flags import SamplingFlags
 
-    loading = f"loading {base_model_for(model, adapter)}" + (f" with adapter {adapter}" if adapter else "") + " ..."
-    with console.status(loading):  # a spinner in a terminal while the model loads
-        return Predictor(model, adapter=adapter, template=template, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, options=options)
+    return SamplingFlags(max_new_tokens, temperature, top_p)
 
 
-def _output_file(path: str, flag: str) -> Path:
-    """An output path must be a file: a folder there is an error before any work starts."""
-    target = Path(path)
-    if target.is_dir():
-        raise TunelabError(f"{flag} '{path}' is a folder; give a file path, e.g. {target / 'out.jsonl'}")
-    if target.parent.exists() and not target.parent.is_dir():
-        raise TunelabError(f"{flag} '{path}': '{target.parent}' is a file, not a folder")
-    return target
 
 
 @data_app.command("inspect")
@@ -190,23 +171,12 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a dataset's format, size, skipped records, token lengths and trained/untrained segments."""
-    from tunelab.commands.inspect import inspect_dataset, print_inspection
-    from tunelab.data.row_kinds import kind_of
+    from tunelab.commands.inspect import inspect_command
 
-    kind_of(stage)
-    if cutoff_len < 1 or num_samples < 0:
-        raise TunelabError("--cutoff-len must be at least 1 and --num-samples at least 0")
-    if Path(plot_dir).is_file():
-        raise TunelabError(f"--plot-dir '{plot_dir}' is a file; give a folder")
-    policy = "all" if train_on_prompt else "last" if mask_history else "assistant"
-    result = inspect_dataset(dataset, dataset_dir=dataset_dir, model=model, template=template, stage=stage,
-                             cutoff_len=cutoff_len, num_samples=num_samples, policy=policy,
-                             skip_invalid=skip_invalid, encoding=encoding, plot_dir=plot_dir,
-                             skip_hint=SKIP_HINT)
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print_inspection(result)
+    inspect_command(dataset, dataset_dir=dataset_dir, model=model, template=template, stage=stage,
+                    cutoff_len=cutoff_len, num_samples=num_samples, train_on_prompt=train_on_prompt,
+                    mask_history=mask_history, skip_invalid=skip_invalid, encoding=encoding, plot_dir=plot_dir,
+                    skip_hint=SKIP_HINT, as_json=as_json)
 
 
 @data_app.command("convert")
@@ -221,12 +191,10 @@ def data_convert(
     encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
 ) -> None:
     """Write a dataset's canonical rows (TRL's standard types) as JSON Lines, streaming."""
-    from tunelab.commands.convert import convert_dataset
+    from tunelab.commands.convert import convert_command
 
-    if to != "jsonl":
-        raise TunelabError(f"--to '{to}' is not supported; only jsonl")
-    convert_dataset(source, _output_file(output, "OUTPUT"), dataset_dir=dataset_dir, stage=stage,
-                    skip_invalid=skip_invalid, encoding=encoding, skip_hint=SKIP_HINT)
+    convert_command(source, output, to=to, dataset_dir=dataset_dir, stage=stage, skip_invalid=skip_invalid,
+                    encoding=encoding, skip_hint=SKIP_HINT)
 
 
 @rewards_app.command("list")
@@ -279,14 +247,10 @@ def chat(
     attn: AttnOption = "auto",
 ) -> None:
     """Chat with a model (streaming, history, /clear, /exit), or answer one --query."""
-    from tunelab.inference.loading import check_inference_sources
+    from tunelab.commands.chat import chat_command
 
-    options = _load_options(trust_remote_code, revision, attn)
-    check_inference_sources(model, adapter, use="generate")  # before torch loads
-    from tunelab.inference.chat import run_chat
-
-    run_chat(_predictor(model, adapter, template, max_new_tokens, temperature, top_p, options), query=query,
-             system=system)
+    chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn),
+                 _sampling(max_new_tokens, temperature, top_p), query, system)
 
 
 @app.command()
@@ -309,20 +273,12 @@ def predict(
     attn: AttnOption = "auto",
 ) -> None:
     """Generate for every prompt of a dataset and write JSONL (prompt, prediction, reference)."""
-    from tunelab.commands.predict import run_predict
-    from tunelab.inference.loading import check_inference_sources
-    from tunelab.inference.predict import load_samples
+    from tunelab.commands.predict import predict_command
 
-    target = _output_file(output, "--output")
-    if batch_size < 1:
-        raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
-    if max_samples is not None and max_samples < 1:
-        raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
-    options = _load_options(trust_remote_code, revision, attn)
-    check_inference_sources(model, adapter, use="generate")  # a wrong path is reported before the data is read
-    samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
-    predictor = _predictor(model, adapter, template, max_new_tokens, temperature, top_p, options)
-    run_predict(predictor, samples, output=target, batch_size=batch_size)
+    predict_command(dataset, output, dataset_dir, _model_flags(model, adapter, template, trust_remote_code, revision,
+                                                               attn),
+                    _sampling(max_new_tokens, temperature, top_p), batch_size=batch_size, max_samples=max_samples,
+                    skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
 
 
 @app.command("eval")
@@ -367,26 +323,13 @@ def evaluate(
 ) -> None:
     """Score generations: BLEU, ROUGE, METEOR, TER, chrF, exact match, task accuracy, perplexity; several
     models or adapters give one comparison table and chart."""
-    if (dataset is None) == (not predictions):
-        raise TunelabError("give a DATASET to generate on, or --predictions FILE to score (not both)")
-    if batch_size < 1 or max_new_tokens < 1 or cutoff_len < 1:
-        raise TunelabError("--batch-size, --max-new-tokens and --cutoff-len must be at least 1")
-    if max_samples is not None and max_samples < 1:
-        raise TunelabError(f"--max-samples must be at least 1, got {max_samples}")
-    from tunelab.metrics.text import LANGUAGES
+    from tunelab.commands.evaluate import eval_command
 
-    if language not in LANGUAGES:  # said before any model loads or generates
-        raise TunelabError(f"--language: language '{language}' is not one of {', '.join(LANGUAGES)}")
-    from tunelab.commands.evaluate import eval_systems, evaluate_and_report
-    from tunelab.evaluation.run import GenerationSettings
-
-    options = _load_options(trust_remote_code, revision, attn)
-    systems = eval_systems(model or [], adapter or [], predictions or [], with_base)
-    evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
-                        skip_invalid=skip_invalid, skip_hint=SKIP_HINT, metrics=metrics, task=task,
-                        language=language, output_dir=output_dir, options=options, template=template,
-                        settings=GenerationSettings(batch_size, max_new_tokens, temperature, top_p, cutoff_len),
-                        as_json=as_json)
+    eval_command(dataset, predictions or [], models=model or [], adapters=adapter or [], with_base=with_base,
+                 flags=_model_flags(None, None, template, trust_remote_code, revision, attn),
+                 sampling=_sampling(max_new_tokens, temperature, top_p), dataset_dir=dataset_dir, metrics=metrics,
+                 task=task, language=language, output_dir=output_dir, batch_size=batch_size, max_samples=max_samples,
+                 cutoff_len=cutoff_len, skip_invalid=skip_invalid, skip_hint=SKIP_HINT, as_json=as_json)
 
 
 @app.command("export")
@@ -445,17 +388,11 @@ def score(
     attn: AttnOption = "auto",
 ) -> None:
     """Score (prompt, response) with a reward model from stage rm; on a preference dataset, its pair accuracy."""
-    if (prompt is None) != (response is None):
-        raise TunelabError("--prompt and --response go together")
-    if (dataset is None) == (prompt is None):
-        raise TunelabError("give a preference DATASET, or --prompt and --response")
-    target = _output_file(output, "--output") if output else None
-    options = _load_options(trust_remote_code, revision, attn)
-    from tunelab.commands.score import score_and_report
+    from tunelab.commands.score import score_command
 
-    score_and_report(dataset, prompt, response, model=model, adapter=adapter, template=template,
-                     dataset_dir=dataset_dir, max_samples=max_samples, skip_invalid=skip_invalid, target=target,
-                     options=options, as_json=as_json)
+    score_command(dataset, prompt, response, _model_flags(model, adapter, template, trust_remote_code, revision, attn),
+                  dataset_dir=dataset_dir, max_samples=max_samples, skip_invalid=skip_invalid, output=output,
+                  as_json=as_json)
 
 
 @app.command()
@@ -501,7 +438,8 @@ def demo(
     output_dir: Annotated[str, typer.Option(help="Where the demo run goes.")] = "outputs/demo",
 ) -> None:
     """Offline CPU demo: LoRA SFT of the embedded model, with a before/after score on held-out prompts."""
+    from tunelab.commands.flags import output_folder
     from tunelab.demo.run import run_demo
 
-    if run_demo(output_dir) is None:
+    if run_demo(str(output_folder(output_dir, "--output-dir"))) is None:
         raise typer.Exit(signals.STOP.exit_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelab.commands.flags import check_encoding, output_file
 from tunelab.console import console, stdout
 from tunelab.data.registry import SKIP_HINT, Skipped, iter_rows, resolve_dataset
 from tunelab.data.row_kinds import kind_of
@@ -42,3 +43,14 @@ def convert_dataset(source_name: str, output: str | Path, *, dataset_dir: str = 
     for reason, info in skipped.as_dict().items():
         console.print(f"  skipped {info['count']}: {reason} (e.g. {info['examples'][0]})", markup=False)
     return written, skipped
+
+
+def convert_command(source: str, output: str, *, to: str, dataset_dir: str, stage: str, skip_invalid: bool,
+                    encoding: str | None, skip_hint: str) -> None:
+    """Every flag checked before the first record is read."""
+    if to != "jsonl":
+        raise TunelabError(f"--to '{to}' is not supported; only jsonl")
+    kind_of(stage)
+    check_encoding(encoding)
+    convert_dataset(source, output_file(output, "OUTPUT"), dataset_dir=dataset_dir, stage=stage,
+                    skip_invalid=skip_invalid, encoding=encoding, skip_hint=skip_hint)

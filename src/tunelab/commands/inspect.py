@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from pathlib import Path
 from typing import Any
 
+from tunelab.commands.flags import check_encoding, output_folder
 from tunelab.console import stdout
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
 from tunelab.data.row_kinds import kind_of, row_kind
+from tunelab.data.templates import check_template_name
+from tunelab.errors import TunelabError
 from tunelab.models.loading import load_tokenizer
 from tunelab.models.sources import default_template
 
@@ -132,3 +136,23 @@ def _print_segments(parts: list[dict[str, Any]]) -> None:
     for segment in parts:
         stdout.print(segment["text"], style="green" if segment["trained"] else "dim", end="", markup=False)
     stdout.print()
+
+
+def inspect_command(dataset: str, *, dataset_dir: str, model: str, template: str | None, stage: str,
+                    cutoff_len: int, num_samples: int, train_on_prompt: bool, mask_history: bool, skip_invalid: bool,
+                    encoding: str | None, plot_dir: str, skip_hint: str, as_json: bool) -> None:
+    """Every flag checked before the tokenizer loads; then the inspection, printed or as one JSON object."""
+    kind_of(stage)
+    if cutoff_len < 1 or num_samples < 0:
+        raise TunelabError("--cutoff-len must be at least 1 and --num-samples at least 0")
+    output_folder(plot_dir, "--plot-dir")
+    check_template_name(template, "--template")
+    check_encoding(encoding)
+    policy = "all" if train_on_prompt else "last" if mask_history else "assistant"
+    result = inspect_dataset(dataset, dataset_dir=dataset_dir, model=model, template=template, stage=stage,
+                             cutoff_len=cutoff_len, num_samples=num_samples, policy=policy, skip_invalid=skip_invalid,
+                             encoding=encoding, plot_dir=plot_dir, skip_hint=skip_hint)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_inspection(result)

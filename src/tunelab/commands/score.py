@@ -6,17 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.commands.flags import ModelFlags, at_least, output_file
 from tunelab.console import console, stdout
 from tunelab.data.registry import SKIP_HINT, load_dataset_rows
-from tunelab.inference.loading import LoadOptions, check_inference_sources
+from tunelab.errors import TunelabError
 
 
-def score_and_report(dataset: str | None, prompt: str | None, response: str | None, *, model: str | None,
-                     adapter: str | None, template: str | None, dataset_dir: str, max_samples: int | None,
-                     skip_invalid: bool, target: Path | None, options: LoadOptions, as_json: bool) -> None:
-    """Paths and data checked before the reward model loads; then the score, or the pairs' accuracy and margin
-    (per-pair scores in ``target`` when given)."""
-    check_inference_sources(model, adapter, use="score")
+def score_command(dataset: str | None, prompt: str | None, response: str | None, flags: ModelFlags, *,
+                  dataset_dir: str, max_samples: int | None, skip_invalid: bool, output: str | None,
+                  as_json: bool) -> None:
+    """Flags, paths and data checked before the reward model loads; then the score, or the pairs' accuracy and
+    margin (per-pair scores in ``output`` when given)."""
+    if (prompt is None) != (response is None):
+        raise TunelabError("--prompt and --response go together")
+    if (dataset is None) == (prompt is None):
+        raise TunelabError("give a preference DATASET, or --prompt and --response")
+    if prompt is not None and not (prompt.strip() and str(response).strip()):
+        raise TunelabError("--prompt and --response must not be empty")
+    at_least(1, max_samples=max_samples)
+    target = output_file(output, "--output") if output else None
+    options = flags.check(use="score")
+    model, adapter, template = flags.model, flags.adapter, flags.template
     rows = None
     if dataset is not None:
         rows = load_dataset_rows(dataset, dataset_dir, "preference", max_samples, skip_invalid=skip_invalid,

@@ -42,6 +42,17 @@ class ExportSettings(BaseModel):
     export_ollama: bool = Field(False, description="With gguf: also write an Ollama Modelfile.")
     export_overwrite: bool = Field(False, description="Replace an export_dir that holds an earlier export.")
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        from tunelab.data.templates import check_template_name
+
+        try:
+            check_template_name(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
+
     @field_validator("export_dtype", mode="before")
     @classmethod
     def _dtype(cls, value: Any) -> str:

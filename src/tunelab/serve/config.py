@@ -44,6 +44,17 @@ class ServeConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of GPU memory it may take.")
     max_model_len: int | None = Field(None, ge=1, description="vllm: context length (default: the model's).")
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        from tunelab.data.templates import check_template_name
+
+        try:
+            check_template_name(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
+
     @field_validator("engine")
     @classmethod
     def _engine(cls, value: str) -> str:
