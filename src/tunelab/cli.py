@@ -82,27 +82,11 @@ def train(
     = False,
 ) -> None:
     """Train any stage (see the list below: sft, pt, preference stages, ...) with lora, full or freeze tuning."""
-    from tunelab.config import load_config
-    from tunelab.errors import ConfigError
-
-    cfg = load_config(config, overrides or [])
-    if not cfg.do_train:
-        raise ConfigError("do_train is false: `tunelab train` only trains; use `tunelab predict` to generate")
-    if dry_run:
-        from tunelab.training.dry_run import dry_run as check
-
-        check(cfg)
-        return
-    from tunelab.stage_registry import all_stages
+    from tunelab.commands.train import train_command
 
     command = " ".join(shlex.quote(arg) for arg in ["tunelab", *sys.argv[1:]])
-    from tunelab.training.lifecycle import end_distributed
-
-    try:
-        result = all_stages()[cfg.stage].run()(cfg, command=command)
-    finally:
-        end_distributed()
-    if result.interrupted or signals.STOP.requested.is_set():  # a SIGTERM during the final save: still 143
+    interrupted = train_command(config, overrides or [], dry_run, command)
+    if interrupted or signals.STOP.requested.is_set():  # a SIGTERM during the final save: still 143
         raise typer.Exit(signals.STOP.exit_code)
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tunelab.method_registry import ALIASES, method_names
+
 EMBEDDED_MODEL = "stories260K"  # the real small model that ships in tunelab/assets (see models/sources.py)
 PATH_KEYS = frozenset({"model_name_or_path", "adapter_name_or_path", "cache_dir", "dataset_dir", "output_dir"})
 
@@ -52,8 +54,9 @@ class MethodSettings(Concern):
     stage: str = Field("sft", description="Training stage (`tunelab config` lists them): sft, pt, rm, dpo, ...")
     do_train: bool = Field(True, description="Run training (tunelab train requires true).")
     finetuning_type: str = Field(
-        "lora", description="How the model trains: lora (use_dora, use_rslora, pissa_init, loraplus_lr_ratio), "
-        "adalora, ia3, prefix (P-Tuning v2; alias ptuning_v2), ptuning, prompt, bitfit, freeze or full.")
+        "lora", description=f"How the model trains: {', '.join(method_names())} (aliases: "
+        f"{', '.join(f'{alias} = {name}' for alias, name in ALIASES.items())}); each method's own keys are listed "
+        "with it.")
     quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4 or 8 bits (bitsandbytes) "
                                                    "and train an adapter on it (QLoRA).")
     quantization_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
@@ -76,7 +79,7 @@ class MethodSettings(Concern):
     @classmethod
     def _known_method(cls, value: str) -> str:
         from tunelab.config.suggest import suggest
-        from tunelab.method_registry import ALIASES, canonical_name, method_names
+        from tunelab.method_registry import canonical_name
 
         name = canonical_name(value)
         if name == "qlora":
