@@ -7,7 +7,9 @@ through transformers' ``apply_chat_template`` and training renders exactly what 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from tunelab.errors import ConfigError
 
@@ -106,6 +108,18 @@ def check_template_name(name: str | None, label: str = "template") -> None:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{label} '{name}' is not a built-in template ({', '.join(BUILTIN_TEMPLATES)}){hint}; "
                           "leave it unset to use the tokenizer's own")
+
+
+def _template_value(name: str | None) -> str | None:
+    try:
+        check_template_name(name)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+    return name
+
+
+# A config field holding a template name, checked like check_template_name (export and serve settings).
+TemplateName = Annotated[str | None, AfterValidator(_template_value)]
 
 
 def apply_template(tokenizer: Any, name: str | None) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.config import read_yaml_mapping
+from tunelab.data.templates import TemplateName
 from tunelab.errors import ConfigError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
@@ -26,7 +27,7 @@ class ExportSettings(BaseModel):
 
     model_name_or_path: str | None = Field(None, description="Base model (default: the adapter's recorded base).")
     adapter_name_or_path: str | None = Field(None, description="Adapter folder to merge (a training output_dir).")
-    template: str | None = Field(None, description="Chat template to write (default: the adapter's saved one).")
+    template: TemplateName = Field(None, description="Chat template to write (default: the adapter's saved one).")
     finetuning_type: str | None = Field(None, description="Accepted for LLaMA-Factory configs; read from the adapter.")
     trust_remote_code: bool = False
     export_dir: str = Field(..., description="Output folder (written through a temporary folder, then moved).")
@@ -41,17 +42,6 @@ class ExportSettings(BaseModel):
     export_gguf_type: Literal[GGUF_TYPES] = Field("f16", description="GGUF tensor type: " + ", ".join(GGUF_TYPES))
     export_ollama: bool = Field(False, description="With gguf: also write an Ollama Modelfile.")
     export_overwrite: bool = Field(False, description="Replace an export_dir that holds an earlier export.")
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str | None) -> str | None:
-        from tunelab.data.templates import check_template_name
-
-        try:
-            check_template_name(value)
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-        return value
 
     @field_validator("export_dtype", mode="before")
     @classmethod

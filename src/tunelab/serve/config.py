@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.config import read_yaml_mapping
+from tunelab.data.templates import TemplateName
 from tunelab.errors import ConfigError
 
 # other names for the same key (LLaMA-Factory's, vLLM's)
@@ -27,7 +28,7 @@ class ServeConfig(BaseModel):
                                                 "embedded stories260K).")
     adapter: list[str] = Field(default_factory=list, description="Adapter folders, each [NAME=]PATH; each is a "
                                                                  "model of its own in /v1/models.")
-    template: str | None = Field(None, description="Chat template (default: the adapter's or the model's own).")
+    template: TemplateName = Field(None, description="Chat template (default: the adapter's or the model's own).")
     engine: str = Field("hf", description="hf (transformers, CPU or GPU) or vllm (GPU, tunelab[vllm]).")
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 serves the whole network.")
     port: int = Field(8000, ge=0, le=65535, description="Port (0: any free port).")
@@ -43,17 +44,6 @@ class ServeConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of GPU memory it may take.")
     max_model_len: int | None = Field(None, ge=1, description="vllm: context length (default: the model's).")
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str | None) -> str | None:
-        from tunelab.data.templates import check_template_name
-
-        try:
-            check_template_name(value)
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-        return value
 
     @field_validator("engine")
     @classmethod
