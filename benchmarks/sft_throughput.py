@@ -9,11 +9,17 @@ Run from the repository root::
 What is compared, and why it is fair (how both sides are run, timed and measured is ``harness.py``'s):
 
 * tunelab runs its public recipe ``tunelab.stages.sft.run_sft(TrainConfig(...))`` as a user would;
-  TRL runs ``SFTTrainer(model=<path>, args=SFTConfig(...), train_dataset=<messages>, peft_config=...)``
+  TRL runs ``SFTTrainer(model=<path>, args=SFTConfig(...), train_dataset=..., peft_config=...)``
   with TRL's defaults except the settings both sides must share (LoRA rank/alpha/targets or full,
   batch size, accumulation, learning rate, steps, max length, seed, precision, gradient checkpointing).
-  Settings each framework picks for itself (optimizer, scheduler, which tokens carry loss) stay at each
-  one's default and are listed in the output: they are part of what is being compared.
+  Settings each framework picks for itself (optimizer, scheduler) stay at each one's default and are listed
+  in the output: they are part of what is being compared.
+* ``--trl-data tokenized`` (the default) hands TRL the very samples tunelab encodes (``input_ids`` with
+  assistant-only ``labels``), so both sides train the same loss on the same batches and their losses must
+  agree; ``--trl-data messages`` gives TRL the conversations instead (TRL's default: loss on every token).
+* MFU: the model FLOPs of each step (forward 2 x parameters x tokens, the backward twice that for full
+  fine-tuning, once for LoRA, the output layer counted on every position as plain TRL computes it) over the
+  step time, against the fp32 matmul peak measured in the same run at the same thread count.
 * Both sides read the same first ``--rows`` records of the same alpaca file and load the same weights
   from the same folder (a random model is built once and saved before either side starts).
 * Each side runs in its own fresh Python process; with ``--repeats`` > 1 the order alternates (A B B A ...)
@@ -78,6 +84,7 @@ class Spec(SideSpec):
     lora_alpha: int
     lora_target: str
     logging_steps: int
+    trl_data: str = "tokenized"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,8 +134,11 @@ def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    records = json.loads(Path(spec.data).read_text(encoding="utf-8"))[: spec.rows]
-    dataset = Dataset.from_list([alpaca_to_messages(r) for r in records])
+    if spec.trl_data == "tokenized":
+        dataset = tunelab_samples(spec)
+    else:
+        records = json.loads(Path(spec.data).read_text(encoding="utf-8"))[: spec.rows]
+        dataset = Dataset.from_list([alpaca_to_messages(r) for r in records])
     # TRL defaults to bf16=True and gradient_checkpointing=True. Both change speed and memory far more than any
     # framework overhead, so both are shared (tunelab's defaults: fp32, no checkpointing): trl_args sets them.
     args = SFTConfig(**spec.trl_args(run_dir), max_length=spec.cutoff_len, logging_steps=spec.logging_steps)
@@ -137,7 +147,45 @@ def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
     trainer = SFTTrainer(model=spec.model, args=args, train_dataset=dataset, peft_config=peft_config,
                          callbacks=[clock])
     trainer.train()
-    return summarize("trl", clock, spec.warmup, "all tokens (TRL default for messages)")
+    loss_tokens = "assistant replies (tunelab default)" if spec.trl_data == "tokenized" else \
+        "all tokens (TRL default for messages)"
+    return summarize("trl", clock, spec.warmup, loss_tokens)
+
+
+def tunelab_samples(spec: Spec) -> Any:
+    """The samples tunelab's pipeline encodes for the same rows: input_ids and assistant-only labels."""
+    from tunelab.config import DataSettings
+    from tunelab.data.pipeline import build_datasets
+    from tunelab.models.loading import load_tokenizer
+
+    data = DataSettings(dataset=spec.data, dataset_dir=str(Path(spec.data).parent), cutoff_len=spec.cutoff_len,
+                        max_samples=spec.rows)
+    train, _, _ = build_datasets(data, "sft", load_tokenizer(spec.model, None), spec.seed)
+    return train
+
+
+def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) -> float:
+    """The fp32 matmul rate of this process (FLOP/s), the denominator of MFU."""
+    import time
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(model: dict[str, Any], tokens: float, full: bool) -> float:
+    """Model FLOPs of one optimizer step over ``tokens`` positions: 2 per parameter per token forward, and the
+    backward's input gradients (2) plus, for full fine-tuning, its weight gradients (2)."""
+    return (2 + 2 + (2 if full else 0)) * model["params"] * tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,6 +329,13 @@ def format_report(run: Comparison, repeats: int) -> str:
         lines.append(f"warning: only {tl.quiet_steps + tr.quiet_steps} of {timed} timed steps ran "
                      "undisturbed by other processes; plain tokens/s is unreliable: prefer the step-by-step "
                      "ratio and best of runs, rerun with --threads 1, or on an idle machine")
+    peak = run.info.get("matmul_peak_flops")
+    if peak:
+        tokens_per_step = {side: s.window_tokens / max(s.window_steps, 1) for side, s in (("tunelab", tl), ("trl", tr))}
+        mfu = {side: step_flops(model, tokens_per_step[side], spec.full) / s.median_step_seconds / peak
+               for side, s in (("tunelab", tl), ("trl", tr))}
+        lines.append(f"MFU (model FLOPs / step time / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s): "
+                     f"tunelab {mfu['tunelab']:.1%}, TRL {mfu['trl']:.1%}")
     lines.append("")
     lines.append(f"ratio: tunelab/TRL trained tokens per second = "
                  f"{tl.tokens_per_second / tr.tokens_per_second:.2f} "
@@ -325,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-alpha", type=int, default=None, help="default: 2 x rank (tunelab's default)")
     parser.add_argument("--lora-target", default="all", help="'all' (every linear layer) or a comma list")
     parser.add_argument("--logging-steps", type=int, default=5)
+    parser.add_argument("--trl-data", choices=("tokenized", "messages"), default="tokenized",
+                        help="TRL trains tunelab's encoded samples (same loss), or the conversations (its default)")
     args = parser.parse_args(argv)
     if args.worker:
         side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl}, args)
@@ -332,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     run = compare(__file__, args, "training", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, full=args.full, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
-        logging_steps=min(args.logging_steps, args.steps)))
+        logging_steps=min(args.logging_steps, args.steps), trl_data=args.trl_data))
+    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
     print(to_json(json_report(run)) if args.json else format_report(run, args.repeats))
     return 0
 

@@ -3,7 +3,8 @@
 Reads top to bottom: check the run directory and paths, read and validate the data, load the
 tokenizer and template, encode (all before the run folder is written or a model loaded), start the
 run, load the model, attach the fine-tuning method, and let the shared lifecycle train with TRL's
-SFTTrainer, save, plot and say where everything is.
+SFTTrainer (with tunelab's labelled-positions loss, padding-free batches where the model allows), save, plot
+and say where everything is.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
-    from trl import SFTTrainer
-
     from tunelab.training.arguments import make_sft_config
+    from tunelab.training.sft_trainer import LabelledLossSFTTrainer
+    from tunelab.training.token_loss import supports_padding_free
 
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)
-    trainer = SFTTrainer(
+    trainer = LabelledLossSFTTrainer(
         model=model,
-        args=make_sft_config(cfg),
+        args=make_sft_config(cfg, padding_free=supports_padding_free(model, cfg)),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -1,0 +1,189 @@
+"""The labelled-positions loss (training/token_loss.py) is the plain causal-LM loss: same value and gradients on the
+same batch, full and LoRA, masked and padding-free; it never holds [tokens, vocab] logits; and a padding-free row
+keeps its samples apart in attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.training.token_loss import LabelledCrossEntropy, labelled_token_loss
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ALPACA = FIXTURES / "data" / "llamafactory" / "alpaca_en_demo.json"
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    return bool((a - b).abs().max() <= rel * b.abs().max().clamp(min=1e-12))
+
+
+def test_chunked_cross_entropy_equals_the_plain_one_with_its_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(101, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(101, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 101, (37,))
+    loss, entropy, correct = LabelledCrossEntropy.apply(hidden, weight, bias, targets, 5)  # 8 chunks, last short
+    (2.0 * loss).backward()
+    mine = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    logits = hidden @ weight.T + bias
+    plain = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (2.0 * plain).backward()
+    assert _close(loss.double(), plain.detach(), 1e-6)
+    for got, want in zip(mine, (hidden.grad, weight.grad, bias.grad), strict=True):
+        assert _close(got, want, 1e-6)
+    probs = logits.detach().softmax(-1)
+    assert _close(entropy.double(), -(probs * probs.log()).sum(), 1e-6)
+    assert int(correct) == int((logits.argmax(-1) == targets).sum())
+
+
+def _model(arch: str = "llama", attention: str = "sdpa", vocab: int = 6400):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(0)
+    config = (Qwen2Config if arch == "qwen2" else LlamaConfig)(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=arch == "qwen2")
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention).float()
+
+
+def _alpaca_samples(count: int = 6) -> list[dict[str, list[int]]]:
+    """Real alpaca rows through tunelab's encoder: assistant-only labels from the minimind tokenizer's template."""
+    from tunelab.config import DataSettings
+    from tunelab.data.pipeline import DataReport, tokenize_rows
+    from tunelab.data.registry import load_dataset_rows
+    from tunelab.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(FIXTURES / "tokenizers" / "minimind"), "chatml")
+    rows = load_dataset_rows(str(ALPACA), ".", "sft", max_samples=count).rows
+    return tokenize_rows(rows, tokenizer, DataSettings(cutoff_len=160), "sft", DataReport(), "train")
+
+
+def _padded(samples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.zeros(len(samples), width, dtype=torch.long)
+    labels = torch.full((len(samples), width), -100)
+    mask = torch.zeros(len(samples), width, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(sample["input_ids"]), torch.tensor(
+            sample["labels"]), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _flat(samples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """TRL's padding-free layout: one row, position ids restarting per sample, no label on a sample's first token."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(samples)
+    return {key: batch[key] for key in ("input_ids", "labels", "position_ids")}
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _plain_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own loss (full logits, shifted cross-entropy over the labelled tokens)."""
+    return model(**batch, use_cache=False).loss
+
+
+def _ours(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    result = labelled_token_loss(model, batch)
+    return result.loss_sum / result.num_tokens
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_loss_and_gradients_equal_the_models_own_masked_and_padding_free(method, arch):
+    model = _model(arch)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    samples = _alpaca_samples()
+    assert any(label == -100 for label in samples[0]["labels"]) and any(label != -100 for label in samples[0]["labels"])
+    padded = _padded(samples)
+    reference = _plain_loss(model, padded)
+    reference.backward()
+    want = _grads(model)
+    model.zero_grad()
+    for batch in (padded, _flat(samples)):  # the same samples, padded and padding-free
+        loss = _ours(model, batch)
+        loss.backward()
+        got = _grads(model)
+        model.zero_grad()
+        assert abs(loss.item() - reference.item()) <= 1e-5 * abs(reference.item())
+        assert got.keys() == want.keys() and want
+        for name in want:
+            assert _close(got[name], want[name], 1e-4), name
+
+
+def test_prompt_tuning_virtual_tokens_are_skipped():
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    model = get_peft_model(_model(), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))
+    batch = _padded(_alpaca_samples(3))
+    assert abs(_ours(model, batch).item() - _plain_loss(model, batch).item()) <= 1e-5 * _plain_loss(
+        model, batch).item()
+
+
+def test_no_tokens_by_vocabulary_tensor_is_allocated(monkeypatch):
+    """Only chunks of at most LOGITS_BUDGET // vocab rows ever have the vocabulary as their last dimension."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tunelab.training import token_loss
+
+    vocab = 6400
+    monkeypatch.setattr(token_loss, "LOGITS_BUDGET", vocab * 8)  # chunks of 8 rows
+    model = _model(vocab=vocab)
+    batch = _padded(_alpaca_samples())
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert labelled > 100
+    widest: list[int] = []
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.is_view:  # a transposed weight is no allocation
+                return out
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
+                    widest.append(tensor.numel() // vocab)
+            return out
+
+    with Shapes():
+        _ours(model, batch).backward()
+    assert widest and max(widest) <= 8, max(widest)
+    widest.clear()
+    with Shapes():
+        _plain_loss(model, batch)
+    assert max(widest) >= labelled  # the plain path does hold them: the check can see it
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_padding_free_row_keeps_its_samples_apart(attention):
+    """Each sample's loss and gradients in a packed row equal those of the sample alone."""
+    model = _model(attention=attention)
+    samples = _alpaca_samples(3)
+    alone, grads_alone = [], []
+    for sample in samples:
+        loss = labelled_token_loss(model, _padded([sample])).loss_sum
+        loss.backward()
+        alone.append(loss.item())
+        grads_alone.append(_grads(model))
+        model.zero_grad()
+    packed = _flat(samples)
+    total = labelled_token_loss(model, packed).loss_sum
+    total.backward()
+    assert abs(total.item() - sum(alone)) <= 1e-5 * sum(alone)
+    summed = {name: sum(g[name] for g in grads_alone) for name in grads_alone[0]}
+    for name, grad in _grads(model).items():
+        assert _close(grad, summed[name], 1e-4), name
+    # the check can fail: the same row read as one sequence (no restart of positions) gives another loss
+    crossed = labelled_token_loss(model, {"input_ids": packed["input_ids"], "labels": packed["labels"]}).loss_sum
+    assert abs(crossed.item() - sum(alone)) > 1e-3
