@@ -380,39 +380,45 @@ def trl_lora(rank: int, alpha: int | None = None, target: str = "all") -> Any:
                       task_type="CAUSAL_LM")
 
 
-def build_random_model(tokenizer_path: Path, out_dir: Path, hidden: int, layers: int, seed: int) -> dict[str, Any]:
-    """A small Qwen2-shaped model with random weights and the real tokenizer, saved once so that every side
-    loads identical weights. Realistic layout (grouped-query attention, SwiGLU MLP, RMSNorm, RoPE, tied
-    embeddings, attention biases) at a size a 2-core CPU trains in a few seconds per step."""
+def build_random_model(tokenizer_path: Path, out_dir: Path, hidden: int, layers: int, seed: int,
+                       arch: str = "qwen2") -> dict[str, Any]:
+    """A small Qwen2- (or Llama-) shaped model with random weights and the real tokenizer, saved once so that
+    every side loads identical weights. Realistic layout (grouped-query attention, SwiGLU MLP, RMSNorm, RoPE;
+    Qwen2: tied embeddings and attention biases; Llama: an untied output layer) at a size a 2-core CPU trains in a
+    few seconds per step. The Llama-3 tokenizer goes with ``llama``: saved beside a Qwen2 config, transformers
+    would load it as a Qwen2 tokenizer that adds a token the embeddings lack."""
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     heads = max(hidden // 64, 1)
-    config = Qwen2Config(
+    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config,
+                                                                                        Qwen2ForCausalLM)
+    config = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=max(hidden * 8 // 3 // 64 * 64, 64),
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1),
-        max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        max_position_embeddings=4096, tie_word_embeddings=arch != "llama", bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    return {"name": f"random Qwen2 (hidden {hidden}, {layers} layers, {heads} heads / "
+    shape = "Llama" if arch == "llama" else "Qwen2"
+    return {"name": f"random {shape} (hidden {hidden}, {layers} layers, {heads} heads / "
                     f"{config.num_key_value_heads} kv, intermediate {config.intermediate_size}, "
                     f"vocab {config.vocab_size}, fp32) + tokenizer {tokenizer_path.name}",
             "params": sum(p.numel() for p in model.parameters())}
 
 
 def prepare_model(path: str | None, out_dir: Path, tokenizer: str | Path, hidden: int, layers: int,
-                  seed: int) -> tuple[str, dict[str, Any]]:
+                  seed: int, arch: str = "qwen2") -> tuple[str, dict[str, Any]]:
     """The model folder and its description: ``path`` if given (parameters 0: the workers count them), else a
     random Qwen2 built into ``out_dir``."""
     if path:
         resolved = str(Path(path).resolve())
         return resolved, {"name": resolved, "params": 0}
-    return str(out_dir), build_random_model(Path(tokenizer), out_dir, hidden, layers, seed)
+    return str(out_dir), build_random_model(Path(tokenizer), out_dir, hidden, layers, seed, arch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,7 +513,7 @@ def compare(script: str, args: argparse.Namespace, label: str, make_spec: Callab
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}-") as workdir:
         model_path, model = prepare_model(args.model, Path(workdir) / "model", args.tokenizer, args.hidden_size,
-                                          args.layers, args.seed)
+                                          args.layers, args.seed, args.arch)
         spec = make_spec(model=model_path, data=str(Path(args.data).resolve()), rows=args.rows, steps=args.steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum, learning_rate=args.lr,
                          seed=args.seed, warmup=args.warmup, device=device, bf16=args.bf16,
@@ -528,6 +534,8 @@ def add_model_args(parser: argparse.ArgumentParser, tokenizer: Path) -> None:
     parser.add_argument("--tokenizer", default=str(tokenizer), help="tokenizer of the random model")
     parser.add_argument("--hidden-size", type=int, default=256, help="random model: hidden size")
     parser.add_argument("--layers", type=int, default=4, help="random model: decoder layers")
+    parser.add_argument("--arch", choices=("qwen2", "llama"), default="qwen2",
+                        help="random model: its shape (llama for the Llama-3 tokenizer)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, rows: int, steps: int, warmup: int, batch_size: int,

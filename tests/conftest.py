@@ -185,3 +185,4 @@ def rm_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _library_log(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The libraries' warnings (tunelab/quiet.py) go to a log in the test's own folder, not the user's cache."""
     os.environ.setdefault("TUNELAB_LOG_FILE", str(tmp_path_factory.mktemp("log") / "library.log"))
+    os.environ["TUNELAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # tokenized data: never the user's cache

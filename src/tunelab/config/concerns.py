@@ -122,7 +122,8 @@ class DataSettings(Concern):
         None, description="Sampling ratio per dataset for interleave_*, e.g. '0.7,0.3'."
     )
     packing: bool = Field(False, description="Pack several samples into one sequence of cutoff_len.")
-    overwrite_cache: bool = Field(False, description="Accepted for LLaMA-Factory compatibility (no cache).")
+    overwrite_cache: bool = Field(False, description="Tokenize again even when the tokenized-data cache "
+                                  "($TUNELAB_CACHE, default ~/.cache/tunelab) holds this data, tokenizer and keys.")
     preprocessing_num_workers: int | None = Field(
         None, description="Processes for TRL's dataset packing (tunelab tokenizes in one process)."
     )

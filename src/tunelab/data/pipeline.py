@@ -30,6 +30,16 @@ class DataReport:
     skipped: Skipped = field(default_factory=Skipped)
     # The held-out rows themselves, for generating answers at evaluation (predict_with_generate); not reported.
     eval_rows: list[dict] = field(default_factory=list, repr=False)
+    cached: str | None = None  # the tokenized-data cache entry the samples came from (data/cache.py), if any
+
+    @classmethod
+    def from_cache(cls, fields: dict[str, Any], folder: str) -> DataReport:
+        from tunelab.data.cache import skipped_from
+
+        return cls(datasets=fields["datasets"], train_samples=fields["train_samples"],
+                   eval_samples=fields["eval_samples"], truncated=fields["truncated"],
+                   trained_tokens=fields["trained_tokens"], skipped=skipped_from(fields["skipped"]),
+                   eval_rows=fields.get("eval_rows", []), cached=folder)
 
     def lines(self) -> list[str]:
         out = [f"dataset {d['name']}: {d['rows']} records ({d['format']} format) from {d['source']}"
@@ -41,6 +51,9 @@ class DataReport:
             out.append(f"truncated to cutoff_len: {self.truncated} samples")
         for reason, info in self.skipped.as_dict().items():
             out.append(f"skipped {info['count']}: {reason} (e.g. {info['examples'][0]})")
+        if self.cached:
+            out.append(f"tokenized samples from the cache {self.cached} (same data, tokenizer and keys; "
+                       "overwrite_cache: true rebuilds)")
         return out
 
     def as_dict(self) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from tunelab.models.sources import (
     check_model_source,
     check_quantization_backend,
     default_template,
+    resolve_model_path,
 )
 from tunelab.quiet import quiet_libraries
-from tunelab.runs import CHECKPOINT_CONFIG, COMPLETIONS_FILE, RunDir, checkpoints, holds_final_model
+from tunelab.runs import CHECKPOINT_CONFIG, COMPLETIONS_FILE, RunDir, checkpoints, holds_final_model, is_main_process
 from tunelab.signals import STOP
 from tunelab.stage_registry import all_stages
 
@@ -59,18 +60,29 @@ def preflight(cfg: TrainConfig) -> RunDir:
 
 def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     """(tokenizer, train dataset, eval dataset, data report): every data and template check of a run, each
-    row encoded by its kind's entry in data/row_kinds.py."""
-    from tunelab.data.pipeline import encode_datasets, load_rows
+    row encoded by its kind's entry in data/row_kinds.py, or the same samples from the tokenized-data cache."""
+    from tunelab.data.cache import cache_folder, cache_key, load_cached, save_cached
+    from tunelab.data.pipeline import DataReport, encode_datasets, load_rows
 
-    train_rows, eval_rows, report = load_rows(cfg, cfg.row_kind, cfg.seed)  # no torch to find a wrong name or record
+    prompts = cfg.keys_of(SystemPromptKeys)
+    system_prompt = prompts.system_prompt if prompts else None
+    key = cache_key(cfg, cfg.row_kind, cfg.seed, Path(resolve_model_path(cfg.model_name_or_path)), system_prompt)
+    cached = load_cached(key) if key and not cfg.overwrite_cache else None
+    if cached is None:
+        train_rows, eval_rows, report = load_rows(cfg, cfg.row_kind, cfg.seed)  # no torch yet: a bad record is quick
     from tunelab.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model_name_or_path, default_template(cfg.model_name_or_path, cfg.template),
                                trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
                                cache_dir=cfg.cache_dir, require_template=cfg.row_kind != "pt")
-    prompts = cfg.keys_of(SystemPromptKeys)
-    train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, cfg.row_kind, report,
-                                                  prompts.system_prompt if prompts else None)
+    if cached is not None:
+        train_dataset, eval_dataset, fields = cached
+        report = DataReport.from_cache(fields, str(cache_folder(key)))
+    else:
+        train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, cfg.row_kind, report,
+                                                      system_prompt)
+        if key and is_main_process():
+            save_cached(key, train_dataset, eval_dataset, {**report.as_dict(), "eval_rows": report.eval_rows})
     all_stages()[cfg.stage].check_config(cfg, report)
     return tokenizer, train_dataset, eval_dataset, report
 
