@@ -208,6 +208,7 @@ class SideResult:
     load_average: float = 0.0  # 1-minute load average when the worker started: is the machine busy?
     settings: dict[str, Any] = field(default_factory=dict)
     metrics_jsonl_tokens: int | None = None
+    labelled_fraction: float | None = None  # tokens that carry loss / tokens seen, over the run's data
 
 
 def plain(value: Any) -> Any:
@@ -405,7 +406,10 @@ def build_random_model(tokenizer_path: Path, out_dir: Path, hidden: int, layers:
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     shape = "Llama" if arch == "llama" else "Qwen2"
-    return {"name": f"random {shape} (hidden {hidden}, {layers} layers, {heads} heads / "
+    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+    return {"hidden_size": hidden, "vocab_size": config.vocab_size, "body_params": sum(
+                p.numel() for p in model.parameters()) - embeddings,
+            "name": f"random {shape} (hidden {hidden}, {layers} layers, {heads} heads / "
                     f"{config.num_key_value_heads} kv, intermediate {config.intermediate_size}, "
                     f"vocab {config.vocab_size}, fp32) + tokenizer {tokenizer_path.name}",
             "params": sum(p.numel() for p in model.parameters())}
@@ -441,15 +445,16 @@ def worker_env(device: str, threads: int | None, **extra: str) -> dict[str, str]
 
 
 def run_worker(script: str, role: str, spec: Any, workdir: Path, name: str, *, env: Mapping[str, str] | None = None,
-               verbose: bool = False, cwd: Path | None = None, tail: int = 40) -> Any:
+               verbose: bool = False, cwd: Path | None = None, tail: int = 40, python: str = sys.executable) -> Any:
     """Run ``script --worker role --spec S --result R`` once in a fresh interpreter; returns the JSON it wrote.
 
     ``spec`` (a dataclass or plain data) is written to ``workdir/<name>.spec.json``; the worker writes its result
-    to ``workdir/<name>.json``. Its output goes to ``<name>.log`` (to the terminal with ``verbose``)."""
+    to ``workdir/<name>.json``. Its output goes to ``<name>.log`` (to the terminal with ``verbose``). ``python``:
+    another interpreter, for a peer installed in its own environment (LLaMA-Factory)."""
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
     spec_path, result_path, log_path = (workdir / f"{slug}{suffix}" for suffix in (".spec.json", ".json", ".log"))
     spec_path.write_text(to_json(spec))
-    command = [sys.executable, str(Path(script).resolve()), "--worker", role, "--spec", str(spec_path),
+    command = [python, str(Path(script).resolve()), "--worker", role, "--spec", str(spec_path),
                "--result", str(result_path)]
     with log_path.open("w") as log:
         done = subprocess.run(command, env=env, cwd=cwd, stdout=None if verbose else log,
@@ -507,9 +512,11 @@ class Comparison:
     results: dict[str, list[SideResult]]
 
 
-def compare(script: str, args: argparse.Namespace, label: str, make_spec: Callable[..., SideSpec]) -> Comparison:
+def compare(script: str, args: argparse.Namespace, label: str, make_spec: Callable[..., SideSpec],
+            peers: Mapping[str, str] | None = None) -> Comparison:
     """The parent's part of a side-by-side benchmark (flags of ``side_by_side_parser``): the model, the spec
-    (``make_spec`` gets SideSpec's fields as keywords and adds its own), both sides' workers, the machine."""
+    (``make_spec`` gets SideSpec's fields as keywords and adds its own), both sides' workers, the machine.
+    ``peers``: further sides, each ``--repeats`` times after the two, in its own interpreter (name -> python)."""
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}-") as workdir:
         model_path, model = prepare_model(args.model, Path(workdir) / "model", args.tokenizer, args.hidden_size,
@@ -519,6 +526,17 @@ def compare(script: str, args: argparse.Namespace, label: str, make_spec: Callab
                          seed=args.seed, warmup=args.warmup, device=device, bf16=args.bf16,
                          gradient_checkpointing=args.gradient_checkpointing, threads=args.threads, workdir=workdir)
         results = run_sides(script, spec, args.repeats, label, args.first, args.verbose)
+        env = worker_env(spec.device, spec.threads)
+        for peer, python in (peers or {}).items():
+            results[peer] = []
+            for index in range(args.repeats):
+                print(f"[peer] {label} with {peer} ...", file=sys.stderr, flush=True)
+                try:
+                    raw = run_worker(script, peer, spec, Path(workdir), f"{peer}-{index}", env=env,
+                                     verbose=args.verbose, python=python)
+                except WorkerFailed as error:
+                    raise SystemExit(str(error)) from None
+                results[peer].append(SideResult(**raw))
     model["params"] = model["params"] or results["tunelab"][0].settings.get("total_params", 0)
     return Comparison(machine_description(device, args.threads), model, spec, results)
 

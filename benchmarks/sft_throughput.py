@@ -17,9 +17,11 @@ What is compared, and why it is fair (how both sides are run, timed and measured
 * ``--trl-data tokenized`` (the default) hands TRL the very samples tunelab encodes (``input_ids`` with
   assistant-only ``labels``), so both sides train the same loss on the same batches and their losses must
   agree; ``--trl-data messages`` gives TRL the conversations instead (TRL's default: loss on every token).
-* MFU: the model FLOPs of each step (forward 2 x parameters x tokens, the backward twice that for full
-  fine-tuning, once for LoRA, the output layer counted on every position as plain TRL computes it) over the
-  step time, against the fp32 matmul peak measured in the same run at the same thread count.
+* MFU: the useful FLOPs of each step over the step time, against the fp32 matmul peak measured in the same
+  run at the same thread count. Useful: the decoder body on every token (forward 2 x its parameters, the
+  backward's input gradients as much again, and its weight gradients too for full fine-tuning) and the output
+  layer (2 x hidden x vocabulary per position, three times with its gradients) only at the positions that carry
+  loss, on both sides alike: what TRL computes beyond that is not counted.
 * Both sides read the same first ``--rows`` records of the same alpaca file and load the same weights
   from the same folder (a random model is built once and saved before either side starts).
 * Each side runs in its own fresh Python process; with ``--repeats`` > 1 the order alternates (A B B A ...)
@@ -85,6 +87,7 @@ class Spec(SideSpec):
     lora_target: str
     logging_steps: int
     trl_data: str = "tokenized"
+    lf_template: str = "llama3"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,6 +121,9 @@ def run_tunelab(spec: Spec, started: float, run_dir: Path) -> SideResult:
     result = summarize("tunelab", clock, spec.warmup, "assistant replies (tunelab default)")
     tokens = [r["tokens_seen"] for r in read_metrics(run_dir) if "tokens_seen" in r]
     result.metrics_jsonl_tokens = tokens[-1] if tokens else None
+    samples = tunelab_samples(spec)
+    labelled = sum(sum(label != -100 for label in labels[1:]) for labels in samples["labels"])
+    result.labelled_fraction = labelled / sum(len(ids) for ids in samples["input_ids"])
     return result
 
 
@@ -164,6 +170,45 @@ def tunelab_samples(spec: Spec) -> Any:
     return train
 
 
+LF_TOOL = REPO_ROOT.parent / "shared" / "tools" / "llamafactory-venv"
+
+
+def llamafactory_python() -> str | None:
+    """The LLaMA-Factory environment's interpreter, built by the shared tool on first use; None if unavailable."""
+    import subprocess
+
+    if not LF_TOOL.is_file():
+        return None
+    done = subprocess.run([str(LF_TOOL)], capture_output=True, text=True, timeout=1800)
+    venv = Path(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else None
+    return str(venv / "bin" / "python") if venv and (venv / "bin" / "llamafactory-cli").is_file() else None
+
+
+def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
+    """LLaMA-Factory's own recipe (run_exp) with the same model, rows, template and settings, in its environment."""
+    from llamafactory.train.tuner import run_exp
+
+    data_dir = run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": spec.data}}))
+    args = {
+        "model_name_or_path": spec.model, "stage": "sft", "do_train": True,
+        "finetuning_type": "full" if spec.full else "lora", "dataset": "bench", "dataset_dir": str(data_dir),
+        "template": spec.lf_template, "cutoff_len": spec.cutoff_len, "max_samples": spec.rows,
+        "overwrite_cache": True, "output_dir": str(run_dir / "out"), "overwrite_output_dir": True,
+        "per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
+        "learning_rate": spec.learning_rate, "max_steps": spec.steps, "seed": spec.seed,
+        "logging_steps": spec.logging_steps, "save_steps": max(spec.steps, 500), "bf16": spec.bf16,
+        "gradient_checkpointing": spec.gradient_checkpointing, "report_to": "none", "plot_loss": False,
+        "include_num_input_tokens_seen": "non_padding", "use_cpu": spec.device == "cpu",
+    }
+    if not spec.full:
+        args.update(lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_target=spec.lora_target)
+    clock = make_step_clock(started)
+    run_exp(args, callbacks=[clock])
+    return summarize("llamafactory", clock, spec.warmup, "assistant replies (LLaMA-Factory default)")
+
+
 def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) -> float:
     """The fp32 matmul rate of this process (FLOP/s), the denominator of MFU."""
     import time
@@ -182,10 +227,11 @@ def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) 
     return 2 * size**3 / best
 
 
-def step_flops(model: dict[str, Any], tokens: float, full: bool) -> float:
-    """Model FLOPs of one optimizer step over ``tokens`` positions: 2 per parameter per token forward, and the
-    backward's input gradients (2) plus, for full fine-tuning, its weight gradients (2)."""
-    return (2 + 2 + (2 if full else 0)) * model["params"] * tokens
+def step_flops(model: dict[str, Any], tokens: float, labelled_fraction: float, full: bool) -> float:
+    """Useful FLOPs of one optimizer step over ``tokens`` positions (see the module's docstring)."""
+    passes = 2 + 2 + (2 if full else 0)
+    head = 2 * model["hidden_size"] * model["vocab_size"] * (3 if full else 2)
+    return passes * model["body_params"] * tokens + head * labelled_fraction * tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,12 +376,24 @@ def format_report(run: Comparison, repeats: int) -> str:
                      "undisturbed by other processes; plain tokens/s is unreliable: prefer the step-by-step "
                      "ratio and best of runs, rerun with --threads 1, or on an idle machine")
     peak = run.info.get("matmul_peak_flops")
-    if peak:
-        tokens_per_step = {side: s.window_tokens / max(s.window_steps, 1) for side, s in (("tunelab", tl), ("trl", tr))}
-        mfu = {side: step_flops(model, tokens_per_step[side], spec.full) / s.median_step_seconds / peak
-               for side, s in (("tunelab", tl), ("trl", tr))}
-        lines.append(f"MFU (model FLOPs / step time / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s): "
-                     f"tunelab {mfu['tunelab']:.1%}, TRL {mfu['trl']:.1%}")
+    fraction = first_tl.labelled_fraction
+    if peak and fraction and "body_params" in model:
+        mfu = {side: step_flops(model, s.window_tokens / max(s.window_steps, 1), fraction, spec.full)
+               / s.median_step_seconds / peak for side, s in (("tunelab", tl), ("trl", tr))}
+        lines.append(f"MFU (useful FLOPs / step time / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s; "
+                     f"{fraction:.0%} of tokens carry loss): tunelab {mfu['tunelab']:.1%}, TRL {mfu['trl']:.1%}")
+    if "llamafactory" in results:
+        lf = summarize_side(results["llamafactory"], spec.warmup)
+        lines += ["", "LLaMA-Factory 0.9.5 on the same model, rows and settings (its own template and tokenization):",
+                  *table(["", "tunelab", "LLaMA-Factory", "tunelab/LF"], [
+                      _row("trained (non-padding) tokens/s", tl.tokens_per_second, lf.tokens_per_second),
+                      _row(f"peak memory, MiB ({first_tl.memory_kind})", tl.peak_memory_bytes / MIB,
+                           lf.peak_memory_bytes / MIB),
+                      ["final logged loss", _loss(tl.final_loss), _loss(lf.final_loss), "n/a"],
+                      _row("median step time, s", tl.median_step_seconds, lf.median_step_seconds,
+                           lambda v: f"{v:.3f}"),
+                      _row("tokens seen over all steps", tl.total_tokens, lf.total_tokens, lambda v: f"{v:,}")],
+                      widths=[0, 16, 16, 11])]
     lines.append("")
     lines.append(f"ratio: tunelab/TRL trained tokens per second = "
                  f"{tl.tokens_per_second / tr.tokens_per_second:.2f} "
@@ -346,7 +404,7 @@ def format_report(run: Comparison, repeats: int) -> str:
 def json_report(run: Comparison) -> dict[str, Any]:
     results, warmup = run.results, run.spec.warmup
     tl, tr = summarize_side(results["tunelab"], warmup), summarize_side(results["trl"], warmup)
-    return {
+    report = {
         "machine": run.info,
         "model": run.model,
         "spec": {k: v for k, v in asdict(run.spec).items() if k != "workdir"},
@@ -365,6 +423,12 @@ def json_report(run: Comparison) -> dict[str, Any]:
                                                                          results["trl"][0]).items()},
         "runs": results,
     }
+    if "llamafactory" in results:
+        lf = summarize_side(results["llamafactory"], warmup)
+        report["summary"]["llamafactory"] = lf
+        report["ratio"]["llamafactory_tokens_per_second"] = ratio(tl.tokens_per_second, lf.tokens_per_second)
+        report["ratio"]["llamafactory_peak_memory"] = ratio(tl.peak_memory_bytes, lf.peak_memory_bytes)
+    return report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,14 +446,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logging-steps", type=int, default=5)
     parser.add_argument("--trl-data", choices=("tokenized", "messages"), default="tokenized",
                         help="TRL trains tunelab's encoded samples (same loss), or the conversations (its default)")
+    parser.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory 0.9.5 (built by "
+                        "../shared/tools/llamafactory-venv) on the same model, rows and settings")
+    parser.add_argument("--lf-template", default=None, help="LLaMA-Factory's template name matching the "
+                        "tokenizer's own (default: llama3 for a Llama-3 tokenizer, else qwen)")
     args = parser.parse_args(argv)
     if args.worker:
-        side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl}, args)
+        side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl, "llamafactory": run_llamafactory}, args)
         return 0
+    peers = {}
+    if args.llamafactory:
+        python = llamafactory_python()
+        if python is None:
+            raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
+        peers["llamafactory"] = python
+    lf_template = args.lf_template or ("llama3" if "llama3" in str(args.tokenizer) else "qwen")
     run = compare(__file__, args, "training", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, full=args.full, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
-        logging_steps=min(args.logging_steps, args.steps), trl_data=args.trl_data))
+        logging_steps=min(args.logging_steps, args.steps), trl_data=args.trl_data, lf_template=lf_template),
+        peers)
     run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
     print(to_json(json_report(run)) if args.json else format_report(run, args.repeats))
     return 0

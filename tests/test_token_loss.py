@@ -187,3 +187,43 @@ def test_a_padding_free_row_keeps_its_samples_apart(attention):
     # the check can fail: the same row read as one sequence (no restart of positions) gives another loss
     crossed = labelled_token_loss(model, {"input_ids": packed["input_ids"], "labels": packed["labels"]}).loss_sum
     assert abs(crossed.item() - sum(alone)) > 1e-3
+
+
+def test_trl_fused_head_scores_only_labelled_positions_with_the_same_results(monkeypatch):
+    """compact_trl_fused_head: TRL's per-token log-probabilities (what DPO, KTO, GRPO and RLOO train on) and their
+    gradients are unchanged, while the output layer sees only the labelled positions."""
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.training.token_loss import compact_trl_fused_head
+
+    model = _model()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    batch = _padded(_alpaca_samples(4))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    projected: list[int] = []
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = model(**inputs, labels=batch["labels"], fused_lm_head=True)
+        out.log_probs.sum().backward()
+        grads = _grads(model)
+        model.zero_grad()
+        return out.log_probs.detach(), grads
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    real = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting(hidden, *args):
+        projected.append(hidden.shape[0])
+        return real(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
+    every, every_grads = run()
+    compact_trl_fused_head()
+    compact_trl_fused_head()  # once per process: a second call changes nothing
+    labelled, labelled_grads = run()
+    assert projected[0] == batch["labels"][:, 1:].numel()
+    assert projected[1] == int((batch["labels"][:, 1:] != -100).sum()) < projected[0]
+    assert _close(labelled, every, 1e-5)
+    for name, grad in every_grads.items():
+        assert _close(labelled_grads[name], grad, 1e-4), name

@@ -168,6 +168,9 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
     data_report = report.as_dict() if report is not None else None
     from tunelab.models.methods import count_parameters, finish, prepare_trainer
     from tunelab.plots import plot_loss
+    from tunelab.training.token_loss import compact_trl_fused_head
+
+    compact_trl_fused_head()  # TRL's trainers score only the labelled positions, on CPU too
 
     progress = _attach_callbacks(trainer, cfg, run)
     from tunelab.training.generation_eval import attach_generation_metrics, predict_after_training

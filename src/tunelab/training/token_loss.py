@@ -182,3 +182,22 @@ def project(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> Tok
         entropy = float(-(log_probs.exp() * log_probs).sum())
         correct = int((logits.argmax(-1) == targets).sum())
     return TokenLoss(loss, len(targets), entropy, correct)
+
+
+def compact_trl_fused_head() -> None:
+    """Make TRL's fused LM head (DPO, KTO, GRPO, RLOO and SFT's fallback) score only the labelled positions on
+    every device. TRL does so on Triton devices and elsewhere scores every position, prompt and padding included,
+    to keep tile shapes fixed for graph compilers (Neuron); eager CPU training has no such compiler. The choice is
+    one module-level function of ``trl.trainer.utils``, wrapped here once per process; the per-token results are
+    the same (``tests/test_token_loss.py`` checks them and their gradients)."""
+    import trl.trainer.utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None or getattr(decide, "tunelab_compact", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or decide(device)
+
+    compact.tunelab_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
