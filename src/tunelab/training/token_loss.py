@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 IGNORE_INDEX = -100
-LOGITS_BUDGET = 1 << 23  # elements of one chunk's logits: 32 MiB in fp32, two such buffers at a time
+LOGITS_BUDGET = 1 << 24  # elements of one chunk's logits: 64 MiB in fp32, two such buffers at a time
 # Config attributes that rescale or cap the logits after the output layer: such models keep TRL's path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
@@ -74,9 +74,12 @@ class LabelledCrossEntropy(torch.autograd.Function):
             probs[torch.arange(len(target), device=probs.device), target] -= 1.0
             grad = probs.to(h.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:start + chunk_rows] = grad @ weight.to(h.dtype)
-            if grad_weight is not None:
-                grad_weight += (grad.t() @ h).float()
+                torch.mm(grad, weight.to(h.dtype), out=grad_hidden[start:start + chunk_rows])
+            if grad_weight is not None:  # accumulated in place: no [vocab, hidden] temporary per chunk
+                if grad.dtype == torch.float32:
+                    grad_weight.addmm_(grad.t(), h)
+                else:
+                    grad_weight += (grad.t() @ h).float()
             if grad_bias is not None:
                 grad_bias += probs.sum(0)
         ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight, grad_bias) if t is not None))
@@ -87,8 +90,11 @@ class LabelledCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        if getattr(ctx, "used", False):  # the gradients were scaled in place and handed over: once only
+            raise RuntimeError("LabelledCrossEntropy's backward runs once per forward (retain_graph is not supported)")
+        ctx.used = True
         saved = iter(ctx.saved_tensors)
-        grads = [next(saved) * grad_loss if present else None for present in ctx.which]
+        grads = [next(saved).mul_(grad_loss) if present else None for present in ctx.which]  # ours: scaled in place
         grads = [grad.to(dtype) if grad is not None else None for grad, dtype in zip(grads, ctx.dtypes, strict=True)]
         return grads[0], grads[1], grads[2], None, None
 
