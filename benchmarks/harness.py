@@ -586,8 +586,9 @@ def add_worker_args(parser: argparse.ArgumentParser, roles: Sequence[str]) -> No
 
 
 def side_by_side_parser(doc: str, *, data: Path, tokenizer: Path, rows: int, steps: int, batch_size: int,
-                        lr: float) -> argparse.ArgumentParser:
-    """The flags of every tunelab-vs-TRL benchmark (``compare`` reads them); each adds its own."""
+                        lr: float, peers: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The flags of every tunelab-vs-TRL benchmark (``compare`` reads them); each adds its own. ``peers``: the
+    names of further sides a benchmark can run (``compare``'s peers)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(parser, tokenizer)
@@ -598,7 +599,7 @@ def side_by_side_parser(doc: str, *, data: Path, tokenizer: Path, rows: int, ste
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's default)")
     parser.add_argument("--first", choices=SIDES, default="trl", help="side that runs first")
     add_machine_args(parser)
-    add_worker_args(parser, SIDES)
+    add_worker_args(parser, (*SIDES, *peers))
     return parser
 
 

@@ -437,7 +437,7 @@ def json_report(run: Comparison) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = side_by_side_parser(__doc__, data=DEFAULT_DATA, tokenizer=DEFAULT_TOKENIZER, rows=200, steps=10,
-                                 batch_size=4, lr=1e-4)
+                                 batch_size=4, lr=1e-4, peers=("llamafactory",))
     parser.add_argument("--cutoff", type=int, default=512, help="max tokens per sample (both sides)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-rank", type=int, default=8)

@@ -210,7 +210,8 @@ def test_trl_fused_head_scores_only_labelled_positions_with_the_same_results(mon
         model.zero_grad()
         return out.log_probs.detach(), grads
 
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # TRL's own choice, whether or not an earlier run in this process compacted it; restored after the test
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(trl_utils._use_triton, "original", trl_utils._use_triton))
     real = trl_utils._ChunkedLogProbFunction.apply
 
     def counting(hidden, *args):

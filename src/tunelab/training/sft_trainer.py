@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
-from tunelab.training.token_loss import labelled_token_loss, supports_labelled_loss
+from tunelab.training.token_loss import causal_lm, labelled_token_loss, supports_labelled_loss
 
 
 class LabelledLossSFTTrainer(SFTTrainer):
@@ -18,7 +18,16 @@ class LabelledLossSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.labelled_loss = (supports_labelled_loss(self.model) and self.args.loss_type == "nll"
                               and self.compute_loss_func is None and self.label_smoother is None
-                              and not self.aux_loss_enabled)
+                              and not self.aux_loss_enabled and not self._head_outside_forward_breaks())
+
+    def _head_outside_forward_breaks(self) -> bool:
+        """The output layer runs after the model's forward here. Sharded weights (FSDP, DeepSpeed) are whole only
+        inside the forward, and DDP refuses a trainable parameter whose gradient arrives after its forward (an
+        output layer trained beside an adapter, or full fine-tuning): those keep TRL's path."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return True
+        head = causal_lm(self.model).get_output_embeddings()
+        return self.accelerator.num_processes > 1 and any(p.requires_grad for p in head.parameters())
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

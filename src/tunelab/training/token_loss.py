@@ -206,4 +206,5 @@ def compact_trl_fused_head() -> None:
         return device.type == "cpu" or decide(device)
 
     compact.tunelab_compact = True  # type: ignore[attr-defined]
+    compact.original = decide  # type: ignore[attr-defined]
     trl_utils._use_triton = compact
