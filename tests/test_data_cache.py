@@ -123,3 +123,20 @@ def test_a_system_prompt_of_rl_prompts_is_part_of_the_key(workspace):
     _prepare(workspace, *rl)
     _prepare(workspace, *rl, "system_prompt=Answer briefly.")
     assert len(workspace["calls"]) == 2
+
+
+def test_a_damaged_entry_or_a_failed_write_never_stops_the_run(workspace, monkeypatch):
+    from tunelab.data import cache
+
+    _prepare(workspace)
+    for entry in cache.cache_root().iterdir():
+        (entry / "report.json").write_text("{not json")
+    _, train, _, report = _prepare(workspace)  # read fails: encoded again, and the entry rewritten
+    assert len(workspace["calls"]) == 2 and report.cached is None and len(train)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "save_cached", full_disk)
+    _, train, _, _ = _prepare(workspace, "cutoff_len=80")
+    assert len(train) and len(workspace["calls"]) == 3

@@ -108,7 +108,7 @@ def save_cached(key: str, train: Any, evaluation: Any, report: dict[str, Any]) -
         train.save_to_disk(str(partial / "train"))
         if evaluation is not None:
             evaluation.save_to_disk(str(partial / "eval"))
-        (partial / "report.json").write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
+        (partial / "report.json").write_text(json.dumps(report, ensure_ascii=False, default=str), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     finally:

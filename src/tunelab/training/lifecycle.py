@@ -63,11 +63,17 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     row encoded by its kind's entry in data/row_kinds.py, or the same samples from the tokenized-data cache."""
     from tunelab.data.cache import cache_folder, cache_key, load_cached, save_cached
     from tunelab.data.pipeline import DataReport, encode_datasets, load_rows
+    from tunelab.errors import shorten
 
     prompts = cfg.keys_of(SystemPromptKeys)
     system_prompt = prompts.system_prompt if prompts else None
     key = cache_key(cfg, cfg.row_kind, cfg.seed, Path(resolve_model_path(cfg.model_name_or_path)), system_prompt)
-    cached = load_cached(key) if key and not cfg.overwrite_cache else None
+    try:
+        cached = load_cached(key) if key and not cfg.overwrite_cache else None
+    except Exception as error:  # a damaged entry: encode again (and replace it)
+        console.print(f"note: the tokenized-data cache entry could not be read ({shorten(str(error))}); "
+                      "tokenizing again", markup=False, highlight=False)
+        cached = None
     if cached is None:
         train_rows, eval_rows, report = load_rows(cfg, cfg.row_kind, cfg.seed)  # no torch yet: a bad record is quick
     from tunelab.models.loading import load_tokenizer
@@ -82,7 +88,11 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
         train_dataset, eval_dataset = encode_datasets(train_rows, eval_rows, tokenizer, cfg, cfg.row_kind, report,
                                                       system_prompt)
         if key and is_main_process():
-            save_cached(key, train_dataset, eval_dataset, {**report.as_dict(), "eval_rows": report.eval_rows})
+            try:
+                save_cached(key, train_dataset, eval_dataset, {**report.as_dict(), "eval_rows": report.eval_rows})
+            except Exception as error:  # a full disk or rows JSON cannot hold: the run goes on, uncached
+                console.print(f"note: the tokenized data was not cached ({shorten(str(error))})", markup=False,
+                              highlight=False)
     all_stages()[cfg.stage].check_config(cfg, report)
     return tokenizer, train_dataset, eval_dataset, report
 
