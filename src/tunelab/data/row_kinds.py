@@ -7,6 +7,9 @@ dataset_info.json columns that mark it, its encoder (rows into training samples,
 everywhere), the model inputs of a sample, what ``tunelab data inspect`` shows, the sequence length that
 ``train --dry-run`` sizes memory by, and the collator its trainers batch with. The pipeline, inspect, the dry
 run, format detection and the stages read it; adding a row kind is one entry here and its functions.
+
+The encoders (and numpy under them) are imported inside the functions: the command line reads the kinds' names
+for its help on every start, and must not pay for them.
 """
 
 from __future__ import annotations
@@ -14,22 +17,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.data.encoders import (
-    completion_sample,
-    encode_kto,
-    encode_pair,
-    encode_prompt,
-    encode_pt,
-    encode_sft,
-    pair_sample,
-)
-from tunelab.data.masking import Encoded, segments
 from tunelab.errors import TunelabError
 
+if TYPE_CHECKING:
+    from tunelab.data.masking import Encoded
+
 Row = dict[str, Any]
-Sample = tuple[Encoded, ...]  # the encodings of one training sample (a pair: chosen and rejected)
+Sample = tuple["Encoded", ...]  # the encodings of one training sample (a pair: chosen and rejected)
 
 
 @dataclass(frozen=True)
@@ -63,22 +59,32 @@ class RowKind:
 
 
 def _sft(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    from tunelab.data.encoders import encode_sft
+
     return [(item,) for item in encode_sft(row, tokenizer, policy, cutoff_len)]
 
 
 def _pt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    from tunelab.data.encoders import encode_pt
+
     return [(chunk,) for chunk in encode_pt(row, tokenizer, cutoff_len)]
 
 
 def _pair(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    from tunelab.data.encoders import encode_pair
+
     return [encode_pair(row, tokenizer, cutoff_len)]
 
 
 def _labelled(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    from tunelab.data.encoders import encode_kto
+
     return [(encode_kto(row, tokenizer, cutoff_len),)]
 
 
 def _prompt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+    from tunelab.data.encoders import encode_prompt
+
     return [(encode_prompt(row, tokenizer),)]
 
 
@@ -86,8 +92,37 @@ def _token_inputs(sample: Sample, row: Row) -> dict[str, Any]:
     return {"input_ids": sample[0].input_ids, "labels": sample[0].labels}
 
 
+def _pair_inputs(sample: Sample, row: Row) -> dict[str, Any]:
+    from tunelab.data.encoders import pair_sample
+
+    return pair_sample(*sample)
+
+
+def _labelled_inputs(sample: Sample, row: Row) -> dict[str, Any]:
+    from tunelab.data.encoders import completion_sample
+
+    return {**completion_sample(sample[0]), "label": bool(row["label"])}
+
+
 def _segments(sample: Sample, row: Row) -> dict[str, Any]:
+    from tunelab.data.masking import segments
+
     return {"segments": segments(sample[0])}
+
+
+def _pair_view(sample: Sample, row: Row) -> dict[str, Any]:
+    from tunelab.data.masking import segments
+
+    return {"segments": segments(sample[0]), "rejected_segments": segments(sample[1])}
+
+
+def _labelled_view(sample: Sample, row: Row) -> dict[str, Any]:
+    return {**_segments(sample, row), "label": row["label"]}
+
+
+def _prompt_view(sample: Sample, row: Row) -> dict[str, Any]:
+    return {"segments": [{"text": sample[0].text, "trained": False}],
+            "extra": {key: value for key, value in row.items() if key not in ("prompt", "tools")}}
 
 
 ROW_KIND_TABLE: dict[str, RowKind] = {kind.name: kind for kind in (
@@ -96,18 +131,13 @@ ROW_KIND_TABLE: dict[str, RowKind] = {kind.name: kind for kind in (
     RowKind("pt", "plain text (pretraining)", '{"text": str}', _pt, _token_inputs, _segments, "text chunk",
             precedence=3),
     RowKind("preference", "preference", '{"prompt": [...], "chosen": [...], "rejected": [...]} (+ "tools")',
-            _pair, lambda sample, row: pair_sample(*sample),
-            lambda sample, row: {"segments": segments(sample[0]), "rejected_segments": segments(sample[1])},
-            "prompt + the longer answer", mapping_columns=("chosen", "rejected"), precedence=0,
-            collator="tunelab.training.collate:PairCollator"),
+            _pair, _pair_inputs, _pair_view, "prompt + the longer answer", mapping_columns=("chosen", "rejected"),
+            precedence=0, collator="tunelab.training.collate:PairCollator"),
     RowKind("kto", "KTO (labelled answers)", '{"prompt": [...], "completion": [...], "label": bool} (+ "tools")',
-            _labelled, lambda sample, row: {**completion_sample(sample[0]), "label": bool(row["label"])},
-            lambda sample, row: {"segments": segments(sample[0]), "label": row["label"]}, "prompt + answer",
-            mapping_columns=("kto_tag",), precedence=1, collator="tunelab.training.collate:UnpairedCollator"),
+            _labelled, _labelled_inputs, _labelled_view, "prompt + answer", mapping_columns=("kto_tag",),
+            precedence=1, collator="tunelab.training.collate:UnpairedCollator"),
     RowKind("rl", "RL prompt", '{"prompt": [...], **every other column of the record, unchanged}', _prompt, None,
-            lambda sample, row: {"segments": [{"text": sample[0].text, "trained": False}],
-                                 "extra": {key: value for key, value in row.items() if key not in ("prompt", "tools")}},
-            "prompt + max_completion_length"),
+            _prompt_view, "prompt + max_completion_length"),
 )}
 ROW_KINDS = tuple(ROW_KIND_TABLE)
 

@@ -56,8 +56,9 @@ class LabelledLossSFTTrainer(SFTTrainer):
         """TRL's entropy, mean_token_accuracy and num_tokens, over the labelled positions."""
         device = self.accelerator.device
         gather = self.accelerator.gather_for_metrics
-        valid, entropy, correct = (gather(torch.tensor(value, device=device, dtype=torch.float64)).sum().item()
-                                   for value in (result.num_tokens, result.entropy_sum, result.num_correct))
+        counts = torch.tensor([[result.num_tokens, result.entropy_sum, result.num_correct]], device=device,
+                              dtype=torch.float64)
+        valid, entropy, correct = gather(counts).sum(0).tolist()  # one collective for the three
         self._metrics[mode]["entropy"].append(entropy / valid if valid else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
         if mode == "train":
