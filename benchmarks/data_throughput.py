@@ -77,6 +77,26 @@ TEMPLATE = "alpaca"
 LF_TIMEOUT_S = 300
 
 
+@dataclass
+class TokenizerSpec:
+    """The tokenizer both sides use: tunelab's name for it and template, LF's model folder and template."""
+
+    name: str
+    template: str | None
+    folder: str
+    lf_template: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TokenizerSpec:
+        if args.tokenizer == "stories260K":
+            return cls("stories260K", args.template or TEMPLATE, str(EMBEDDED_MODEL_DIR), args.lf_template or TEMPLATE)
+        folder = Path(args.tokenizer).resolve()
+        if not (folder / "tokenizer_config.json").is_file():
+            raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer_config.json in {folder}")
+        default_lf = "llama3" if "<|eot_id|>" in (folder / "tokenizer_config.json").read_text() else "qwen"
+        return cls(str(folder), args.template, str(folder), args.lf_template or default_lf)
+
+
 # --- measurements shared by both sides ------------------------------------------------------------------
 
 def proc_status_kb(key: str, pid: int | str = "self") -> int:
@@ -154,13 +174,13 @@ def _stage_convert_jsonl(path: Path, limit: int) -> dict[str, Any]:
             "notes": f"{skipped.total} skipped; wrote {size_mb:.0f} MB"}
 
 
-def _stage_tokenize(path: Path, limit: int) -> dict[str, Any]:
+def _stage_tokenize(path: Path, limit: int, tokenizer_name: str, template: str | None) -> dict[str, Any]:
     from tunelab.config import build_config
     from tunelab.data.pipeline import DataReport, tokenize_rows
     from tunelab.data.registry import iter_rows, resolve_dataset
     from tunelab.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer("stories260K", TEMPLATE)
+    tokenizer = load_tokenizer(tokenizer_name, template)
     cfg = build_config({"cutoff_len": CUTOFF_LEN})
     prep = Clock()
     canonical = iter_rows(resolve_dataset(str(path), "."), "sft", skip_invalid=True)
@@ -191,7 +211,11 @@ CHILD_STAGES = {"read": _stage_read, "read+convert": _stage_convert, "convert→
 def worker_main(args: argparse.Namespace) -> None:
     """Run one stage (``args.worker``) on the spec's file and write its result (read by ``run_stage``)."""
     spec = json.loads(Path(args.spec).read_text())
-    result = CHILD_STAGES[args.worker](Path(spec["input"]), spec["limit"])
+    stage = CHILD_STAGES[args.worker]
+    if stage is _stage_tokenize:
+        result = stage(Path(spec["input"]), spec["limit"], spec["tokenizer"], spec["template"])
+    else:
+        result = stage(Path(spec["input"]), spec["limit"])
     result["peak_rss_kb"] = proc_status_kb("VmHWM")
     Path(args.result).write_text(to_json(result))
 
@@ -233,12 +257,13 @@ def make_large_jsonl(source: Path, dest: Path, rows: int) -> Path:
     return dest
 
 
-def run_stage(stage: str, path: Path, limit: int, workdir: Path) -> StageResult:
+def run_stage(stage: str, path: Path, limit: int, workdir: Path, tokenizer: TokenizerSpec) -> StageResult:
     """The stage in a fresh interpreter (cwd: an empty folder, so no local dataset_info.json or model
     folder changes what names resolve to)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     started = time.perf_counter()
-    result = run_worker(__file__, stage, {"input": str(path), "limit": limit}, workdir, f"{stage}-{path.name}",
+    spec = {"input": str(path), "limit": limit, "tokenizer": tokenizer.name, "template": tokenizer.template}
+    result = run_worker(__file__, stage, spec, workdir, f"{stage}-{path.name}",
                         env=env, cwd=workdir / "cwd")
     process_seconds = time.perf_counter() - started
     main_keys = ("rows", "seconds", "cpu_seconds", "others_cpu_seconds", "peak_rss_kb", "base_rss_kb", "notes")
@@ -287,19 +312,19 @@ def find_llamafactory() -> tuple[Path | None, str]:
     return venv, ""
 
 
-def lf_yaml(data: Path, workdir: Path) -> tuple[Path, str]:
+def lf_yaml(data: Path, workdir: Path, tokenizer: TokenizerSpec) -> tuple[Path, str]:
     """The train config; ``dataset_info.json`` in its own folder maps the name to the absolute file path."""
     dataset_dir = workdir / "lf_data"
     dataset_dir.mkdir(exist_ok=True)
     (dataset_dir / "dataset_info.json").write_text(json.dumps({"alpaca_5000": {"file_name": str(data)}}))
     text = "\n".join([
-        f"model_name_or_path: {EMBEDDED_MODEL_DIR}",
+        f"model_name_or_path: {tokenizer.folder}",
         "stage: sft",
         "do_train: true",
         "finetuning_type: lora",
         "dataset: alpaca_5000",
         f"dataset_dir: {dataset_dir}",
-        f"template: {TEMPLATE}",
+        f"template: {tokenizer.lf_template}",
         f"cutoff_len: {CUTOFF_LEN}",
         f"tokenized_path: {workdir / 'lf_tokenized'}",
         f"output_dir: {workdir / 'lf_out'}",
@@ -354,9 +379,9 @@ def _last(lines: list[LogLine], needle: str) -> LogLine | None:
     return next((line for line in reversed(lines) if needle in line.text), None)
 
 
-def run_llamafactory(venv: Path, data: Path, workdir: Path) -> LfResult:
+def run_llamafactory(venv: Path, data: Path, workdir: Path, tokenizer: TokenizerSpec) -> LfResult:
     """Launch the CLI, timestamp its log, stop it once the tokenized dataset is on disk, count what it saved."""
-    yaml_path, yaml_text = lf_yaml(data, workdir)
+    yaml_path, yaml_text = lf_yaml(data, workdir, tokenizer)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", HF_DATASETS_CACHE=str(workdir / "hf_cache"))
     started = time.perf_counter()
     proc = subprocess.Popen([str(venv / "bin" / "llamafactory-cli"), "train", str(yaml_path)], cwd=workdir,
@@ -493,12 +518,12 @@ def comparison(results: list[StageResult], lf: LfResult, data_name: str) -> dict
     return out
 
 
-def render_lf(lf: LfResult, cmp: dict[str, Any] | None, data_name: str) -> str:
+def render_lf(lf: LfResult, cmp: dict[str, Any] | None, data_name: str, lf_template: str) -> str:
     if not lf.available:
         return f"LLaMA-Factory: skipped ({lf.note})"
     v = lf.versions
     lines = [f"LLaMA-Factory {v.get('llamafactory', '?')} (transformers {v.get('transformers', '?')}, datasets "
-             f"{v.get('datasets', '?')}, torch {v.get('torch', '?')}) on {data_name}: template {TEMPLATE}, "
+             f"{v.get('datasets', '?')}, torch {v.get('torch', '?')}) on {data_name}: template {lf_template}, "
              f"cutoff_len {CUTOFF_LEN}, preprocessing_num_workers 1, fresh datasets cache",
              f"  CLI launch → tokenized dataset saved: {lf.cli_seconds:6.2f} s  "
              f"({lf.rows / lf.cli_seconds:,.0f} rows/s)   peak RSS {lf.peak_rss_mb:,.0f} MB"
@@ -540,10 +565,12 @@ def render_text(report: dict[str, Any], results: list[StageResult], lf: LfResult
             f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; python {m['python']}, tunelab "
             f"{v['tunelab']}, torch {v['torch']}, transformers {v['transformers']}, tokenizers {v['tokenizers']}; "
             f"load average at start {m['load_average_at_start']}",
-            f"tokenizer: stories260K (embedded), template {TEMPLATE}, cutoff_len {CUTOFF_LEN}; each stage in a fresh "
+            f"tokenizer: {report['tokenizer']['name']}, template {report['tokenizer']['template'] or 'its own'}, "
+            f"cutoff_len {CUTOFF_LEN}; each stage in a fresh "
             "process; rows/s from wall time; 'others cpu s' = CPU used by other processes during the timed window",
             ""]
-    return "\n".join(head + [render_table(results), "", render_lf(lf, report.get("comparison"), report["data"])])
+    lf_text = render_lf(lf, report.get("comparison"), report["data"], report["tokenizer"]["lf_template"])
+    return "\n".join(head + [render_table(results), "", lf_text])
 
 
 # --- main -----------------------------------------------------------------------------------------------
@@ -558,6 +585,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-llamafactory", action="store_true", help="skip the LLaMA-Factory comparison")
     parser.add_argument("--workdir", type=Path, help="keep the generated files and LF's log here (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--tokenizer", default="stories260K",
+                        help="tokenizer for the tokenize stage: stories260K (embedded) or a tokenizer folder, e.g. "
+                             "../shared/tokenizers/llama3 (default: %(default)s)")
+    parser.add_argument("--template", help="tunelab's template (default: alpaca for stories260K, else the "
+                                           "tokenizer's own)")
+    parser.add_argument("--lf-template", help="LLaMA-Factory's template for the same data (default: alpaca for "
+                                              "stories260K; llama3 for a Llama-3 tokenizer; qwen otherwise)")
     add_worker_args(parser, STAGES)
     return parser.parse_args(argv)
 
@@ -567,6 +601,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
     if not data.is_file():
         raise SystemExit(f"data file not found: {data}")
     files = [data]
+    tokenizer = TokenizerSpec.from_args(args)
     if args.large_rows:
         files.append(make_large_jsonl(data, workdir / f"alpaca_{args.large_rows // 1000}k.jsonl", args.large_rows))
     (workdir / "cwd").mkdir(exist_ok=True)
@@ -574,7 +609,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
     for stage in STAGES:
         for path in files:
             print(f"  {stage} {path.name} ...", file=sys.stderr, flush=True)
-            results.append(run_stage(stage, path, args.tokenize_limit, workdir))
+            results.append(run_stage(stage, path, args.tokenize_limit, workdir, tokenizer))
     if args.no_llamafactory:
         lf = LfResult(False, note="--no-llamafactory given")
     else:
@@ -583,8 +618,9 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
             lf = LfResult(False, note=f"LLaMA-Factory unavailable: {why}")
         else:
             print(f"  LLaMA-Factory on {data.name} ...", file=sys.stderr, flush=True)
-            lf = run_llamafactory(venv, data, workdir)
+            lf = run_llamafactory(venv, data, workdir, tokenizer)
     report: dict[str, Any] = {"machine": machine_info(), "data": data.name, "tokenize_limit": args.tokenize_limit,
+                              "tokenizer": asdict(tokenizer),
                               "stages": [dict(asdict(r), rows_per_s=r.rows_per_s, rows_per_cpu_s=r.rows_per_cpu_s)
                                          for r in results]}
     report["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)

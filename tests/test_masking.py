@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tunelab.data.masking import (
@@ -192,7 +193,7 @@ def test_truncation_keeps_prefix(load_tokenizer, shared_dir, conversation,
     assert len(cut.input_ids) == len(cut.labels) == len(cut.offsets) == cutoff
     assert cut.input_ids == full.input_ids[:cutoff]
     assert cut.labels == full.labels[:cutoff]
-    assert cut.offsets == full.offsets[:cutoff]
+    assert cut.offsets.tolist() == full.offsets[:cutoff].tolist()
     assert len(trained_runs(cut)) == 2 and len(trained_runs(cut)[1]) == 3
     # segments() still covers the whole text; only the kept tokens can be trained.
     assert "".join(part["text"] for part in segments(cut)) == cut.text
@@ -437,3 +438,84 @@ def test_kto_answer_mask_is_the_answer_and_marker(load_tokenizer, shared_dir, ll
         sample = completion_sample(encode_kto(row, tokenizer))
         trained = [t for t, m in zip(sample["completion_ids"], sample["completion_mask"], strict=True) if m]
         assert decode(tokenizer, trained) == row["completion"][-1]["content"].strip() + marker
+
+
+# --- the fast paths equal the plain computation ------------------------------------------------------------
+
+def _real_conversations(llamafactory_dir: Path, conversation: list[dict]) -> list[list[dict]]:
+    """The multi-turn conversation and real single-turn rows in English and Chinese (multi-byte characters,
+    which byte-level tokenizers split into several tokens sharing one character's offsets)."""
+    rows = []
+    for name in ("alpaca_en_demo", "alpaca_zh_demo"):
+        rows += load_dataset_rows(name, str(llamafactory_dir), "sft", max_samples=40).rows
+    return [conversation] + [row["messages"] for row in rows]
+
+
+def _reference_labels(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """Labels from every token's character offsets against the trained spans, rendered by apply_chat_template."""
+    text, spans = trained_char_spans(tokenizer, messages, None)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.asarray(encoded["offset_mapping"]).reshape(-1, 2)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    trained = np.zeros(len(offsets), dtype=bool)
+    for start, end in spans:
+        trained |= ((starts < end) & (ends > start)) | ((starts == ends) & (starts >= start) & (starts < end))
+    return [token if flag else IGNORE_INDEX for token, flag in zip(encoded["input_ids"], trained, strict=True)]
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [entry[1:] for entry in REAL_TEMPLATES], ids=[entry[0] for entry in REAL_TEMPLATES])
+def test_fast_render_and_labels_equal_the_plain_computation(load_tokenizer, shared_dir, llamafactory_dir,
+                                                            conversation, tokenizer_name: str, template: str | None,
+                                                            marker: str | None) -> None:
+    tokenizer, _ = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    checked = 0
+    for messages in _real_conversations(llamafactory_dir, conversation):
+        for generation_prompt in (False, True):
+            assert render(tokenizer, messages, add_generation_prompt=generation_prompt) == \
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        encoded = encode_conversation(tokenizer, messages)
+        assert encoded.labels == _reference_labels(tokenizer, messages)
+        assert encoded.offsets.tolist() == [list(pair) for pair in tokenizer(
+            encoded.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+        checked += encoded.num_trained > 0
+    assert checked == 81
+
+
+def test_fast_labels_on_every_hf_template(load_tokenizer, templates_dir, llamafactory_dir, conversation) -> None:
+    entries = json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer("llama3")
+    conversations = _real_conversations(llamafactory_dir, conversation)[:12]
+    checked = set()
+    for index, entry in enumerate(entries):
+        tokenizer.chat_template = entry["template"]
+        for messages in conversations:
+            try:
+                expected = _reference_labels(tokenizer, messages)
+            except Exception:  # templates that reject a system role, or strict alternation
+                continue
+            assert render(tokenizer, messages) == tokenizer.apply_chat_template(messages, tokenize=False), entry["name"]
+            assert encode_conversation(tokenizer, messages).labels == expected, entry["name"]
+            checked.add(index)
+    assert len(checked) == len(entries) == 37
+
+
+@pytest.mark.parametrize("tokenizer_name", ["llama3", "minimind", "stories260K"])
+def test_span_labels_equal_offset_overlap_for_any_span(load_tokenizer, llamafactory_dir, tokenizer_name: str) -> None:
+    """Spans that start or end inside a token, on whitespace a tokenizer leaves out of every token, or inside a
+    Chinese character that byte-level tokenizers split into pieces sharing its offsets."""
+    import random
+
+    from tunelab.data.masking import _labels, _token_flags, _tokenize
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    generator = random.Random(0)
+    texts = [row["messages"][-1]["content"] for name in ("alpaca_en_demo", "alpaca_zh_demo")
+             for row in load_dataset_rows(name, str(llamafactory_dir), "sft", max_samples=15).rows]
+    for text in texts:
+        ids, encoding = _tokenize(tokenizer, text)
+        offsets = np.asarray(encoding.offsets).reshape(-1, 2)
+        for _ in range(20):
+            spans = sorted(tuple(sorted(generator.sample(range(len(text) + 1), 2))) for _ in range(2))
+            expected = np.where(_token_flags(offsets, spans), ids, IGNORE_INDEX).tolist()
+            assert _labels(encoding, ids, spans) == expected, (text, spans)

@@ -41,7 +41,7 @@ def encode_prompt(row: dict, tokenizer: Any) -> Encoded:
     """An RL prompt with the generation prompt appended: all context, nothing trained."""
     text = render(tokenizer, row["prompt"], row.get("tools"), add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return Encoded(ids, [IGNORE_INDEX] * len(ids), text, [])
+    return Encoded(ids, [IGNORE_INDEX] * len(ids), text)
 
 
 def _first_trained(encoded: Encoded) -> int:

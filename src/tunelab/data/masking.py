@@ -12,7 +12,8 @@ Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn on
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,25 @@ class MaskingError(ValueError):
     """The template does not render an assistant turn in a way that can be located."""
 
 
+def _no_offsets() -> np.ndarray:
+    return np.zeros((0, 2), dtype=np.int64)
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
     text: str
-    offsets: list[list[int]]  # (start, end) character offsets per token
     truncated: bool = False
     full_length: int = 0  # tokens before truncation
+    # Character offsets are read only by inspection; making them per token for every training sample cost
+    # more than the tokenizer itself (a Python list per token, and the garbage collector walking them).
+    offsets_of: Callable[[], np.ndarray] = field(default=_no_offsets, repr=False, compare=False)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(start, end) character offsets in ``text`` per token, shape ``[tokens, 2]``."""
+        return self.offsets_of()
 
     @property
     def num_trained(self) -> int:
@@ -135,43 +147,99 @@ def _token_flags(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarra
     return flags
 
 
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], np.ndarray]:
-    """Ids and character offsets; straight from the Rust tokenizer when there is one (the hot path)."""
+def _offset_array(offsets: list[tuple[int, int]]) -> np.ndarray:
+    return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+
+
+def _in_span(offset: tuple[int, int] | None, start: int, end: int) -> bool:
+    """``_token_flags`` for one token."""
+    if offset is None:
+        return False
+    token_start, token_end = offset
+    return (token_start < end and token_end > start) or (token_start == token_end and start <= token_start < end)
+
+
+def _span_tokens(encoding: Any, start: int, end: int) -> tuple[int, int] | None:
+    """The tokens ``[first, last)`` that ``_token_flags`` marks for the span, found from the Rust encoding's
+    character lookup and widened over neighbours that share characters (byte-level pieces of one character);
+    None where no character of the span lies in a token (the caller then compares every token)."""
+    first = next((token for char in range(start, end) if (token := encoding.char_to_token(char)) is not None), None)
+    if first is None:
+        return None
+    last = next(token for char in range(end - 1, start - 1, -1) if (token := encoding.char_to_token(char)) is not None)
+    while first > 0 and _in_span(encoding.token_to_chars(first - 1), start, end):
+        first -= 1
+    while last + 1 < len(encoding) and _in_span(encoding.token_to_chars(last + 1), start, end):
+        last += 1
+    return first, last + 1
+
+
+def _labels(encoding: Any, ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """Ids where trained, ``IGNORE_INDEX`` elsewhere. Offsets of a tokenization only grow along the text, so each
+    span's tokens are one run, found without building per-token offsets (the hot path of tokenizing a dataset)."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        run = _span_tokens(encoding, start, end) if start < end else (0, 0)
+        if run is None:
+            return np.where(_token_flags(_offset_array(encoding.offsets), spans), ids, IGNORE_INDEX).tolist()
+        labels[run[0]:run[1]] = ids[run[0]:run[1]]
+    return labels
+
+
+class _SlowEncoding:
+    """The Rust encoding's lookups for a tokenizer without a Rust backend (from its offset mapping)."""
+
+    def __init__(self, offsets: list[tuple[int, int]]):
+        self.offsets = [tuple(offset) for offset in offsets]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def char_to_token(self, char: int) -> int | None:
+        return next((i for i, (start, end) in enumerate(self.offsets) if start <= char < end), None)
+
+    def token_to_chars(self, token: int) -> tuple[int, int]:
+        return self.offsets[token]
+
+
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], Any]:
+    """Ids and the encoding that maps tokens to characters; straight from the Rust tokenizer when there is one
+    (the hot path)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         encoding = backend.encode(text, add_special_tokens=False)
-        ids, offsets = encoding.ids, encoding.offsets
-    else:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-    return ids, np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        return encoding.ids, encoding
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(encoded["input_ids"]), _SlowEncoding(encoded["offset_mapping"])
+
+
+def _offsets_reader(encoding: Any, first: int, count: int) -> Callable[[], np.ndarray]:
+    return lambda: _offset_array(encoding.offsets[first:first + count])
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict], tools: list | None = None,
                         policy: str = "assistant", cutoff_len: int | None = None, train_from: int = 0) -> Encoded:
     """Token ids and labels (``-100`` where no loss) for one conversation, truncated to ``cutoff_len``."""
     text, spans = trained_char_spans(tokenizer, messages, tools, policy, train_from)
-    input_ids, offset_array = _tokenize(tokenizer, text)
-    labels = np.where(_token_flags(offset_array, spans), input_ids, IGNORE_INDEX).tolist()
-    offsets = offset_array.tolist()
+    input_ids, encoding = _tokenize(tokenizer, text)
+    labels = _labels(encoding, input_ids, spans)
     full_length = len(input_ids)
     truncated = cutoff_len is not None and full_length > cutoff_len
     if truncated:
-        input_ids, labels, offsets = input_ids[:cutoff_len], labels[:cutoff_len], offsets[:cutoff_len]
-    return Encoded(input_ids, labels, text, offsets, truncated, full_length)
+        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+    return Encoded(input_ids, labels, text, truncated, full_length, _offsets_reader(encoding, 0, len(input_ids)))
 
 
 def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:
     """Pretraining text: bos + text + eos, every token trained, cut into cutoff_len chunks (nothing lost)."""
     bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer.bos_token != tokenizer.eos_token else ""
     full = f"{bos}{text}{tokenizer.eos_token or ''}"
-    input_ids, offset_array = _tokenize(tokenizer, full)
-    offsets = offset_array.tolist()
+    input_ids, encoding = _tokenize(tokenizer, full)
     chunks = []
     for start in range(0, len(input_ids), cutoff_len):
         ids = input_ids[start:start + cutoff_len]
         if len(ids) > 1:
-            chunks.append(Encoded(ids, list(ids), full, offsets[start:start + cutoff_len]))
+            chunks.append(Encoded(ids, list(ids), full, offsets_of=_offsets_reader(encoding, start, len(ids))))
     return chunks
 
 
