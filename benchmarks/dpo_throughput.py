@@ -41,6 +41,7 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     compare,
     fmt_ratio,
     make_step_clock,
+    matmul_peak_flops,
     median_of,
     ratio,
     side_by_side_parser,
@@ -74,7 +75,30 @@ def run_tunelab(spec: Spec, started: float, run_dir: Path) -> SideResult:
                       report_to="none", plot_loss=False, pref_beta=spec.beta)
     clock = make_step_clock(started)
     run_dpo(cfg, callbacks=[clock])
-    return summarize("tunelab", clock, spec.warmup, "answer content + end marker (tunelab masks)")
+    result = summarize("tunelab", clock, spec.warmup, "answer content + end marker (tunelab masks)")
+    result.labelled_fraction = _answer_fraction(cfg)
+    return result
+
+
+def _answer_fraction(cfg: object) -> float:
+    """Answer tokens (the positions scored) over all tokens fed, in tunelab's encoded pairs: each pair is two
+    sequences, the shared prompt plus one answer."""
+    from tunelab.data.pipeline import build_datasets
+    from tunelab.models.loading import load_tokenizer
+
+    train, _, _ = build_datasets(cfg, cfg.row_kind, load_tokenizer(cfg.model_name_or_path, None), cfg.seed)
+    answers = sum(sum(mask) for side in ("chosen", "rejected") for mask in train[f"{side}_mask"])
+    fed = sum(2 * len(prompt) for prompt in train["prompt_ids"]) + sum(
+        len(ids) for side in ("chosen", "rejected") for ids in train[f"{side}_ids"])
+    return answers / fed
+
+
+def dpo_step_flops(model: dict, tokens: float, answer_fraction: float) -> float:
+    """Useful FLOPs of one LoRA DPO step over ``tokens`` fed positions: the policy's forward and the backward to
+    its activations (2 + 2 per body parameter and token) and the reference forward (2), plus the output layer at
+    the answer positions only (forward, backward to the hidden states, reference forward: 3 x 2hV)."""
+    head = 6 * model["hidden_size"] * model["vocab_size"]
+    return 6 * model["body_params"] * tokens + head * answer_fraction * tokens
 
 
 def _pairs(path: str, rows: int) -> list[dict]:
@@ -125,6 +149,12 @@ def report(run: Comparison) -> str:
              *table(["", "pairs/s", "tokens/s", "peak MiB", "final loss", "trainable"], body,
                     widths=[10, 10, 11, 10, 12, 11], gap="")]
     lines[-1] += "   (tunelab / TRL)"
+    peak, fraction = info.get("matmul_peak_flops"), run.results["tunelab"][-1].labelled_fraction
+    if peak and fraction and "body_params" in model:
+        mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction) / peak for side, row in rows.items()}
+        lines.append(f"MFU (useful FLOPs per second / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s; "
+                     f"{fraction:.0%} of tokens fed are answer tokens): "
+                     + ", ".join(f"{side} {value:.1%}" for side, value in mfu.items()))
     return "\n".join(lines)
 
 
@@ -140,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run = compare(__file__, args, "DPO", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta))
+    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
     print(to_json({"machine": run.info, "model": run.model, "spec": run.spec, "results": run.results})
           if args.json else report(run))
     return 0

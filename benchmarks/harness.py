@@ -701,3 +701,21 @@ def _jsonable(value: Any) -> Any:
 def to_json(value: Any) -> str:
     """Results as JSON text: dataclasses become objects and paths strings; non-ASCII text stays readable."""
     return json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable)
+
+
+def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) -> float:
+    """The fp32 matmul rate of this process (FLOP/s), the denominator of MFU."""
+    import time
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

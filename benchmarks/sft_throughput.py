@@ -59,6 +59,7 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     fmt_ratio,
     machine_lines,
     make_step_clock,
+    matmul_peak_flops,
     median_of,
     paired_step_ratio,
     ratio,
@@ -201,30 +202,15 @@ def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
         "logging_steps": spec.logging_steps, "save_steps": max(spec.steps, 500), "bf16": spec.bf16,
         "gradient_checkpointing": spec.gradient_checkpointing, "report_to": "none", "plot_loss": False,
         "include_num_input_tokens_seen": "non_padding", "use_cpu": spec.device == "cpu",
+        # LLaMA-Factory turns gradient checkpointing on by itself unless told not to (model_args), whatever the
+        # trainer's own key says; the sides must match, so it follows --gradient-checkpointing like the others.
+        "disable_gradient_checkpointing": not spec.gradient_checkpointing,
     }
     if not spec.full:
         args.update(lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_target=spec.lora_target)
     clock = make_step_clock(started)
     run_exp(args, callbacks=[clock])
     return summarize("llamafactory", clock, spec.warmup, "assistant replies (LLaMA-Factory default)")
-
-
-def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) -> float:
-    """The fp32 matmul rate of this process (FLOP/s), the denominator of MFU."""
-    import time
-
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def step_flops(model: dict[str, Any], tokens: float, labelled_fraction: float, full: bool) -> float:

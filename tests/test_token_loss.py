@@ -165,10 +165,14 @@ def test_no_tokens_by_vocabulary_tensor_is_allocated(monkeypatch):
     assert max(widest) >= labelled  # the plain path does hold them: the check can see it
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "sdpa_per_sample"])
 def test_a_padding_free_row_keeps_its_samples_apart(attention):
     """Each sample's loss and gradients in a packed row equal those of the sample alone."""
-    model = _model(attention=attention)
+    from tunelab.training.packed_attention import use_per_sample_attention
+
+    model = _model(attention="sdpa" if attention == "sdpa_per_sample" else attention)
+    if attention == "sdpa_per_sample":
+        assert use_per_sample_attention(model)
     samples = _alpaca_samples(3)
     alone, grads_alone = [], []
     for sample in samples:
@@ -187,6 +191,21 @@ def test_a_padding_free_row_keeps_its_samples_apart(attention):
     # the check can fail: the same row read as one sequence (no restart of positions) gives another loss
     crossed = labelled_token_loss(model, {"input_ids": packed["input_ids"], "labels": packed["labels"]}).loss_sum
     assert abs(crossed.item() - sum(alone)) > 1e-3
+    # a padded batch of the samples (evaluation, generation) still gives each sample's own loss
+    padded = labelled_token_loss(model, _padded(samples)).loss_sum
+    assert abs(padded.item() - sum(alone)) <= 1e-5 * sum(alone)
+
+
+def test_per_sample_attention_is_not_used_where_it_would_change_attention():
+    """Sliding-window layers (attention limited within a sample too) and other implementations keep theirs."""
+    from tunelab.training.packed_attention import NAME, use_per_sample_attention
+
+    model = _model()
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    assert not use_per_sample_attention(model)
+    assert not use_per_sample_attention(_model(attention="eager"))
+    model = _model()
+    assert use_per_sample_attention(model) and model.config._attn_implementation == NAME
 
 
 def test_trl_fused_head_scores_only_labelled_positions_with_the_same_results(monkeypatch):

@@ -32,14 +32,18 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     run = preflight(cfg)
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from tunelab.training.arguments import make_sft_config
+    from tunelab.training.packed_attention import use_per_sample_attention
     from tunelab.training.sft_trainer import LabelledLossSFTTrainer
-    from tunelab.training.token_loss import supports_padding_free
+    from tunelab.training.token_loss import causal_lm, supports_padding_free
 
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)
+    padding_free = supports_padding_free(model, cfg)
+    if padding_free:
+        use_per_sample_attention(causal_lm(model))  # each sample attends within itself, no row-squared mask
     trainer = LabelledLossSFTTrainer(
         model=model,
-        args=make_sft_config(cfg, padding_free=supports_padding_free(model, cfg)),
+        args=make_sft_config(cfg, padding_free=padding_free),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
