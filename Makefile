@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: install wordnet demo test lint clean
+.PHONY: install wordnet chromium demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,21 @@ wordnet:
 		echo "note: could not install wordnet-base; METEOR will be reported as unavailable"; \
 	else echo "note: WordNet is not installed, so METEOR will be reported as unavailable; on Debian/Ubuntu: sudo apt-get install wordnet-base"; fi
 
+# The web UI's browser test drives Debian's chromium with Playwright (playwright install cannot download here);
+# installed where this runs as root with apt-get. Without it that one test is skipped and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the web UI's browser test"; \
+		apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
+		echo "note: could not install chromium; the browser test of the web UI will be skipped"; \
+	else echo "note: chromium is not installed, so the web UI's browser test is skipped; on Debian/Ubuntu: sudo apt-get install chromium"; fi
+
 demo: install
 	$(OFFLINE) $(BIN)/tunelab demo
 
-test: install
+test: install chromium
 	$(OFFLINE) $(BIN)/pytest -q
 
 lint: install

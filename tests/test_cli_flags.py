@@ -94,6 +94,12 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
         "--max-queue": ("-1", "max_queue"),
         "--attn": ("flash", "flash"),
     }),
+    "webui": (["webui"], {
+        "--host": ("not a host", "--host not a host makes the page reachable from other machines"),
+        "--port": ("70000", "--port must be in 1..65535"),
+        "--password": (" ", "--password is empty"),
+        "--outputs": ("{file}", "is a file; give the folder that holds"),
+    }),
     "demo": (["demo"], {
         "--output-dir": ("{file}", "is a file"),
     }),
@@ -131,6 +137,7 @@ FREE_TEXT = {
     ("serve", "--revision"): "likewise",
     ("serve", "--api-key"): "any string is a key",
     ("serve", "--served-model-name"): "any name",
+    ("webui", "--user"): "any user name",
 }
 
 

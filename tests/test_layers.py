@@ -21,7 +21,7 @@ LAYERS = [
     {"training", "inference", "evaluation", "export"},
     {"rewards"},
     {"stages", "serve"},
-    {"commands", "demo"},
+    {"commands", "demo", "webui"},
     {"cli", "__main__", "__init__"},
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

@@ -418,6 +418,26 @@ def serve(
 
 @app.command()
 @_friendly_errors
+def webui(
+    host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    share: Annotated[bool, typer.Option("--share", help="Also publish a public Gradio link (needs --public).")]
+    = False,
+    public: Annotated[bool, typer.Option("--public", help="Confirm a page reachable from other machines (a host "
+                                         "other than 127.0.0.1, or --share).")] = False,
+    password: Annotated[str | None, typer.Option("--password", help="Ask for this password (user: --user).")]
+    = None,
+    user: Annotated[str, typer.Option("--user", help="User name with --password.")] = "tunelab",
+    outputs: Annotated[str, typer.Option("--outputs", help="Folder whose runs the page lists.")] = "outputs",
+) -> None:
+    """Web UI: train from forms of the config schema and watch the loss, chat, evaluate and export."""
+    from tunelab.commands.webui import webui_command
+
+    webui_command(host, port, share, password, user, public, outputs)
+
+
+@app.command()
+@_friendly_errors
 def demo(
     output_dir: Annotated[str, typer.Option(help="Where the demo run goes.")] = "outputs/demo",
 ) -> None:
