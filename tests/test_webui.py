@@ -106,6 +106,27 @@ def test_runs_are_found_again_with_their_state_and_curve(tmp_path, monkeypatch):
     assert [point["step"] for point in runs["finished"].points] == [1, 2] and runs["finished"].last_loss == 2.8
 
 
+def test_the_evaluate_and_export_tabs_run_the_commands_themselves(tmp_path):
+    from tunelab.webui.app import _run_command
+
+    shown = list(_run_command(["rewards", "list"], tmp_path))
+    assert shown[0].startswith("$ tunelab rewards list") and shown[-1].rstrip().endswith("[exit 0]")
+    assert "accuracy" in shown[-1]
+    failed = list(_run_command(["export", "--format", "onnx"], tmp_path))[-1]
+    assert "error:" in failed and failed.rstrip().endswith("[exit 2]")
+
+
+def test_chat_shows_a_think_block_folded_before_the_answer():
+    from tunelab.webui.app import _as_messages
+
+    shown = _as_messages("<think>\nThe user greets me.\n</think>\n\nHello!", done=True)
+    assert shown == [{"role": "assistant", "content": "The user greets me.",
+                      "metadata": {"title": "Thinking", "status": "done"}},
+                     {"role": "assistant", "content": "Hello!"}]
+    assert _as_messages("Hello!", done=True) == [{"role": "assistant", "content": "Hello!"}]
+    assert _as_messages("<thi", done=False) == [{"role": "assistant", "content": ""}]  # a marker may be coming
+
+
 # --- in a real browser ---------------------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -177,7 +198,13 @@ def test_train_watch_and_chat_in_a_browser(webui):
         page.locator("#start-training").click()
         assert _wait(lambda: "Not started" in page.locator("#train-status").inner_text(), 30)
         _field(page, "learning_rate").fill("0.0001")
-        _field(page, "dataset").click()
+        _field(page, "dataset").fill("no_such_dataset")
+        _field(page, "dataset").blur()
+        assert _wait(lambda: "tl-error" not in (page.locator("#field-learning_rate").get_attribute("class") or ""), 30)
+        # a data mistake is found by `train --dry-run` before the run starts, with the CLI's error line
+        page.locator("#start-training").click()
+        assert _wait(lambda: "no_such_dataset" in page.locator("#train-status").inner_text(), 120)
+        assert "Not started" in page.locator("#train-status").inner_text()
 
         # pick the demo dataset, preview it, start a short LoRA run and watch it finish
         picker = page.locator("#dataset-pick input").first

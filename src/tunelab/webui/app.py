@@ -180,6 +180,9 @@ def build_train_tab(workdir: Path, outputs_root: Path) -> dict[str, Any]:
         if errors:
             text = "\n\n".join(f"**{key or 'config'}**: {message}" for key, message in errors.items())
             return [f"Not started. Fix first:\n\n{text}", gr.update()]
+        problem = jobs.check_before_start(values, workdir)  # the data and paths, as `train --dry-run` checks them
+        if problem:
+            return [f"Not started:\n\n```\n{problem}\n```", gr.update()]
         try:
             run = jobs.start_training(values, workdir)
         except TunelabError as error:
@@ -216,8 +219,15 @@ def build_train_tab(workdir: Path, outputs_root: Path) -> dict[str, Any]:
 _predictors: dict[tuple[str, str, str], Any] = {}
 
 
+def _full_run(path: str | None) -> bool:
+    """A run of full or freeze fine-tuning: a whole model, not an adapter."""
+    return bool(path) and (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file()
+
+
 def _predictor(model: str, adapter: str, template: str) -> Any:
     """One loaded model per (model, adapter, template), through the engine layer that `chat` and `serve` use."""
+    if _full_run(adapter):
+        model, adapter = adapter, ""
     key = (model, adapter, template)
     if key not in _predictors:
         from tunelab.commands.flags import ModelFlags
@@ -318,7 +328,9 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
         max_samples = gr.Textbox(label="max_samples", value="20", elem_id="eval-max-samples")
         max_new_tokens = gr.Textbox(label="max_new_tokens", value="64", elem_id="eval-max-new-tokens")
         output_dir = gr.Textbox(label="output_dir", value="outputs/eval", elem_id="eval-output-dir")
-    go = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
+    with gr.Row():
+        go = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
+        predict = gr.Button("Predict (write predictions.jsonl)", elem_id="predict-start")
     table = gr.Dataframe(label="results", elem_id="eval-results", interactive=False)
     log = gr.Textbox(label="log", lines=12, autoscroll=True, elem_id="eval-log", interactive=False)
 
@@ -341,6 +353,14 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
     go.click(evaluate, [dataset, dataset_dir, run_pick, metrics, max_samples, max_new_tokens, output_dir],
              [table, log])
 
+    def predictions(name: str, folder: str, run: str | None, limit: str, tokens: str, out: str) -> Iterator[str]:
+        target = str(Path(out or "outputs/eval") / "predictions.jsonl")
+        yield from _run_command(["predict", name, "--dataset-dir", folder or "data", "--output", target,
+                                 *_flag("--adapter", run), *_flag("--max-samples", limit),
+                                 *_flag("--max-new-tokens", tokens)], workdir)
+
+    predict.click(predictions, [dataset, dataset_dir, run_pick, max_samples, max_new_tokens, output_dir], [log])
+
 
 def build_export_tab(workdir: Path, outputs_root: Path) -> None:
     with gr.Row():
@@ -354,17 +374,26 @@ def build_export_tab(workdir: Path, outputs_root: Path) -> None:
                             elem_id="export-dtype")
         quantization = gr.Textbox(label="quantization (gguf: f16, q8_0, ...; hf: 4 or 8)", elem_id="export-quant")
         overwrite = gr.Checkbox(label="overwrite an earlier export", elem_id="export-overwrite")
+    with gr.Row():
+        template = gr.Textbox(label="template (empty: the run's)", elem_id="export-template")
+        shard_size = gr.Textbox(label="largest shard, GB (hf)", elem_id="export-shard-size")
+        ollama = gr.Checkbox(label="gguf: also an Ollama Modelfile", elem_id="export-ollama")
     go = gr.Button("Export", variant="primary", elem_id="export-start")
     log = gr.Textbox(label="log", lines=12, autoscroll=True, elem_id="export-log", interactive=False)
 
-    def export(run: str | None, base: str, out: str, fmt: str, weights: str, quant: str, replace: bool
-               ) -> Iterator[str]:
+    def export(run: str | None, base: str, out: str, fmt: str, weights: str, quant: str, replace: bool,
+               template_name: str, shard: str, modelfile: bool) -> Iterator[str]:
+        if _full_run(run):
+            run, base = None, run
         arguments = ["export", *_flag("--adapter", run), *_flag("--model", base), "--output", out or "outputs/export",
                      "--format", fmt, *_flag("--dtype", weights if fmt == "hf" else None),
-                     *_flag("--quantization", quant), *(["--overwrite"] if replace else [])]
+                     *_flag("--quantization", quant), *_flag("--template", template_name),
+                     *_flag("--shard-size", shard), *(["--overwrite"] if replace else []),
+                     *(["--ollama"] if modelfile else [])]
         yield from _run_command(arguments, workdir)
 
-    go.click(export, [run_pick, model, output, export_format, dtype, quantization, overwrite], [log])
+    go.click(export, [run_pick, model, output, export_format, dtype, quantization, overwrite, template, shard_size,
+                      ollama], [log])
 
 
 def build_app(workdir: Path, outputs_root: Path) -> gr.Blocks:

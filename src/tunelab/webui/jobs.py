@@ -141,8 +141,10 @@ def describe(output_dir: Path) -> Run:
         state = "stopped"
     elif checkpoints(output_dir):
         state = "interrupted"
+    elif job and code is None:  # started by an earlier page process: its log tells how it ended
+        state = "failed" if "error:" in _log_text(output_dir) else "ended"
     elif job:
-        state = "failed" if code not in (None, 0) else "started"
+        state = "failed" if code != 0 else "ended"
     else:
         state = "started"
     log = _slot(output_dir) / "train.log"
@@ -161,6 +163,34 @@ def list_runs(root: Path) -> list[Run]:
         except (OSError, ValueError, KeyError):
             continue
     return sorted((describe(folder) for folder in folders), key=lambda run: str(run.output_dir))
+
+
+def _log_text(output_dir: Path) -> str:
+    try:
+        return (_slot(output_dir) / "train.log").read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
+def check_before_start(values: dict[str, Any], workdir: Path) -> str:
+    """`tunelab train --dry-run` on these settings: config, paths, data, tokenizer and template checked as a run
+    checks them, no model loaded. Returns its error lines ("" when it passes)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, encoding="utf-8") as handle:
+        yaml.safe_dump(values, handle, sort_keys=False, allow_unicode=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "tunelab", "train", handle.name, "--dry-run"], cwd=workdir,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              timeout=600)
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    if done.returncode == 0:
+        return ""
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("error:")]
+    return "\n".join(line.replace(handle.name, "the form") for line in lines) or done.stderr[-2000:]
 
 
 def log_tail(run: Run) -> str:
