@@ -503,6 +503,23 @@ def test_score_requests_are_checked(load_tokenizer: Any) -> None:
         server.stop()
 
 
+def test_a_thinking_budget_in_the_request_bounds_reasoning_content(tool_server: Server) -> None:
+    """Budget forcing as request fields: the reasoning stops at its budget (the template opens thinking for it),
+    the answer at its own, each returned apart; a bad budget is a 400 naming the field."""
+    client = tool_server.client()
+    reply = client.chat.completions.create(model="weather", messages=USER, temperature=0, max_tokens=64,
+                                           extra_body={"max_thinking_tokens": 4, "max_answer_tokens": 3,
+                                                       "num_wait": 1})
+    message = reply.choices[0].message
+    reasoning = (message.model_extra or {}).get("reasoning_content")
+    assert reasoning is not None and reply.choices[0].finish_reason in ("length", "stop")
+    close = 4  # "\n</think>\n\n" in minimind's tokens: the budget's close, then at most 3 answer tokens
+    assert reply.usage.completion_tokens <= 4 + close + 3 + len("Wait") + 2
+    refused = httpx.post(tool_server.url + CHAT, json={"model": "weather", "messages": USER,
+                                                       "max_thinking_tokens": -1}, timeout=TIMEOUT)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_thinking_tokens"
+
+
 def test_chat_template_kwargs_reach_the_template_and_reasoning_comes_apart(tool_server: Server) -> None:
     """minimind's template opens a <think> block in the prompt when asked (open_thinking): the answer then
     starts inside it, and what the model writes there comes back as reasoning_content, not content."""

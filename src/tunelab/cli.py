@@ -109,6 +109,15 @@ TemplateOption = Annotated[str | None, typer.Option("--template", help="Chat tem
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate per answer.")]
 TemperatureOption = Annotated[float, typer.Option("--temperature", help="0 = greedy; above 0 samples.")]
 TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with temperature > 0).")]
+MaxThinkingOption = Annotated[int | None, typer.Option(
+    "--max-thinking-tokens", help="Budget forcing: close a reasoning model's <think> section after this many tokens.")]
+MinThinkingOption = Annotated[int, typer.Option(
+    "--min-thinking-tokens", help="Budget forcing: an earlier close of <think> becomes --wait-text.")]
+NumWaitOption = Annotated[int, typer.Option(
+    "--num-wait", help="Budget forcing: replace this many closes of <think> with --wait-text (s1).")]
+WaitTextOption = Annotated[str, typer.Option("--wait-text", help="What replaces a suppressed close of <think>.")]
+MaxAnswerOption = Annotated[int | None, typer.Option(
+    "--max-answer-tokens", help="Budget forcing: tokens of the answer after </think>.")]
 TrustRemoteCodeOption = Annotated[bool, typer.Option("--trust-remote-code",
                                                      help="Allow model code from the hub (ChatGLM, ...).")]
 RevisionOption = Annotated[str, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
@@ -127,10 +136,13 @@ def _model_flags(model: str | None, adapter: str | None, template: str | None, t
     return ModelFlags(model, adapter, template, trust_remote_code, revision, attn)
 
 
-def _sampling(max_new_tokens: int, temperature: float, top_p: float) -> Any:
+def _sampling(max_new_tokens: int, temperature: float, top_p: float, max_thinking_tokens: int | None = None,
+              min_thinking_tokens: int = 0, num_wait: int = 0, wait_text: str = "Wait",
+              max_answer_tokens: int | None = None) -> Any:
     from tunelab.commands.flags import SamplingFlags
 
-    return SamplingFlags(max_new_tokens, temperature, top_p)
+    return SamplingFlags(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
+                         wait_text, max_answer_tokens)
 
 
 
@@ -226,6 +238,11 @@ def chat(
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
+    max_thinking_tokens: MaxThinkingOption = None,
+    min_thinking_tokens: MinThinkingOption = 0,
+    num_wait: NumWaitOption = 0,
+    wait_text: WaitTextOption = "Wait",
+    max_answer_tokens: MaxAnswerOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     revision: RevisionOption = "main",
     attn: AttnOption = "auto",
@@ -233,8 +250,9 @@ def chat(
     """Chat with a model (streaming, history, /clear, /exit), or answer one --query."""
     from tunelab.commands.chat import chat_command
 
-    chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn),
-                 _sampling(max_new_tokens, temperature, top_p), query, system)
+    sampling = _sampling(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
+                         wait_text, max_answer_tokens)
+    chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn), sampling, query, system)
 
 
 @app.command()
@@ -252,6 +270,11 @@ def predict(
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
+    max_thinking_tokens: MaxThinkingOption = None,
+    min_thinking_tokens: MinThinkingOption = 0,
+    num_wait: NumWaitOption = 0,
+    wait_text: WaitTextOption = "Wait",
+    max_answer_tokens: MaxAnswerOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     revision: RevisionOption = "main",
     attn: AttnOption = "auto",
@@ -259,9 +282,11 @@ def predict(
     """Generate for every prompt of a dataset and write JSONL (prompt, prediction, reference)."""
     from tunelab.commands.predict import predict_command
 
+    sampling = _sampling(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
+                         wait_text, max_answer_tokens)
     predict_command(dataset, output, dataset_dir, _model_flags(model, adapter, template, trust_remote_code, revision,
                                                                attn),
-                    _sampling(max_new_tokens, temperature, top_p), batch_size=batch_size, max_samples=max_samples,
+                    sampling, batch_size=batch_size, max_samples=max_samples,
                     skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
 
 
@@ -299,6 +324,11 @@ def evaluate(
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
     top_p: TopPOption = 1.0,
+    max_thinking_tokens: MaxThinkingOption = None,
+    min_thinking_tokens: MinThinkingOption = 0,
+    num_wait: NumWaitOption = 0,
+    wait_text: WaitTextOption = "Wait",
+    max_answer_tokens: MaxAnswerOption = None,
     cutoff_len: Annotated[int, typer.Option(help="Perplexity: tokens per conversation, as in training.")] = 2048,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
     trust_remote_code: TrustRemoteCodeOption = False,
@@ -309,9 +339,11 @@ def evaluate(
     models or adapters give one comparison table and chart."""
     from tunelab.commands.evaluate import eval_command
 
+    sampling = _sampling(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
+                         wait_text, max_answer_tokens)
     eval_command(dataset, predictions or [], models=model or [], adapters=adapter or [], with_base=with_base,
                  flags=_model_flags(None, None, template, trust_remote_code, revision, attn),
-                 sampling=_sampling(max_new_tokens, temperature, top_p), dataset_dir=dataset_dir, metrics=metrics,
+                 sampling=sampling, dataset_dir=dataset_dir, metrics=metrics,
                  task=task, language=language, output_dir=output_dir, batch_size=batch_size, max_samples=max_samples,
                  cutoff_len=cutoff_len, skip_invalid=skip_invalid, skip_hint=SKIP_HINT, as_json=as_json)
 

@@ -127,7 +127,7 @@ def eval_command(dataset: str | None, predictions: list[str], *, models: list[st
     options = load_options(flags.trust_remote_code, flags.revision, flags.attn)
     systems = eval_systems(models, adapters, predictions, with_base)
     settings = GenerationSettings(batch_size, sampling.max_new_tokens, sampling.temperature, sampling.top_p,
-                                  cutoff_len)
+                                  cutoff_len, sampling.budget())
     return evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
                                skip_invalid=skip_invalid, skip_hint=skip_hint, metrics=metrics, task=task,
                                language=language, output_dir=output_dir, options=options, template=flags.template,

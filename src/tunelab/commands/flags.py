@@ -64,9 +64,28 @@ class SamplingFlags:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
+    # budget forcing of a reasoning model (inference/engines/budget.py); all unset: it thinks as it likes
+    max_thinking_tokens: int | None = None
+    min_thinking_tokens: int = 0
+    num_wait: int = 0
+    wait_text: str = "Wait"
+    max_answer_tokens: int | None = None
 
     def check(self) -> None:
+        from tunelab.inference.engines.types import RequestError
+
         check_sampling(self.max_new_tokens, self.temperature, self.top_p)
+        try:
+            self.budget().check()
+        except RequestError as error:
+            raise TunelabError(f"--{(error.param or '').replace('_', '-')}: {error}") from None
+
+    def budget(self) -> Any:
+        from tunelab.inference.engines.budget import ThinkingBudget
+
+        return ThinkingBudget(max_thinking_tokens=self.max_thinking_tokens,
+                              min_thinking_tokens=self.min_thinking_tokens, num_wait=self.num_wait,
+                              wait_text=self.wait_text, max_answer_tokens=self.max_answer_tokens)
 
 
 def load_predictor(flags: ModelFlags, sampling: SamplingFlags, options: Any) -> Any:
@@ -80,7 +99,7 @@ def load_predictor(flags: ModelFlags, sampling: SamplingFlags, options: Any) -> 
     with console.status(loading):
         return Predictor(flags.model, adapter=flags.adapter, template=flags.template,
                          max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                         top_p=sampling.top_p, options=options)
+                         top_p=sampling.top_p, options=options, budget=sampling.budget())
 
 
 def output_file(path: str, flag: str) -> Path:

@@ -37,6 +37,12 @@ def check_serve(config: ServeConfig) -> tuple[str, dict[str, str], bool]:
         raise TunelabError(f"serving needs {' and '.join(missing)}: pip install 'tunelab[serve]'")
     if config.flash_attn not in ATTENTION:
         raise TunelabError(f"flash_attn '{config.flash_attn}' is not one of {', '.join(ATTENTION)}")
+    from tunelab.inference.engines.types import RequestError
+
+    try:
+        config.budget().check()
+    except RequestError as error:
+        raise TunelabError(f"{error.param}: {error}") from None
     adapters = adapter_names(config.adapter)
     first = next(iter(adapters.values()), None)
     base = check_inference_sources(config.model, first, use=None)
@@ -112,7 +118,7 @@ def serve(config: ServeConfig) -> None:
     from tunelab.serve.app import ServeSettings, create_app
 
     settings = ServeSettings(api_key=config.api_key, max_concurrency=config.max_concurrency,
-                             max_queue=config.max_queue)
+                             max_queue=config.max_queue, budget=config.budget())
     log = None if config.quiet else (lambda line: console.print(line, markup=False, highlight=False))
     what = f"{base}" + (f" with {len(adapters)} adapter(s)" if adapters else "")
     with console.status(f"loading {what} ({config.engine}) ..."):

@@ -76,11 +76,13 @@ def write_predictions(predictor: Predictor, samples: list[Sample], output: str |
     with path.open("w", encoding="utf-8") as handle:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            predictions = predictor.generate_batch([prompt for prompt, _, _ in batch],
-                                                   tools=[tools for _, _, tools in batch])
-            for (prompt, reference, _), prediction in zip(batch, predictions, strict=True):
+            answers = predictor.answers_batch([prompt for prompt, _, _ in batch],
+                                              tools=[tools for _, _, tools in batch])
+            for (prompt, reference, _), (thinking, prediction) in zip(batch, answers, strict=True):
                 record = {"prompt": _last_user_text(prompt), "messages": prompt, "prediction": prediction,
                           "reference": reference}
+                if thinking is not None:  # a reasoning template: the <think> block apart, metrics read the answer
+                    record["thinking"] = thinking
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             if on_batch is not None:
                 on_batch(len(batch))

@@ -6,11 +6,12 @@ and decode the same way.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from tunelab.errors import ConfigError
 from tunelab.inference.engines.base import OverEngine
+from tunelab.inference.engines.budget import ThinkingBudget
 from tunelab.inference.engines.hf import END_OF_TURN_TOKENS, HFEngine, stop_token_ids
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sampling
 from tunelab.inference.loading import LoadOptions
@@ -21,6 +22,8 @@ __all__ = ["END_OF_TURN_TOKENS", "Predictor", "check_generation_settings", "stop
 _NAMES = {"max_new_tokens": "max_tokens", "max_tokens": "max_tokens", "temperature": "temperature",
           "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty", "stop": "stop",
           "seed": "seed"}
+# Budget forcing (engines/budget.py): how long a reasoning model thinks; enable_thinking goes to the template.
+_BUDGET_NAMES = frozenset(f.name for f in fields(ThinkingBudget))
 
 
 def check_generation_settings(max_new_tokens: int, temperature: float, top_p: float,
@@ -42,10 +45,14 @@ class Predictor(OverEngine):
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, device: str | None = None,
-                 options: LoadOptions | None = None, engine: HFEngine | None = None) -> None:
+                 options: LoadOptions | None = None, engine: HFEngine | None = None,
+                 budget: ThinkingBudget | None = None, enable_thinking: bool | None = None) -> None:
         check_generation_settings(max_new_tokens, temperature, top_p, repetition_penalty)
         self.sampling = Sampling(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  repetition_penalty=repetition_penalty)
+        self.budget = budget or ThinkingBudget()
+        self.budget.check()
+        self.enable_thinking = enable_thinking
         self.engine = engine or HFEngine(model, {"adapter": adapter} if adapter else None, template, device=device,
                                          options=options)
         self.served = self.engine.served(None).name
@@ -77,9 +84,16 @@ class Predictor(OverEngine):
                 **overrides: Any) -> Request:
         """An engine request with this predictor's settings, ``overrides`` for this call only; ``continue_from``
         is the start of the answer, which the model continues (the completion holds only what follows)."""
+        enable_thinking = overrides.pop("enable_thinking", self.enable_thinking)
+        budget = replace(self.budget, **{name: overrides.pop(name) for name in list(overrides)
+                                         if name in _BUDGET_NAMES})
         unknown = sorted(set(overrides) - set(_NAMES))
         if unknown:
-            raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(_NAMES)}")
+            raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; known: "
+                            f"{', '.join([*_NAMES, *sorted(_BUDGET_NAMES), 'enable_thinking'])}")
+        budget.check()
+        if budget.active and enable_thinking is None:  # forcing is asked for thinking: templates that can, open it
+            enable_thinking = True
         changes = {_NAMES[name]: value for name, value in overrides.items()}
         if "stop" in changes:
             changes["stop"] = (changes["stop"],) if isinstance(changes["stop"], str) else tuple(changes["stop"] or ())
@@ -90,8 +104,11 @@ class Predictor(OverEngine):
             import json
 
             tools = json.loads(tools)
+        thinking = None if enable_thinking is None else {"enable_thinking": enable_thinking,
+                                                         "open_thinking": enable_thinking}  # Qwen3's, minimind's
         return Request(messages=messages, tools=tools or None, sampling=sampling, model=self.served,
-                       continue_from=continue_from)
+                       continue_from=continue_from, budget=budget if budget.active else None,
+                       template_kwargs=thinking)
 
     def __call__(self, query: str, history: list[dict] | None = None, system: str | None = None,
                  **generation_overrides: Any) -> str:
@@ -119,6 +136,17 @@ class Predictor(OverEngine):
         for request in requests:
             self.engine.check(request, strict=False)
         return [completion.text for completion in self.engine.generate(requests)] if requests else []
+
+    def answers_batch(self, conversations: list[list[dict]], *, tools: list[Any] | None = None,
+                      **generation_overrides: Any) -> list[tuple[str | None, str]]:
+        """(thinking, answer) per conversation: a reasoning template's <think> block apart from the answer (None
+        where the template writes none), the answer as written, tool-call markup included (predict, eval)."""
+        tools = tools or [None] * len(conversations)
+        requests = [replace(self.request(messages, tool, **generation_overrides), parse_tools=False,
+                            parse_reasoning=True) for messages, tool in zip(conversations, tools, strict=True)]
+        for request in requests:
+            self.engine.check(request, strict=False)
+        return [(c.reasoning, c.text) for c in self.engine.generate(requests)] if requests else []
 
     def stream(self, query: str, history: list[dict] | None = None, system: str | None = None,
                **generation_overrides: Any) -> Iterator[str]:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from tunelab.inference.engines.base import Engine
+from tunelab.inference.engines.budget import ThinkingBudget
 from tunelab.inference.engines.types import Completion, RequestError
 from tunelab.inference.engines.types import Request as EngineRequest
 from tunelab.serve.protocol import ChatRequest, CompletionRequest, ScoreRequest, error_body
@@ -36,6 +37,7 @@ class ServeSettings:
     max_concurrency: int = 32
     max_queue: int = 256
     max_body_bytes: int = MAX_BODY_BYTES
+    budget: ThinkingBudget = ThinkingBudget()  # the default thinking budget of every request (none: no forcing)
 
 
 class _ClientGone(Exception):
@@ -195,9 +197,13 @@ def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
         limit = body.token_limit()
         if limit is not None and limit < 1:
             raise RequestError(f"max_tokens must be at least 1, got {limit}", param="max_tokens")
+        budget = body.budget(settings.budget) if messages is not None else None
+        template_kwargs = getattr(body, "chat_template_kwargs", None)
+        if budget is not None and "enable_thinking" not in (template_kwargs or {}):  # forcing asks for thinking
+            template_kwargs = {**(template_kwargs or {}), "enable_thinking": True, "open_thinking": True}
         probe = EngineRequest(messages=messages, prompt=prompt, tools=tools, model=served.name,
                               parse_tools=parse_tools, parse_reasoning=messages is not None,
-                              template_kwargs=getattr(body, "chat_template_kwargs", None))
+                              template_kwargs=template_kwargs, budget=budget)
         ids = tuple(active.prompt_ids(probe))  # rendered once: the checks and the worker reuse it
         # no max_tokens: the rest of the context (at least one token, so a prompt too long is refused below)
         tokens = limit if limit is not None else max(1, active.context_length - len(ids))

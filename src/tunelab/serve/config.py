@@ -44,6 +44,19 @@ class ServeConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of GPU memory it may take.")
     max_model_len: int | None = Field(None, ge=1, description="vllm: context length (default: the model's).")
+    # budget forcing defaults for every chat request (a request's own fields win); unset: no forcing
+    max_thinking_tokens: int | None = Field(None, ge=0, description="Close <think> after this many tokens.")
+    min_thinking_tokens: int = Field(0, ge=0, description="An earlier close of <think> becomes wait_text.")
+    num_wait: int = Field(0, ge=0, description="Replace this many closes of <think> with wait_text (s1).")
+    wait_text: str = Field("Wait", min_length=1, description="What replaces a suppressed close of <think>.")
+    max_answer_tokens: int | None = Field(None, ge=1, description="Tokens of the answer after </think>.")
+
+    def budget(self) -> Any:
+        from tunelab.inference.engines.budget import ThinkingBudget
+
+        return ThinkingBudget(max_thinking_tokens=self.max_thinking_tokens,
+                              min_thinking_tokens=self.min_thinking_tokens, num_wait=self.num_wait,
+                              wait_text=self.wait_text, max_answer_tokens=self.max_answer_tokens)
 
     @field_validator("engine")
     @classmethod

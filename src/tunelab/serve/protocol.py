@@ -3,11 +3,15 @@ are ignored, fields it cannot honour are refused by name), and its error body.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tunelab.inference.engines.budget import ThinkingBudget
 from tunelab.inference.engines.types import RequestError, Sampling
+
+BUDGET_FIELDS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "wait_text", "max_answer_tokens")
 
 MAX_N = 16
 
@@ -65,6 +69,19 @@ class _Generation(BaseModel):
     logprobs: bool | int | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # budget forcing (tunelab's extension, as s1): unset fields take the server's defaults (tunelab serve keys)
+    max_thinking_tokens: int | None = None
+    min_thinking_tokens: int | None = None
+    num_wait: int | None = None
+    wait_text: str | None = None
+    max_answer_tokens: int | None = None
+
+    def budget(self, defaults: ThinkingBudget) -> ThinkingBudget | None:
+        """This request's thinking budget over the server's; None when neither asks for forcing."""
+        asked = {name: getattr(self, name) for name in BUDGET_FIELDS if getattr(self, name) is not None}
+        budget = replace(defaults, **asked)
+        budget.check()
+        return budget if budget.active else None
 
     @field_validator("stop")
     @classmethod

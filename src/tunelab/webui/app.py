@@ -264,13 +264,19 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
         temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="temperature (0: greedy)",
                                 elem_id="chat-temperature")
         top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="chat-top-p")
+    with gr.Accordion("Reasoning budget (budget forcing of a <think> section; empty: none)", open=False):
+        with gr.Row():
+            max_thinking = gr.Number(None, precision=0, label="max_thinking_tokens", elem_id="chat-max-thinking")
+            num_wait = gr.Number(None, precision=0, label="num_wait", elem_id="chat-num-wait")
+            max_answer = gr.Number(None, precision=0, label="max_answer_tokens", elem_id="chat-max-answer")
     chatbot = gr.Chatbot(label="chat", elem_id="chatbot", height=420)
     message = gr.Textbox(label="message", elem_id="chat-message", submit_btn=True)
     clear = gr.Button("Clear", elem_id="chat-clear")
     error = gr.Markdown(elem_id="chat-error")
 
     def respond(text: str, shown: list[dict[str, Any]], run: str | None, model_name: str, template_name: str,
-                system_prompt: str, tokens: float, temp: float, nucleus: float) -> Iterator[list[Any]]:
+                system_prompt: str, tokens: float, temp: float, nucleus: float, thinking: float | None,
+                waits: float | None, answer_tokens: float | None) -> Iterator[list[Any]]:
         shown = list(shown or [])
         if not text.strip():
             yield [shown, "", ""]
@@ -283,14 +289,21 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
         history = [{"role": m["role"], "content": m["content"]} for m in shown
                    if not (m.get("metadata") or {}).get("title") and isinstance(m.get("content"), str)]
         shown.append({"role": "user", "content": text})
+        budget = {name: int(value) for name, value in (("max_thinking_tokens", thinking), ("num_wait", waits),
+                                                       ("max_answer_tokens", answer_tokens)) if value is not None}
         answer = ""
-        for piece in predictor.stream(text, history, system_prompt or None, max_new_tokens=int(tokens),
-                                      temperature=float(temp), top_p=float(nucleus)):
-            answer += piece
-            yield [shown + _as_messages(answer, False), "", ""]
+        try:
+            for piece in predictor.stream(text, history, system_prompt or None, max_new_tokens=int(tokens),
+                                          temperature=float(temp), top_p=float(nucleus), **budget):
+                answer += piece
+                yield [shown + _as_messages(answer, False), "", ""]
+        except TunelabError as problem:  # a budget the engine refuses, named
+            yield [shown[:-1], text, f"**error**: {problem}"]
+            return
         yield [shown + _as_messages(answer, True), "", ""]
 
-    inputs = [message, chatbot, run_pick, model, template, system, max_new_tokens, temperature, top_p]
+    inputs = [message, chatbot, run_pick, model, template, system, max_new_tokens, temperature, top_p, max_thinking,
+              num_wait, max_answer]
     message.submit(respond, inputs, [chatbot, message, error])
     clear.click(lambda: [[], ""], None, [chatbot, error])
     refresh.click(lambda: gr.update(choices=_finished_runs(outputs_root)), None, [run_pick])

@@ -135,8 +135,11 @@ class Engine(ABC):
 
     def token_limit(self, request: Request, prompt_ids: list[int]) -> int:
         """max_tokens, cut to the room the context leaves (a prompt past the context keeps max_tokens)."""
+        wanted = request.sampling.max_tokens
+        if request.budget is not None and request.budget.active:  # room for the thinking budget and the answer
+            wanted = request.budget.token_limit(wanted)
         room = self.context_length - len(prompt_ids)
-        return min(request.sampling.max_tokens, room) if room > 0 else request.sampling.max_tokens
+        return min(wanted, room) if room > 0 else wanted
 
     def reasoning_mode(self, request: Request, prompt_ids: list[int]) -> str | None:
         """How a row reads <think> blocks: None (not asked, or the template has none), "prompt" (the prompt

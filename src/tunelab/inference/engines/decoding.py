@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunelab.inference.engines.budget import BudgetForcer
 from tunelab.inference.engines.types import Completion, Request, Sink
 from tunelab.inference.reasoning import split_reasoning
 from tunelab.inference.tools import ToolParser
@@ -41,6 +42,7 @@ class Row:
     emitted: str = ""
     emitted_reasoning: str = ""
     generator: torch.Generator | None = None
+    forcer: BudgetForcer | None = None  # the request's thinking budget at work (budget.py)
     _text: str = ""
 
     _window: list[int] = field(default_factory=list)  # token ids being decoded (the prompt's tail first)
@@ -54,6 +56,10 @@ class Row:
         if self.request.continue_from:
             self._window = list(self.prompt_ids[-4:])
             self._read_offset = len(self._window)
+        budget = self.request.budget
+        if budget is not None and budget.active and self.forcer is None:
+            opens = self.tokenizer.decode(self.prompt_ids[-8:]).rstrip().endswith(budget.start)
+            self.forcer = BudgetForcer(budget, self.tokenizer, self.stop_ids, opens)
 
     @property
     def done(self) -> bool:
@@ -81,6 +87,8 @@ class Row:
         """Take the row's next token: stop on a stop token, a stop string, the token limit or cancellation."""
         self.tokens.append(token)
         stops = self.request.sampling.stop
+        if self.forcer is not None:
+            self.forcer.took(token)
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return
@@ -90,7 +98,8 @@ class Row:
         found = [i for i in (self._text.find(stop, start) for stop in stops) if i >= 0] if new else []
         if found:  # a stop string can only end in the new text
             self._text, self.finish_reason = self._text[:min(found)], "stop"
-        elif len(self.tokens) >= (self.limit or self.request.sampling.max_tokens):
+        elif len(self.tokens) >= (self.limit or self.request.sampling.max_tokens) or (
+                self.forcer is not None and self.forcer.answer_done):
             self.finish_reason = "length"
         elif self.sink.cancelled.is_set():
             self.finish_reason = "cancelled"
@@ -197,6 +206,9 @@ def choose_tokens(rows: list[Row], scores: torch.Tensor) -> torch.Tensor:
             # any integer a client sends is a valid seed (torch takes 0 .. 2**64 - 1)
             row.generator.manual_seed(sampling.seed % 2**64 if sampling.seed is not None else secrets.randbits(63))
         choice[index] = _sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, row.generator)
+    for index, row in enumerate(rows):
+        if row.forcer is not None and not row.done:
+            choice[index] = row.forcer.choose(int(choice[index]))
     return choice
 
 

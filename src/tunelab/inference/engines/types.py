@@ -64,6 +64,7 @@ class Request:
     parse_reasoning: bool = False  # True: a <think> block becomes Completion.reasoning (the server)
     template_kwargs: dict[str, Any] | None = None  # extra chat-template variables (enable_thinking, ...)
     prompt_ids: tuple[int, ...] | None = None  # the rendered prompt's tokens, once known (rendered once per request)
+    budget: Any = None  # a budget.ThinkingBudget: how long a reasoning model thinks (None: as it likes)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.inference.engines.base import Engine, ServedModel
 from tunelab.inference.engines.decoding import Row
-from tunelab.inference.engines.types import Completion, Request, Sink
+from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
 from tunelab.inference.loading import LoadOptions
 
 
@@ -71,6 +71,12 @@ class VLLMEngine(Engine):
 
     def stop_token_ids(self, model: str) -> list[int]:
         return self._stops[self.served(model).name]
+
+    def check(self, request: Request, strict: bool = True) -> list[int]:
+        if request.budget is not None:  # never silently ignored: the forcing works token by token on hf only
+            raise RequestError("budget forcing (max_thinking_tokens, num_wait, ...) runs on the hf engine; the vllm "
+                               "engine does not apply it yet", param="max_thinking_tokens")
+        return super().check(request, strict)
 
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
