@@ -168,3 +168,27 @@ def test_the_serve_examples_set_a_default_budget_and_a_bad_one_is_refused_before
     bad.write_text("max_thinking_tokens: 8\nmin_thinking_tokens: 20\n")
     with pytest.raises(TunelabError, match="min_thinking_tokens 20 is above max_thinking_tokens 8"):
         check_serve(load_serve_config(str(bad), {}))
+
+
+def test_terminal_chat_shows_the_thinking_dimmed():
+    import io
+
+    from tunelab.inference.chat import DIM, RESET, run_chat
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class Thinker:
+        def stream(self, query, history, system):
+            yield from ["<thi", "nk>\nadding", " up\n</th", "ink>\n\n42"]
+
+    screen = Terminal()
+    messages = run_chat(Thinker(), query="12 + 30?", output=screen)
+    shown = screen.getvalue()
+    assert shown.replace(DIM, "").replace(RESET, "") == "<think>\nadding up\n</think>\n\n42\n"
+    assert shown.index(DIM) < shown.index("adding") < shown.index(RESET) < shown.index("42")
+    assert messages[-1]["content"] == "<think>\nadding up\n</think>\n\n42"
+    piped = io.StringIO()
+    run_chat(Thinker(), query="12 + 30?", output=piped)
+    assert DIM not in piped.getvalue()

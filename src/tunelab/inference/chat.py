@@ -10,19 +10,31 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tunelab.inference.predictor import Predictor
+from tunelab.inference.reasoning import THINK_END, THINK_START
 from tunelab.signals import Terminated
 
 CLEAR, EXIT = "/clear", "/exit"
 
 
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
 def _answer(predictor: Predictor, query: str, history: list[dict], system: str | None, output: TextIO) -> str:
-    """Stream one answer to ``output`` as it is generated and return it whole."""
-    pieces = []
+    """Stream one answer to ``output`` as it is generated and return it whole; on a terminal a <think> section is
+    shown dimmed, so the answer stands out."""
+    pieces: list[str] = []
+    shade = bool(getattr(output, "isatty", lambda: False)())
+    dimmed = False
     for piece in predictor.stream(query, history, system):
         pieces.append(piece)
+        text = "".join(pieces)
+        inside = THINK_START in text and THINK_END not in text.split(THINK_START, 1)[1]
+        if shade and inside != dimmed:
+            output.write(DIM if inside else RESET)
+            dimmed = inside
         output.write(piece)
         output.flush()
-    output.write("\n")
+    output.write((RESET if dimmed else "") + "\n")
     output.flush()
     return "".join(pieces)
 
