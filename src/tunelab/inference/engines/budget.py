@@ -89,9 +89,12 @@ class BudgetForcer:
         self.queue: list[int] = [] if prompt_opens else ids(f"{budget.start}\n")
         self.phase = "thinking" if prompt_opens else "opening"
         self.thinking = self.answer = self.waits = 0
+        self.recent: list[int] = []  # the last tokens thought, to see a delimiter of several tokens
 
     def _tries_to_close(self, token: int) -> bool:
-        return token == self.end_ids[0] or token in self.stop_ids
+        """The model ends thinking with this token: a one-token delimiter (Qwen3, DeepSeek-R1, minimind), or a stop
+        token. A delimiter of several tokens is seen once written (``took``); its first piece may be plain text."""
+        return (len(self.end_ids) == 1 and token == self.end_ids[0]) or token in self.stop_ids
 
     def choose(self, proposed: int) -> int:
         if self.queue:
@@ -109,7 +112,7 @@ class BudgetForcer:
                 self.queue = list(self.wait_ids)
                 self.thinking += len(self.wait_ids)  # s1 counts the inserted waits as thinking
                 return self.queue[0]
-            if proposed != self.end_ids[0]:  # a stop token while thinking: close thinking properly first
+            if proposed in self.stop_ids:  # a stop token while thinking: close thinking properly first
                 self.queue = list(self.close_ids)
                 self.phase = "closing"
                 return self.queue[0]
@@ -124,7 +127,8 @@ class BudgetForcer:
                 self.phase = "answer"
             return
         if self.phase == "thinking":
-            if self.end_ids and token == self.end_ids[-1] and len(self.end_ids) == 1:
+            self.recent = (self.recent + [token])[-len(self.end_ids):]
+            if self.recent == self.end_ids:  # the model closed thinking itself
                 self.phase = "answer"
             else:
                 self.thinking += 1
