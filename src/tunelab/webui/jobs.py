@@ -2,8 +2,9 @@
 stop it and a crash of the run does not take the page down; and the runs a folder holds, with their state and
 curves, read back from disk, so a reloaded page (or another browser) shows everything so far.
 
-The page keeps its own files (the YAML it started, the log, the process id) in a state folder next to nothing
-of the run's: ``output_dir`` stays the run's alone, as `tunelab train` expects.
+The page keeps its own files (the YAML it started, the log, the process id) in a state folder of its own
+(``$TUNELAB_WEBUI_STATE``, default ``~/.cache/tunelab/webui``): ``output_dir`` stays the run's alone, as `tunelab
+train` expects.
 """
 
 from __future__ import annotations

@@ -178,9 +178,10 @@ def build_train_tab(workdir: Path, outputs_root: Path) -> dict[str, Any]:
             run = jobs.start_training(values, workdir)
         except TunelabError as error:
             return [f"Not started: {error}", gr.update()]
+        choices = dict((value, label) for label, value in _run_choices(outputs_root))
+        choices.setdefault(str(run.output_dir), run.label)  # a run outside --outputs is listed too
         return [f"started: `{run.output_dir}` (log below)",
-                gr.update(choices=_run_choices(outputs_root) + [(run.label, str(run.output_dir))],
-                          value=str(run.output_dir))]
+                gr.update(choices=[(label, value) for value, label in choices.items()], value=str(run.output_dir))]
 
     start_button.click(start, form_inputs, [status, runs])
 
