@@ -15,6 +15,7 @@ from tunelab.inference.engines.budget import ThinkingBudget
 from tunelab.inference.engines.hf import END_OF_TURN_TOKENS, HFEngine, stop_token_ids
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sampling
 from tunelab.inference.loading import LoadOptions
+from tunelab.inference.reasoning import thinking_template_kwargs
 
 __all__ = ["END_OF_TURN_TOKENS", "Predictor", "check_generation_settings", "stop_token_ids"]
 
@@ -104,8 +105,7 @@ class Predictor(OverEngine):
             import json
 
             tools = json.loads(tools)
-        thinking = None if enable_thinking is None else {"enable_thinking": enable_thinking,
-                                                         "open_thinking": enable_thinking}  # Qwen3's, minimind's
+        thinking = None if enable_thinking is None else thinking_template_kwargs(enable_thinking)
         return Request(messages=messages, tools=tools or None, sampling=sampling, model=self.served,
                        continue_from=continue_from, budget=budget if budget.active else None,
                        template_kwargs=thinking)

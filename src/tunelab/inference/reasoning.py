@@ -7,9 +7,15 @@ from __future__ import annotations
 THINK_START, THINK_END = "<think>", "</think>"
 
 
-def opens_in_prompt(prompt: str) -> bool:
-    """The generation prompt leaves the model inside a <think> block."""
-    return prompt.rstrip().endswith(THINK_START)
+def opens_in_prompt(prompt: str, start: str = THINK_START) -> bool:
+    """The generation prompt leaves the model inside a <think> block (opened by ``start``)."""
+    return prompt.rstrip().endswith(start)
+
+
+def thinking_template_kwargs(enabled: bool) -> dict[str, bool]:
+    """The chat-template variables that switch a thinking section on or off: Qwen3's ``enable_thinking`` and
+    minimind's ``open_thinking`` (a template reads the one it knows)."""
+    return {"enable_thinking": enabled, "open_thinking": enabled}
 
 
 def split_reasoning(text: str, inside: bool, final: bool) -> tuple[str, str, bool]:

@@ -24,6 +24,7 @@ from tunelab.inference.engines.base import Engine
 from tunelab.inference.engines.budget import ThinkingBudget
 from tunelab.inference.engines.types import Completion, RequestError
 from tunelab.inference.engines.types import Request as EngineRequest
+from tunelab.inference.reasoning import thinking_template_kwargs
 from tunelab.serve.protocol import ChatRequest, CompletionRequest, ScoreRequest, error_body
 from tunelab.serve.scheduler import AsyncSink, QueueFull, Scheduler
 
@@ -199,8 +200,9 @@ def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
             raise RequestError(f"max_tokens must be at least 1, got {limit}", param="max_tokens")
         budget = body.budget(settings.budget) if messages is not None else None
         template_kwargs = getattr(body, "chat_template_kwargs", None)
-        if budget is not None and "enable_thinking" not in (template_kwargs or {}):  # forcing asks for thinking
-            template_kwargs = {**(template_kwargs or {}), "enable_thinking": True, "open_thinking": True}
+        if budget is not None and not set(thinking_template_kwargs(True)) & set(template_kwargs or {}):
+            # forcing asks for thinking, unless the request switched it itself
+            template_kwargs = {**(template_kwargs or {}), **thinking_template_kwargs(True)}
         probe = EngineRequest(messages=messages, prompt=prompt, tools=tools, model=served.name,
                               parse_tools=parse_tools, parse_reasoning=messages is not None,
                               template_kwargs=template_kwargs, budget=budget)

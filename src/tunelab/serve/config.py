@@ -54,9 +54,7 @@ class ServeConfig(BaseModel):
     def budget(self) -> Any:
         from tunelab.inference.engines.budget import ThinkingBudget
 
-        return ThinkingBudget(max_thinking_tokens=self.max_thinking_tokens,
-                              min_thinking_tokens=self.min_thinking_tokens, num_wait=self.num_wait,
-                              wait_text=self.wait_text, max_answer_tokens=self.max_answer_tokens)
+        return ThinkingBudget.of(self)
 
     @field_validator("engine")
     @classmethod

@@ -8,10 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tunelab.inference.engines.budget import ThinkingBudget
+from tunelab.inference.engines.budget import BUDGET_KEYS, ThinkingBudget
 from tunelab.inference.engines.types import RequestError, Sampling
-
-BUDGET_FIELDS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "wait_text", "max_answer_tokens")
 
 MAX_N = 16
 
@@ -78,7 +76,7 @@ class _Generation(BaseModel):
 
     def budget(self, defaults: ThinkingBudget) -> ThinkingBudget | None:
         """This request's thinking budget over the server's; None when neither asks for forcing."""
-        asked = {name: getattr(self, name) for name in BUDGET_FIELDS if getattr(self, name) is not None}
+        asked = {name: getattr(self, name) for name in BUDGET_KEYS if getattr(self, name) is not None}
         budget = replace(defaults, **asked)
         budget.check()
         return budget if budget.active else None

@@ -19,12 +19,19 @@ import torch
 NAME = "sdpa_per_sample"
 
 
+_last_bounds: tuple[torch.Tensor | None, list[int]] = (None, [])  # every layer of one forward reads one tensor
+
+
 def _sample_bounds(position_ids: torch.Tensor | None, length: int) -> list[int] | None:
-    """Where each sample of one padding-free row starts (and the row's end), or None when it is not such a row."""
+    """Where each sample of one padding-free row starts (and the row's end), or None when it is not such a row;
+    found once per forward (the layers share its position ids), not once per layer."""
+    global _last_bounds
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1 or position_ids.shape[1] != length:
         return None
-    starts = (position_ids[0, 1:] != position_ids[0, :-1] + 1).nonzero().flatten().add(1).tolist()
-    return [0, *starts, length]
+    if _last_bounds[0] is not position_ids:
+        starts = (position_ids[0, 1:] != position_ids[0, :-1] + 1).nonzero().flatten().add(1).tolist()
+        _last_bounds = (position_ids, [0, *starts, length])
+    return _last_bounds[1]
 
 
 def per_sample_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.inference.engines.types import RequestError
+from tunelab.inference.reasoning import THINK_END, THINK_START
 
-THINK_START, THINK_END = "<think>", "</think>"
+# The settings a command, a server config or a request sets (the rest: answer cue, delimiters, keep defaults).
+BUDGET_KEYS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "wait_text", "max_answer_tokens")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class ThinkingBudget:
         for param, ok, message in checks:
             if not ok:
                 raise RequestError(message, param=param)
+
+    @classmethod
+    def of(cls, settings: Any) -> ThinkingBudget:
+        """The budget that ``settings`` (command flags, a server config) hold under ``BUDGET_KEYS``."""
+        return cls(**{key: getattr(settings, key) for key in BUDGET_KEYS})
 
     def token_limit(self, max_tokens: int) -> int:
         """New tokens a forced row may need: the thinking budget (plus the delimiters, cue and waits, at most a few

@@ -17,7 +17,7 @@ import torch
 
 from tunelab.inference.engines.budget import BudgetForcer
 from tunelab.inference.engines.types import Completion, Request, Sink
-from tunelab.inference.reasoning import split_reasoning
+from tunelab.inference.reasoning import opens_in_prompt, split_reasoning
 from tunelab.inference.tools import ToolParser
 
 # Temperatures below this sample the most likely token: dividing logits by less overflows.
@@ -58,7 +58,7 @@ class Row:
             self._read_offset = len(self._window)
         budget = self.request.budget
         if budget is not None and budget.active and self.forcer is None:
-            opens = self.tokenizer.decode(self.prompt_ids[-8:]).rstrip().endswith(budget.start)
+            opens = opens_in_prompt(self.tokenizer.decode(self.prompt_ids[-8:]), budget.start)
             self.forcer = BudgetForcer(budget, self.tokenizer, self.stop_ids, opens)
 
     @property
