@@ -4,6 +4,7 @@ new flag without its check fails here."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -32,6 +33,11 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
         "--num-wait": ("-1", "--num-wait: num_wait must be 0 or more"),
         "--wait-text": (" ", "--wait-text: wait_text must not be empty"),
         "--max-answer-tokens": ("0", "--max-answer-tokens: max_answer_tokens must be at least 1"),
+        "--rag-db": ("{tmp}/no_db", "--rag-db '{tmp}/no_db' does not exist; build one with: tunelab rag index"),
+        "--rag-collection": ("a", "--rag-collection 'a' is not a collection name"),
+        "--rag-top-k": ("0", "--rag-top-k must be at least 1"),
+        "--rag-max-distance": ("3", "--rag-max-distance is a cosine distance, between 0 and 2"),
+        "--rag-template": ("{{question}}", "--rag-template must contain {{context}}"),
         "--attn": ("flash", "--attn 'flash' is not one of"),
     }),
     "predict": (["predict", *PROMPTS, "--output", "{tmp}/out.jsonl"], {
@@ -50,6 +56,11 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
         "--num-wait": ("-1", "--num-wait: num_wait must be 0 or more"),
         "--wait-text": (" ", "--wait-text: wait_text must not be empty"),
         "--max-answer-tokens": ("0", "--max-answer-tokens: max_answer_tokens must be at least 1"),
+        "--rag-db": ("{tmp}/no_db", "--rag-db '{tmp}/no_db' does not exist; build one with: tunelab rag index"),
+        "--rag-collection": ("a", "--rag-collection 'a' is not a collection name"),
+        "--rag-top-k": ("0", "--rag-top-k must be at least 1"),
+        "--rag-max-distance": ("3", "--rag-max-distance is a cosine distance, between 0 and 2"),
+        "--rag-template": ("{{question}}", "--rag-template must contain {{context}}"),
         "--attn": ("flash", "--attn 'flash' is not one of"),
     }),
     "eval": (["eval", *PROMPTS, "--output-dir", "{tmp}/eval"], {
@@ -73,6 +84,11 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
         "--num-wait": ("-1", "--num-wait: num_wait must be 0 or more"),
         "--wait-text": (" ", "--wait-text: wait_text must not be empty"),
         "--max-answer-tokens": ("0", "--max-answer-tokens: max_answer_tokens must be at least 1"),
+        "--rag-db": ("{tmp}/no_db", "--rag-db '{tmp}/no_db' does not exist; build one with: tunelab rag index"),
+        "--rag-collection": ("a", "--rag-collection 'a' is not a collection name"),
+        "--rag-top-k": ("0", "--rag-top-k must be at least 1"),
+        "--rag-max-distance": ("3", "--rag-max-distance is a cosine distance, between 0 and 2"),
+        "--rag-template": ("{{question}}", "--rag-template must contain {{context}}"),
         "--cutoff-len": ("0", "--cutoff-len must be at least 1"),
         "--attn": ("flash", "--attn 'flash' is not one of"),
     }),
@@ -108,6 +124,28 @@ BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
         "--max-concurrency": ("0", "max_concurrency"),
         "--max-queue": ("-1", "max_queue"),
         "--attn": ("flash", "flash"),
+        "--rag-db": ("{tmp}/no_db", "--rag-db '{tmp}/no_db' does not exist"),
+        "--rag-collection": ("a", "--rag-collection 'a' is not a collection name"),
+        "--rag-top-k": ("0", "rag_top_k"),
+        "--rag-max-distance": ("3", "rag_max_distance"),
+        "--rag-template": ("{{question}}", "--rag-template must contain {{context}}"),
+    }),
+    "rag index": (["rag", "index", "{tmp}/docs.jsonl", "--db", "{tmp}/db_new", "--field", "text"], {
+        "--db": ("{file}", "--db '{file}' is a file"),
+        "--collection": ("a", "--collection 'a' is not a collection name"),
+        "--embedding-model": ("{tmp}/no_model", "--embedding-model: folder '{tmp}/no_model' does not exist"),
+        "--chunk-size": ("0", "--chunk-size must be at least 1"),
+        "--chunk-overlap": ("-1", "--chunk-overlap must be at least 0"),
+        "--field": ("body", "docs.jsonl, line 1: no field 'body' (this record has: text)"),
+        "--encoding": ("utf-99", "utf-99"),
+    }),
+    "rag query": (["rag", "query", "a question", "--db", "{db}"], {
+        "--db": ("{tmp}/no_db", "--db '{tmp}/no_db' does not exist"),
+        "--questions": ("{tmp}/no_questions.jsonl", "no_questions.jsonl"),
+        "--question-field": ("body", "expected a text field 'body'",
+                             ["rag", "query", "--db", "{db}", "--questions", "{tmp}/docs.jsonl"]),
+        "--collection": ("other", "--db '{db}' has no collection 'other' (it has: tunelab)"),
+        "--top-k": ("0", "--top-k must be at least 1"),
     }),
     "webui": (["webui"], {
         "--host": ("not a host", "--host not a host makes the page reachable from other machines"),
@@ -190,8 +228,14 @@ def scratch(tmp_path_factory) -> dict[str, str]:
         (tmp / name / "adapter_config.json").write_text(json.dumps(
             {"base_model_name_or_path": "stories260K", "peft_type": "LORA", "task_type": task}))
     (tmp / "answers.jsonl").write_text('{"prompt": "How many?", "completion": "18"}\n')
+    (tmp / "docs.jsonl").write_text('{"text": "The office opens at nine."}\n')
+    db = tmp / "db"
+    if importlib.util.find_spec("chromadb"):  # an empty index (no model needed to make one)
+        from tunelab.inference.rag.store import client
+
+        client(db).create_collection("tunelab", embedding_function=None)
     return {"tmp": str(tmp), "file": str(tmp / "file"), "empty": str(tmp / "empty"), "adapter": str(tmp / "adapter"),
-            "rm": str(tmp / "rm")}
+            "rm": str(tmp / "rm"), "db": str(db)}
 
 
 @pytest.fixture

@@ -385,7 +385,8 @@ def test_serve_examples_are_valid(path: Path) -> None:
         compile(path.read_text(encoding="utf-8"), str(path), "exec")
     else:
         config = load_serve_config(str(path), {})
-        assert config.adapter or config.budget().active  # each serves an adapter, or a model with a thinking budget
+        # each serves an adapter, a model with a thinking budget, or answers from a RAG index
+        assert config.adapter or config.budget().active or config.rag_db
 
 
 def test_rows_joining_a_running_batch_get_their_solo_text() -> None:

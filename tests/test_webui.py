@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.config.files import build_config, describe_keys, every_key, parse_overrides
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.webui import forms, jobs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,18 @@ def test_chat_shows_a_think_block_folded_before_the_answer():
                      {"role": "assistant", "content": "Hello!"}]
     assert _as_messages("Hello!", done=True) == [{"role": "assistant", "content": "Hello!"}]
     assert _as_messages("<thi", done=False) == [{"role": "assistant", "content": ""}]  # a marker may be coming
+
+
+def test_chat_opens_a_rag_index_as_chat_rag_db_does(tmp_path):
+    from tunelab.inference.rag.retriever import Hit
+    from tunelab.webui.app import _retriever, _sources_message
+
+    assert _retriever("", 3, 0.5) is None  # no index: questions go in as asked
+    with pytest.raises(TunelabError, match="--rag-db .* does not exist; build one with: tunelab rag index"):
+        _retriever(str(tmp_path / "none"), 3, 0.5)
+    hit = Hit("text", str(tmp_path / "docs.jsonl"), 4, 1, 0.25)
+    assert _sources_message([hit]) == [{"role": "assistant", "metadata": {"title": "sources"},
+                                        "content": f"{tmp_path / 'docs.jsonl'} record 4 chunk 1 (distance 0.250)"}]
 
 
 # --- in a real browser ---------------------------------------------------------------------------------------

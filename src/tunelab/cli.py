@@ -1,5 +1,5 @@
-"""The command line: train, config, data inspect/convert, rewards list/score, chat, predict, eval, export,
-score, serve, demo.
+"""The command line: train, config, data inspect/convert, rewards list/score, rag index/query, chat, predict, eval,
+export, score, serve, webui, demo.
 
 Every command turns a TunelabError into one red line and exit code 2, and Ctrl-C into exit code 130,
 never a traceback. Heavy libraries are imported inside the commands, after the cheap checks, so
@@ -20,6 +20,8 @@ from tunelab import __version__, signals
 from tunelab.commands.config import keys_epilog
 from tunelab.console import console
 from tunelab.errors import TunelabError
+from tunelab.inference.rag.retriever import DEFAULT_MAX_DISTANCE, DEFAULT_TEMPLATE, DEFAULT_TOP_K
+from tunelab.inference.rag.store import DEFAULT_COLLECTION
 from tunelab.quiet import quiet_libraries
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -30,6 +32,10 @@ app.add_typer(data_app, name="data")
 rewards_app = typer.Typer(help="The reward functions of the RL stages: list them, try them on your own answers.",
                           no_args_is_help=True, context_settings=CONTEXT)
 app.add_typer(rewards_app, name="rewards")
+rag_app = typer.Typer(help="Answer from your own documents: index them into chromadb, look up what a question finds; "
+                           "then --rag-db on chat, predict, eval and serve.", no_args_is_help=True,
+                      context_settings=CONTEXT)
+app.add_typer(rag_app, name="rag")
 
 
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,6 +128,14 @@ TrustRemoteCodeOption = Annotated[bool, typer.Option("--trust-remote-code",
                                                      help="Allow model code from the hub (ChatGLM, ...).")]
 RevisionOption = Annotated[str, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
 AttnOption = Annotated[str, typer.Option("--attn", help="Attention implementation: auto, sdpa, fa2, eager.")]
+RagDbOption = Annotated[str | None, typer.Option(
+    "--rag-db", help="RAG: a `tunelab rag index` folder; its chunks close to each question go into the prompt.")]
+RagCollectionOption = Annotated[str, typer.Option("--rag-collection", help="RAG: the collection in --rag-db.")]
+RagTopKOption = Annotated[int, typer.Option("--rag-top-k", help="RAG: at most this many chunks per question.")]
+RagMaxDistanceOption = Annotated[float, typer.Option(
+    "--rag-max-distance", help="RAG: only chunks within this cosine distance (0-2; 2 keeps all).")]
+RagTemplateOption = Annotated[str, typer.Option(
+    "--rag-template", help="RAG: the question with its clues; {context} and {question} (\\n: a line break).")]
 DatasetDirOption = Annotated[str, typer.Option(
     "--dataset-dir", help="Folder with dataset_info.json (default: ./data).")]
 SkipInvalidOption = Annotated[bool, typer.Option(
@@ -134,6 +148,12 @@ def _model_flags(model: str | None, adapter: str | None, template: str | None, t
     from tunelab.commands.flags import ModelFlags
 
     return ModelFlags(model, adapter, template, trust_remote_code, revision, attn)
+
+
+def _rag(db: str | None, collection: str, top_k: int, max_distance: float, template: str) -> Any:
+    from tunelab.commands.flags import RagFlags
+
+    return RagFlags(db, collection, top_k, max_distance, template)
 
 
 def _sampling(max_new_tokens: int, temperature: float, top_p: float, max_thinking_tokens: int | None = None,
@@ -227,6 +247,54 @@ def rewards_score(
                  as_json)
 
 
+@rag_app.command("index")
+@_friendly_errors
+def rag_index(
+    docs: Annotated[list[str] | None, typer.Argument(help="Files and folders: .txt, .md, and the --field of "
+                                                          ".json/.jsonl/.csv/.tsv/.parquet records.")] = None,
+    db: Annotated[str, typer.Option("--db", help="Folder of the chromadb index (created if new).")] = "rag_db",
+    collection: Annotated[str, typer.Option("--collection", help="Collection in --db.")] = DEFAULT_COLLECTION,
+    embedding_model: Annotated[str | None, typer.Option(
+        "--embedding-model", help="Local sentence-embedding folder (default: the bundled all-MiniLM-L6-v2, "
+                                  "English); questions are embedded by the same one.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(
+        "--chunk-size", help="Tokens of the embedding model per chunk (default and most: what it reads).")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(
+        "--chunk-overlap", help="Tokens a chunk repeats from the one before (default 32).")] = None,
+    field: Annotated[list[str] | None, typer.Option(
+        "--field", help="Record field holding the text (repeat to join several; default: text or content).")]
+    = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default: detected).")] = None,
+    skip_invalid: SkipInvalidOption = False,
+) -> None:
+    """Index documents into a persistent chromadb collection; unchanged files are skipped, changed ones replaced."""
+    from tunelab.commands.rag import index_command
+
+    index_command(docs or [], db, collection=collection, embedding_model=embedding_model, chunk_size=chunk_size,
+                  chunk_overlap=chunk_overlap, fields=field or [], encoding=encoding, skip_invalid=skip_invalid)
+
+
+@rag_app.command("query")
+@_friendly_errors
+def rag_query(
+    questions: Annotated[list[str] | None, typer.Argument(help="Questions to look up.")] = None,
+    db: Annotated[str, typer.Option("--db", help="Folder of the index (`tunelab rag index`).")] = "rag_db",
+    questions_file: Annotated[str | None, typer.Option(
+        "--questions", help="Data file (JSONL, JSON, CSV, ...) with more questions.")] = None,
+    question_field: Annotated[str, typer.Option("--question-field", help="Field of --questions records.")]
+    = "question",
+    collection: Annotated[str, typer.Option("--collection", help="Collection in --db.")] = DEFAULT_COLLECTION,
+    top_k: Annotated[int, typer.Option("--top-k", help="Chunks per question.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question: {question, results: "
+                                          "[{text, source, record, chunk, distance}]}.")] = False,
+) -> None:
+    """Show the chunks nearest to each question, with distance, file, record and chunk."""
+    from tunelab.commands.rag import query_command
+
+    query_command(db, questions or [], questions_file=questions_file, question_field=question_field,
+                  collection=collection, top_k=top_k, as_json=as_json)
+
+
 @app.command()
 @_friendly_errors
 def chat(
@@ -243,6 +311,11 @@ def chat(
     num_wait: NumWaitOption = 0,
     wait_text: WaitTextOption = "Wait",
     max_answer_tokens: MaxAnswerOption = None,
+    rag_db: RagDbOption = None,
+    rag_collection: RagCollectionOption = DEFAULT_COLLECTION,
+    rag_top_k: RagTopKOption = DEFAULT_TOP_K,
+    rag_max_distance: RagMaxDistanceOption = DEFAULT_MAX_DISTANCE,
+    rag_template: RagTemplateOption = DEFAULT_TEMPLATE,
     trust_remote_code: TrustRemoteCodeOption = False,
     revision: RevisionOption = "main",
     attn: AttnOption = "auto",
@@ -252,7 +325,8 @@ def chat(
 
     sampling = _sampling(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
                          wait_text, max_answer_tokens)
-    chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn), sampling, query, system)
+    chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn), sampling, query, system,
+                 _rag(rag_db, rag_collection, rag_top_k, rag_max_distance, rag_template))
 
 
 @app.command()
@@ -275,6 +349,11 @@ def predict(
     num_wait: NumWaitOption = 0,
     wait_text: WaitTextOption = "Wait",
     max_answer_tokens: MaxAnswerOption = None,
+    rag_db: RagDbOption = None,
+    rag_collection: RagCollectionOption = DEFAULT_COLLECTION,
+    rag_top_k: RagTopKOption = DEFAULT_TOP_K,
+    rag_max_distance: RagMaxDistanceOption = DEFAULT_MAX_DISTANCE,
+    rag_template: RagTemplateOption = DEFAULT_TEMPLATE,
     trust_remote_code: TrustRemoteCodeOption = False,
     revision: RevisionOption = "main",
     attn: AttnOption = "auto",
@@ -287,7 +366,8 @@ def predict(
     predict_command(dataset, output, dataset_dir, _model_flags(model, adapter, template, trust_remote_code, revision,
                                                                attn),
                     sampling, batch_size=batch_size, max_samples=max_samples,
-                    skip_invalid=skip_invalid, skip_hint=SKIP_HINT)
+                    skip_invalid=skip_invalid, skip_hint=SKIP_HINT,
+                    rag=_rag(rag_db, rag_collection, rag_top_k, rag_max_distance, rag_template))
 
 
 @app.command("eval")
@@ -329,6 +409,11 @@ def evaluate(
     num_wait: NumWaitOption = 0,
     wait_text: WaitTextOption = "Wait",
     max_answer_tokens: MaxAnswerOption = None,
+    rag_db: RagDbOption = None,
+    rag_collection: RagCollectionOption = DEFAULT_COLLECTION,
+    rag_top_k: RagTopKOption = DEFAULT_TOP_K,
+    rag_max_distance: RagMaxDistanceOption = DEFAULT_MAX_DISTANCE,
+    rag_template: RagTemplateOption = DEFAULT_TEMPLATE,
     cutoff_len: Annotated[int, typer.Option(help="Perplexity: tokens per conversation, as in training.")] = 2048,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
     trust_remote_code: TrustRemoteCodeOption = False,
@@ -345,7 +430,8 @@ def evaluate(
                  flags=_model_flags(None, None, template, trust_remote_code, revision, attn),
                  sampling=sampling, dataset_dir=dataset_dir, metrics=metrics,
                  task=task, language=language, output_dir=output_dir, batch_size=batch_size, max_samples=max_samples,
-                 cutoff_len=cutoff_len, skip_invalid=skip_invalid, skip_hint=SKIP_HINT, as_json=as_json)
+                 cutoff_len=cutoff_len, skip_invalid=skip_invalid, skip_hint=SKIP_HINT, as_json=as_json,
+                 rag=_rag(rag_db, rag_collection, rag_top_k, rag_max_distance, rag_template))
 
 
 @app.command("export")
@@ -431,6 +517,16 @@ def serve(
     max_concurrency: Annotated[int | None, typer.Option(help="Requests generated together (default 32).")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Waiting requests before 429 (default 256).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per request.")] = False,
+    rag_db: RagDbOption = None,
+    rag_collection: Annotated[str | None, typer.Option("--rag-collection", help="RAG: the collection in "
+                                                       "--rag-db.")] = None,
+    rag_top_k: Annotated[int | None, typer.Option("--rag-top-k", help="RAG: at most this many chunks per "
+                                                  f"question (default {DEFAULT_TOP_K}).")] = None,
+    rag_max_distance: Annotated[float | None, typer.Option(
+        "--rag-max-distance", help="RAG: only chunks within this cosine distance (default "
+                                   f"{DEFAULT_MAX_DISTANCE}).")] = None,
+    rag_template: Annotated[str | None, typer.Option("--rag-template", help="RAG: the question with its clues.")]
+    = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit of a hub model.")]
     = None,
@@ -445,7 +541,8 @@ def serve(
         "model": model, "adapter": adapter or [], "template": template, "engine": engine, "host": host,
         "port": port, "api_key": api_key, "served_model_name": served_model_name, "max_concurrency": max_concurrency,
         "max_queue": max_queue, "quiet": quiet, "trust_remote_code": trust_remote_code, "revision": revision,
-        "flash_attn": attn}))
+        "flash_attn": attn, "rag_db": rag_db, "rag_collection": rag_collection, "rag_top_k": rag_top_k,
+        "rag_max_distance": rag_max_distance, "rag_template": rag_template}))
 
 
 @app.command()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.commands.flags import ModelFlags, SamplingFlags, at_least, load_options, output_folder
+from tunelab.commands.flags import ModelFlags, RagFlags, SamplingFlags, at_least, load_options, output_folder
 from tunelab.commands.predict import report_skipped
 from tunelab.console import console
 from tunelab.errors import TunelabError
@@ -102,7 +102,8 @@ def evaluate_and_report(systems: list[System], dataset: str | None, *, dataset_d
 def eval_command(dataset: str | None, predictions: list[str], *, models: list[str], adapters: list[str],
                  with_base: bool, flags: ModelFlags, sampling: SamplingFlags, dataset_dir: str, metrics: str,
                  task: str, language: str, output_dir: str, batch_size: int, max_samples: int | None,
-                 cutoff_len: int, skip_invalid: bool, skip_hint: str, as_json: bool) -> dict[str, Any]:
+                 cutoff_len: int, skip_invalid: bool, skip_hint: str, as_json: bool,
+                 rag: RagFlags | None = None) -> dict[str, Any]:
     """Every flag checked (values, paths, names) before the data is read or any model loads; then evaluate."""
     from tunelab.data.templates import check_template_name
     from tunelab.metrics import parse_metrics
@@ -113,6 +114,10 @@ def eval_command(dataset: str | None, predictions: list[str], *, models: list[st
         raise TunelabError("give a DATASET to generate on, or --predictions FILE to score (not both)")
     at_least(1, batch_size=batch_size, max_samples=max_samples, cutoff_len=cutoff_len)
     sampling.check()
+    rag = rag or RagFlags()
+    rag.check()
+    if rag.db is not None and predictions:
+        raise TunelabError("--rag-db retrieves for generation; --predictions files are scored as they are")
     if language not in LANGUAGES:
         raise TunelabError(f"--language: language '{language}' is not one of {', '.join(LANGUAGES)}")
     if task not in ("auto", *TASKS):
@@ -127,7 +132,7 @@ def eval_command(dataset: str | None, predictions: list[str], *, models: list[st
     options = load_options(flags.trust_remote_code, flags.revision, flags.attn)
     systems = eval_systems(models, adapters, predictions, with_base)
     settings = GenerationSettings(batch_size, sampling.max_new_tokens, sampling.temperature, sampling.top_p,
-                                  cutoff_len, sampling.budget())
+                                  cutoff_len, sampling.budget(), rag.retriever())
     return evaluate_and_report(systems, dataset, dataset_dir=dataset_dir, max_samples=max_samples,
                                skip_invalid=skip_invalid, skip_hint=skip_hint, metrics=metrics, task=task,
                                language=language, output_dir=output_dir, options=options, template=flags.template,

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.inference.rag.retriever import DEFAULT_MAX_DISTANCE, DEFAULT_TEMPLATE, DEFAULT_TOP_K
+from tunelab.inference.rag.store import DEFAULT_COLLECTION
 
 ATTENTION_CHOICES = ("auto", "sdpa", "fa2", "eager", "disabled")
 
@@ -86,8 +88,44 @@ class SamplingFlags:
         return ThinkingBudget.of(self)
 
 
-def load_predictor(flags: ModelFlags, sampling: SamplingFlags, options: Any) -> Any:
-    """The Predictor for chat and predict, with a spinner in a terminal while the model loads."""
+@dataclass(frozen=True)
+class RagFlags:
+    """--rag-db and its settings: retrieved chunks as clues in each question (inference/rag)."""
+
+    db: str | None = None
+    collection: str = DEFAULT_COLLECTION
+    top_k: int = DEFAULT_TOP_K
+    max_distance: float = DEFAULT_MAX_DISTANCE  # 2, the largest cosine distance: every chunk found is a clue
+    template: str = DEFAULT_TEMPLATE
+
+    def check(self) -> None:
+        """The values and the index folder, without importing chromadb; settings given without --rag-db are
+        refused rather than ignored."""
+        from tunelab.inference.rag.retriever import check_settings
+        from tunelab.inference.rag.store import check_collection_name, check_database
+
+        check_settings(self.top_k, self.max_distance, self.template)
+        check_collection_name(self.collection, "--rag-collection")
+        if self.db is not None:
+            check_database(self.db, "--rag-db")
+        if self.db is None and self != RagFlags():
+            raise TunelabError("--rag-collection, --rag-top-k, --rag-max-distance and --rag-template need --rag-db")
+
+    def retriever(self) -> Any:
+        """The opened index (its embedding model loaded), or None without --rag-db."""
+        if self.db is None:
+            return None
+        from tunelab.console import console
+        from tunelab.inference.rag.retriever import Retriever
+
+        with console.status(f"opening the RAG index {self.db} ..."):
+            return Retriever(self.db, self.collection, top_k=self.top_k, max_distance=self.max_distance,
+                             template=self.template)
+
+
+def load_predictor(flags: ModelFlags, sampling: SamplingFlags, options: Any, rag: Any = None) -> Any:
+    """The Predictor for chat and predict, with a spinner in a terminal while the model loads; ``rag`` a
+    Retriever (RagFlags.retriever) or None."""
     from tunelab.console import console
     from tunelab.inference.loading import base_model_for
     from tunelab.inference.predictor import Predictor
@@ -97,7 +135,7 @@ def load_predictor(flags: ModelFlags, sampling: SamplingFlags, options: Any) -> 
     with console.status(loading):
         return Predictor(flags.model, adapter=flags.adapter, template=flags.template,
                          max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                         top_p=sampling.top_p, options=options, budget=sampling.budget())
+                         top_p=sampling.top_p, options=options, budget=sampling.budget(), rag=rag)
 
 
 def output_file(path: str, flag: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.commands.flags import ModelFlags, SamplingFlags, at_least, load_predictor, output_file
+from tunelab.commands.flags import ModelFlags, RagFlags, SamplingFlags, at_least, load_predictor, output_file
 from tunelab.console import console, progress_bar, stdout
 from tunelab.inference.predict import Sample, load_samples, write_predictions
 from tunelab.inference.predictor import Predictor
@@ -31,11 +31,15 @@ def run_predict(predictor: Predictor, dataset: str | list[Sample], *, dataset_di
 
 
 def predict_command(dataset: str, output: str, dataset_dir: str, flags: ModelFlags, sampling: SamplingFlags, *,
-                    batch_size: int, max_samples: int | None, skip_invalid: bool, skip_hint: str) -> Path:
+                    batch_size: int, max_samples: int | None, skip_invalid: bool, skip_hint: str,
+                    rag: RagFlags | None = None) -> Path:
     """Every flag checked and the prompts read before the model loads; then generate and write."""
+    rag = rag or RagFlags()
     target = output_file(output, "--output")
     at_least(1, batch_size=batch_size, max_samples=max_samples)
     sampling.check()
+    rag.check()
     options = flags.check(use="generate")  # a wrong path is reported before the data is read
     samples = load_samples(dataset, dataset_dir, max_samples, skip_invalid=skip_invalid, skip_hint=skip_hint)
-    return run_predict(load_predictor(flags, sampling, options), samples, output=target, batch_size=batch_size)
+    predictor = load_predictor(flags, sampling, options, rag.retriever())
+    return run_predict(predictor, samples, output=target, batch_size=batch_size)

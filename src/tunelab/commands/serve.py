@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunelab import signals
+from tunelab.commands.flags import RagFlags
 from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.serve.config import ServeConfig
@@ -60,8 +61,16 @@ def check_serve(config: ServeConfig) -> tuple[str, dict[str, str], bool]:
         from tunelab.inference.engines.vllm import check_vllm
 
         check_vllm()
+    if config.rag_db is not None and reward:
+        raise TunelabError("rag_db retrieves clues for generation; a reward model only scores (/v1/score)")
+    rag_flags(config).check()
     _check_port(config.host, config.port)
     return base, adapters, reward
+
+
+def rag_flags(config: ServeConfig) -> RagFlags:
+    return RagFlags(config.rag_db, config.rag_collection, config.rag_top_k, config.rag_max_distance,
+                    config.rag_template)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -118,7 +127,7 @@ def serve(config: ServeConfig) -> None:
     from tunelab.serve.app import ServeSettings, create_app
 
     settings = ServeSettings(api_key=config.api_key, max_concurrency=config.max_concurrency,
-                             max_queue=config.max_queue, budget=config.budget())
+                             max_queue=config.max_queue, budget=config.budget(), rag=rag_flags(config).retriever())
     log = None if config.quiet else (lambda line: console.print(line, markup=False, highlight=False))
     what = f"{base}" + (f" with {len(adapters)} adapter(s)" if adapters else "")
     with console.status(f"loading {what} ({config.engine}) ..."):

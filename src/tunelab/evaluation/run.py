@@ -54,6 +54,7 @@ class GenerationSettings:
     top_p: float = 1.0
     cutoff_len: int = 2048  # perplexity: conversations longer than this are cut, as in training
     budget: Any = None  # a ThinkingBudget (budget forcing), or None
+    rag: Any = None  # a Retriever (inference/rag): clues in every prompt, or None
 
 
 def _first(record: dict, fields: Sequence[str]) -> tuple[str | None, Any]:
@@ -140,7 +141,7 @@ def _generate(system: System, samples: list[Sample], metrics: list[str], setting
                   + (f" with adapter {system.adapter}" if system.adapter else "") + " ...")
     predictor = Predictor(system.model, adapter=system.adapter, template=template,
                           max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                          top_p=settings.top_p, options=options, budget=settings.budget)
+                          top_p=settings.top_p, options=options, budget=settings.budget, rag=settings.rag)
     with progress_bar("predicting", len(samples)) as advance:
         write_predictions(predictor, samples, target, batch_size=settings.batch_size, on_batch=advance)
     if "perplexity" not in metrics:

@@ -36,7 +36,17 @@ def _answer(predictor: Predictor, query: str, history: list[dict], system: str |
         output.flush()
     output.write((RESET if dimmed else "") + "\n")
     output.flush()
+    if predictor.rag is not None:
+        _say_sources(predictor.last_sources)
     return "".join(pieces)
+
+
+def _say_sources(hits: list) -> None:
+    """Which chunks of the RAG index went into the prompt, on stderr (stdout keeps the answer alone)."""
+    shade = sys.stderr.isatty()
+    lines = [f"  {hit.where()} (distance {hit.distance:.3f})" for hit in hits] or ["  none close enough"]
+    sys.stderr.write((DIM if shade else "") + "sources:\n" + "\n".join(lines) + (RESET if shade else "") + "\n")
+    sys.stderr.flush()
 
 
 def run_chat(predictor: Predictor, query: str | None = None, system: str | None = None,

@@ -65,7 +65,8 @@ def _last_user_text(messages: list[dict]) -> str:
 
 def write_predictions(predictor: Predictor, samples: list[Sample], output: str | Path, *, batch_size: int = 8,
                       on_batch: Callable[[int], None] | None = None) -> Path:
-    """Generate for each sample and write one JSON line each (prompt, messages, prediction, reference);
+    """Generate for each sample and write one JSON line each (prompt, messages, prediction, reference; thinking
+    of a reasoning template; sources with retrieval);
     ``on_batch(n)`` after each batch of n. Returns the file's path."""
     if batch_size < 1:
         raise TunelabError(f"--batch-size must be at least 1, got {batch_size}")
@@ -78,11 +79,13 @@ def write_predictions(predictor: Predictor, samples: list[Sample], output: str |
             batch = samples[start:start + batch_size]
             answers = predictor.answers_batch([prompt for prompt, _, _ in batch],
                                               tools=[tools for _, _, tools in batch])
-            for (prompt, reference, _), (thinking, prediction) in zip(batch, answers, strict=True):
-                record = {"prompt": _last_user_text(prompt), "messages": prompt, "prediction": prediction,
+            for (prompt, reference, _), answer in zip(batch, answers, strict=True):
+                record = {"prompt": _last_user_text(prompt), "messages": prompt, "prediction": answer.text,
                           "reference": reference}
-                if thinking is not None:  # a reasoning template: the <think> block apart, metrics read the answer
-                    record["thinking"] = thinking
+                if answer.thinking is not None:  # a reasoning template: <think> apart, metrics read the answer
+                    record["thinking"] = answer.thinking
+                if predictor.rag is not None:  # the chunks retrieved into this prompt (none: it went in unchanged)
+                    record["sources"] = [hit.as_json() for hit in answer.sources]
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             if on_batch is not None:
                 on_batch(len(batch))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunelab.errors import ConfigError
 from tunelab.inference.engines.base import OverEngine
@@ -17,7 +17,7 @@ from tunelab.inference.engines.types import Completion, Request, RequestError, S
 from tunelab.inference.loading import LoadOptions
 from tunelab.inference.reasoning import thinking_template_kwargs
 
-__all__ = ["END_OF_TURN_TOKENS", "Predictor", "check_generation_settings", "stop_token_ids"]
+__all__ = ["END_OF_TURN_TOKENS", "Answer", "Predictor", "check_generation_settings", "stop_token_ids"]
 
 # Predictor's names for the sampling settings (``max_new_tokens`` is transformers' name for max_tokens).
 _NAMES = {"max_new_tokens": "max_tokens", "max_tokens": "max_tokens", "temperature": "temperature",
@@ -37,23 +37,36 @@ def check_generation_settings(max_new_tokens: int, temperature: float, top_p: fl
         raise ConfigError(str(error).replace("max_tokens", "max_new_tokens")) from None
 
 
+class Answer(NamedTuple):
+    """A batch answer (predict, eval): the <think> block (None where the template writes none), the answer as
+    written, and the retrieved chunks (``inference.rag.Hit``) its prompt carried."""
+
+    thinking: str | None
+    text: str
+    sources: list[Any]
+
+
 class Predictor(OverEngine):
     """A loaded model ready to answer chat messages; greedy when ``temperature`` is 0.
 
-    ``model`` None means the adapter's own base model (or the embedded model without an adapter).
+    ``model`` None means the adapter's own base model (or the embedded model without an adapter). With ``rag``
+    (an ``inference.rag.Retriever``), every question first gets the chunks of the index close to it as clues;
+    ``last_sources`` holds those of the latest single question (``__call__``, ``stream``).
     """
 
     def __init__(self, model: str | None = None, adapter: str | None = None, template: str | None = None, *,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, device: str | None = None,
                  options: LoadOptions | None = None, engine: HFEngine | None = None,
-                 budget: ThinkingBudget | None = None, enable_thinking: bool | None = None) -> None:
+                 budget: ThinkingBudget | None = None, enable_thinking: bool | None = None,
+                 rag: Any = None) -> None:
         check_generation_settings(max_new_tokens, temperature, top_p, repetition_penalty)
         self.sampling = Sampling(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  repetition_penalty=repetition_penalty)
         self.budget = budget or ThinkingBudget()
         self.budget.check()
         self.enable_thinking = enable_thinking
+        self.rag, self.last_sources = rag, []
         self.engine = engine or HFEngine(model, {"adapter": adapter} if adapter else None, template, device=device,
                                          options=options)
         self.served = self.engine.served(None).name
@@ -110,46 +123,55 @@ class Predictor(OverEngine):
                        continue_from=continue_from, budget=budget if budget.active else None,
                        template_kwargs=thinking)
 
+    def with_clues(self, conversations: list[list[dict]]) -> tuple[list[list[dict]], list[list[Any]]]:
+        """The conversations with retrieved clues in their last question (unchanged without ``rag``), and the
+        chunks used for each."""
+        if self.rag is None:
+            return conversations, [[] for _ in conversations]
+        return self.rag.augment(conversations)
+
     def __call__(self, query: str, history: list[dict] | None = None, system: str | None = None,
                  **generation_overrides: Any) -> str:
         """The answer to ``query`` after ``history``, as one string."""
-        return self.generate_batch([self.messages(query, history, system)], **generation_overrides)[0]
+        completions, sources = self._generate([self.messages(query, history, system)], None, generation_overrides)
+        self.last_sources = sources[0]
+        return completions[0].text
 
     def complete(self, conversations: list[list[dict]], *, tools: list[Any] | None = None,
                  continue_from: str | None = None, **generation_overrides: Any) -> list[Completion]:
         """Completions (text, token counts, finish reason, tool calls) for several conversations, in order."""
-        tools = tools or [None] * len(conversations)
-        requests = [self.request(messages, tool, continue_from, **generation_overrides)
-                    for messages, tool in zip(conversations, tools, strict=True)]
-        for request in requests:
-            self.engine.check(request, strict=False)
-        return self.engine.generate(requests) if requests else []
+        return self._generate(conversations, tools, generation_overrides, continue_from=continue_from,
+                              parse_tools=True)[0]
 
     def generate_batch(self, conversations: list[list[dict]], *, tools: list[Any] | None = None,
                        **generation_overrides: Any) -> list[str]:
         """Answers to several conversations at once, in order. ``tools`` holds one tool list (or None) per
         conversation, for tool-calling datasets; the answer is the text as the model wrote it (predict and eval
         score it as written), tool-call markup included."""
-        tools = tools or [None] * len(conversations)
-        requests = [replace(self.request(messages, tool, **generation_overrides), parse_tools=False)
-                    for messages, tool in zip(conversations, tools, strict=True)]
-        for request in requests:
-            self.engine.check(request, strict=False)
-        return [completion.text for completion in self.engine.generate(requests)] if requests else []
+        return [completion.text for completion in self._generate(conversations, tools, generation_overrides)[0]]
 
     def answers_batch(self, conversations: list[list[dict]], *, tools: list[Any] | None = None,
-                      **generation_overrides: Any) -> list[tuple[str | None, str]]:
-        """(thinking, answer) per conversation: a reasoning template's <think> block apart from the answer (None
-        where the template writes none), the answer as written, tool-call markup included (predict, eval)."""
-        tools = tools or [None] * len(conversations)
-        requests = [replace(self.request(messages, tool, **generation_overrides), parse_tools=False,
-                            parse_reasoning=True) for messages, tool in zip(conversations, tools, strict=True)]
-        for request in requests:
-            self.engine.check(request, strict=False)
-        return [(c.reasoning, c.text) for c in self.engine.generate(requests)] if requests else []
+                      **generation_overrides: Any) -> list[Answer]:
+        """An ``Answer`` per conversation: a reasoning template's <think> block apart from the answer, the answer
+        as written (tool-call markup included) and the retrieved chunks its prompt carried (predict, eval)."""
+        completions, sources = self._generate(conversations, tools, generation_overrides, parse_reasoning=True)
+        return [Answer(c.reasoning, c.text, hits) for c, hits in zip(completions, sources, strict=True)]
 
     def stream(self, query: str, history: list[dict] | None = None, system: str | None = None,
                **generation_overrides: Any) -> Iterator[str]:
         """Pieces of the answer as they are generated; joined they equal ``__call__``'s answer."""
-        yield from self.engine.stream(self.request(self.messages(query, history, system), **generation_overrides),
-                                      strict=False)
+        [messages], [self.last_sources] = self.with_clues([self.messages(query, history, system)])
+        yield from self.engine.stream(self.request(messages, **generation_overrides), strict=False)
+
+    def _generate(self, conversations: list[list[dict]], tools: list[Any] | None, overrides: dict[str, Any], *,
+                  continue_from: str | None = None, parse_tools: bool = False, parse_reasoning: bool = False
+                  ) -> tuple[list[Completion], list[list[Any]]]:
+        """One engine batch for the conversations (with clues when retrieving), each request checked first."""
+        conversations, sources = self.with_clues(conversations)
+        tools = tools or [None] * len(conversations)
+        requests = [replace(self.request(messages, tool, continue_from, **overrides), parse_tools=parse_tools,
+                            parse_reasoning=parse_reasoning) for messages, tool in zip(conversations, tools,
+                                                                                       strict=True)]
+        for request in requests:
+            self.engine.check(request, strict=False)
+        return (self.engine.generate(requests) if requests else []), sources

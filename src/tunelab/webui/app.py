@@ -51,6 +51,29 @@ def _predictor(model: str, adapter: str, template: str) -> Any:
     return _predictors[key]
 
 
+_retrievers: dict[tuple[str, int, float], Any] = {}
+
+
+def _retriever(db: str, top_k: int, max_distance: float) -> Any:
+    """The RAG index of a chat (None without one), opened once per settings, checked as `chat --rag-db` does."""
+    if not db:
+        return None
+    key = (db, top_k, max_distance)
+    if key not in _retrievers:
+        from tunelab.commands.flags import RagFlags
+
+        flags = RagFlags(db, top_k=top_k, max_distance=max_distance)
+        flags.check()
+        _retrievers.clear()
+        _retrievers[key] = flags.retriever()
+    return _retrievers[key]
+
+
+def _sources_message(hits: list[Any]) -> list[dict[str, Any]]:
+    lines = [f"{hit.where()} (distance {hit.distance:.3f})" for hit in hits] or ["none close enough"]
+    return [{"role": "assistant", "content": "\n".join(lines), "metadata": {"title": "sources"}}]
+
+
 def _as_messages(text: str, done: bool) -> list[dict[str, Any]]:
     """The answer so far, its reasoning (if any) as a folded message before it."""
     from tunelab.inference.reasoning import split_reasoning
@@ -80,6 +103,11 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
             max_thinking = gr.Number(None, precision=0, label="max_thinking_tokens", elem_id="chat-max-thinking")
             num_wait = gr.Number(None, precision=0, label="num_wait", elem_id="chat-num-wait")
             max_answer = gr.Number(None, precision=0, label="max_answer_tokens", elem_id="chat-max-answer")
+    with gr.Accordion("Answer from documents (RAG: a `tunelab rag index` folder; empty: none)", open=False):
+        with gr.Row():
+            rag_db = gr.Textbox(label="rag_db", elem_id="chat-rag-db")
+            rag_top_k = gr.Number(3, precision=0, label="rag_top_k", elem_id="chat-rag-top-k")
+            rag_max_distance = gr.Number(0.5, label="rag_max_distance", elem_id="chat-rag-max-distance")
     chatbot = gr.Chatbot(label="chat", elem_id="chatbot", height=420)
     message = gr.Textbox(label="message", elem_id="chat-message", submit_btn=True)
     clear = gr.Button("Clear", elem_id="chat-clear")
@@ -87,13 +115,16 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
 
     def respond(text: str, shown: list[dict[str, Any]], run: str | None, model_name: str, template_name: str,
                 system_prompt: str, tokens: float, temp: float, nucleus: float, thinking: float | None,
-                waits: float | None, answer_tokens: float | None) -> Iterator[list[Any]]:
+                waits: float | None, answer_tokens: float | None, db: str, top_k: float | None,
+                max_distance: float | None) -> Iterator[list[Any]]:
         shown = list(shown or [])
         if not text.strip():
             yield [shown, "", ""]
             return
         try:
+            retriever = _retriever(db.strip(), int(top_k or 3), float(0.5 if max_distance is None else max_distance))
             predictor = _predictor(model_name.strip(), (run or "").strip(), template_name.strip())
+            predictor.rag = retriever
         except TunelabError as problem:
             yield [shown, text, f"**error**: {problem}"]
             return
@@ -111,10 +142,11 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
         except TunelabError as problem:  # a budget the engine refuses, named
             yield [shown[:-1], text, f"**error**: {problem}"]
             return
-        yield [shown + _as_messages(answer, True), "", ""]
+        sources = _sources_message(predictor.last_sources) if retriever is not None else []
+        yield [shown + sources + _as_messages(answer, True), "", ""]
 
     inputs = [message, chatbot, run_pick, model, template, system, max_new_tokens, temperature, top_p, max_thinking,
-              num_wait, max_answer]
+              num_wait, max_answer, rag_db, rag_top_k, rag_max_distance]
     message.submit(respond, inputs, [chatbot, message, error])
     clear.click(lambda: [[], ""], None, [chatbot, error])
     refresh.click(lambda: gr.update(choices=_finished_runs(outputs_root)), None, [run_pick])
@@ -152,19 +184,20 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
         max_samples = gr.Textbox(label="max_samples", value="20", elem_id="eval-max-samples")
         max_new_tokens = gr.Textbox(label="max_new_tokens", value="64", elem_id="eval-max-new-tokens")
         output_dir = gr.Textbox(label="output_dir", value="outputs/eval", elem_id="eval-output-dir")
+        rag_db = gr.Textbox(label="rag_db (RAG index; empty: none)", elem_id="eval-rag-db")
     with gr.Row():
         go = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
         predict = gr.Button("Predict (write predictions.jsonl)", elem_id="predict-start")
     table = gr.Dataframe(label="results", elem_id="eval-results", interactive=False)
     log = gr.Textbox(label="log", lines=12, autoscroll=True, elem_id="eval-log", interactive=False)
 
-    def evaluate(name: str, folder: str, run: str | None, chosen: str, limit: str, tokens: str, out: str
-                 ) -> Iterator[list[Any]]:
+    def evaluate(name: str, folder: str, run: str | None, chosen: str, limit: str, tokens: str, out: str,
+                 db: str) -> Iterator[list[Any]]:
         import pandas as pd
 
         arguments = ["eval", name, "--dataset-dir", folder or "data", "--metrics", chosen or "auto",
                      "--output-dir", out or "outputs/eval", *_flag("--adapter", run), *_flag("--max-samples", limit),
-                     *_flag("--max-new-tokens", tokens)]
+                     *_flag("--max-new-tokens", tokens), *_flag("--rag-db", db.strip())]
         text = ""
         for text in _run_command(arguments, workdir):
             yield [gr.update(), text]
@@ -174,16 +207,18 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
             rows = data if isinstance(data, list) else [data]
             yield [pd.json_normalize(rows), text]
 
-    go.click(evaluate, [dataset, dataset_dir, run_pick, metrics, max_samples, max_new_tokens, output_dir],
+    go.click(evaluate, [dataset, dataset_dir, run_pick, metrics, max_samples, max_new_tokens, output_dir, rag_db],
              [table, log])
 
-    def predictions(name: str, folder: str, run: str | None, limit: str, tokens: str, out: str) -> Iterator[str]:
+    def predictions(name: str, folder: str, run: str | None, limit: str, tokens: str, out: str, db: str
+                    ) -> Iterator[str]:
         target = str(Path(out or "outputs/eval") / "predictions.jsonl")
         yield from _run_command(["predict", name, "--dataset-dir", folder or "data", "--output", target,
                                  *_flag("--adapter", run), *_flag("--max-samples", limit),
-                                 *_flag("--max-new-tokens", tokens)], workdir)
+                                 *_flag("--max-new-tokens", tokens), *_flag("--rag-db", db.strip())], workdir)
 
-    predict.click(predictions, [dataset, dataset_dir, run_pick, max_samples, max_new_tokens, output_dir], [log])
+    predict.click(predictions, [dataset, dataset_dir, run_pick, max_samples, max_new_tokens, output_dir, rag_db],
+                  [log])
 
 
 def build_export_tab(workdir: Path, outputs_root: Path) -> None:
