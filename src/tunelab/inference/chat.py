@@ -36,7 +36,7 @@ def _answer(predictor: Predictor, query: str, history: list[dict], system: str |
         output.flush()
     output.write((RESET if dimmed else "") + "\n")
     output.flush()
-    if predictor.rag is not None:
+    if getattr(predictor, "rag", None) is not None:  # anything with .stream chats; only a retriever has sources
         _say_sources(predictor.last_sources)
     return "".join(pieces)
 
