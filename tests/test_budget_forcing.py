@@ -192,3 +192,38 @@ def test_terminal_chat_shows_the_thinking_dimmed():
     piped = io.StringIO()
     run_chat(Thinker(), query="12 + 30?", output=piped)
     assert DIM not in piped.getvalue()
+
+
+def test_the_vllm_path_runs_s1s_passes_with_the_same_counts(tokenizer):
+    """s1's algorithm in whole passes (as on vLLM), driven by a scripted model: it thinks 5 tokens and then
+    tries to close; the answer is 6 tokens. Waits replace exactly num_wait closes, the thinking pass never asks
+    for more than the budget left, a cut writes the answer cue, the answer stops at its own budget."""
+    from tunelab.inference.engines.two_phase import PassResult, force_budgets
+
+    think, answer = _ids(tokenizer, "x")[0], _ids(tokenizer, "a")[0]
+    asked = []
+
+    def model(passes):
+        asked.extend(passes)
+        results = []
+        for one in passes:
+            wants = 5 if "</think>" in one.stop else 6
+            made = min(wants, one.max_tokens)
+            results.append(PassResult([think if "</think>" in one.stop else answer] * made, made == wants))
+        return results
+
+    opened = ThinkingBudget(max_thinking_tokens=100, num_wait=2, max_answer_tokens=4)
+    cut = ThinkingBudget(max_thinking_tokens=12, num_wait=3, answer_cue="Final Answer:")
+    (natural, natural_stopped), (forced, forced_stopped) = force_budgets(
+        model, [[1, 2], [1, 2]], [opened, cut], [200, 200], [(), ()], [True, False], tokenizer)
+    wait, close = _ids(tokenizer, "\nWait"), _ids(tokenizer, "\n</think>\n\n")
+
+    assert natural == [think] * 5 + wait + [think] * 5 + wait + [think] * 5 + close + [answer] * 4
+    assert not natural_stopped  # the answer was cut at max_answer_tokens
+    assert forced[:len(_ids(tokenizer, "<think>\n"))] == _ids(tokenizer, "<think>\n")  # the prompt did not open it
+    thought = [t for t in forced if t == think]
+    assert len(thought) + len(wait) * _count(forced, wait) == 12  # the budget, waits counted as thinking
+    assert _count(forced, close + _ids(tokenizer, "Final Answer:")) == 1 and forced[-6:] == [answer] * 6
+    assert forced_stopped
+    thinking_asks = [one.max_tokens for one in asked if "</think>" in one.stop and one.row == 1]
+    assert thinking_asks == [12, 12 - 5 - len(wait)]  # never more than the budget left

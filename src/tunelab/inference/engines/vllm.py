@@ -1,6 +1,7 @@
 """The vLLM engine (``engine: vllm``, GPU, ``pip install 'tunelab[vllm]'``): the same interface as ``hf``, with
 vLLM's own batching and its LoRA support serving every adapter (``LoRARequest`` per request), rendered with the
-same template and stopped at the same tokens. A batch's text arrives whole per row (vLLM's offline ``LLM``)."""
+same template and stopped at the same tokens. A batch's text arrives whole per row (vLLM's offline ``LLM``), so
+budget forcing runs as s1 runs it on vLLM: whole passes with stop strings (``two_phase.py``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.inference.engines.base import Engine, ServedModel
 from tunelab.inference.engines.decoding import Row
-from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
+from tunelab.inference.engines.two_phase import Pass, PassResult, force_budgets
+from tunelab.inference.engines.types import Completion, Request, Sink
 from tunelab.inference.loading import LoadOptions
+from tunelab.inference.reasoning import opens_in_prompt
 
 
 def check_vllm() -> None:
@@ -72,37 +75,49 @@ class VLLMEngine(Engine):
     def stop_token_ids(self, model: str) -> list[int]:
         return self._stops[self.served(model).name]
 
-    def check(self, request: Request, strict: bool = True) -> list[int]:
-        if request.budget is not None:  # never silently ignored: the forcing works token by token on hf only
-            raise RequestError("budget forcing (max_thinking_tokens, num_wait, ...) runs on the hf engine; the vllm "
-                               "engine does not apply it yet", param="max_thinking_tokens")
-        return super().check(request, strict)
-
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
 
         served = self.served(requests[0].model)
-        rows, prompts, params = [], [], []
+        rows = []
         for request, sink in zip(requests, sinks, strict=True):
             ids = self.check(request, strict=False)
-            limit = self.token_limit(request, ids)
             rows.append(Row(request, ids, frozenset(self._stops[served.name]), served.tokenizer, sink,
-                            served.tool_parser, served.name, limit=limit, reasoning=self.reasoning_mode(request, ids)))
-            sampling = request.sampling
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            params.append(SamplingParams(max_tokens=limit, temperature=sampling.temperature, top_p=sampling.top_p,
-                                         top_k=sampling.top_k or -1, repetition_penalty=sampling.repetition_penalty,
-                                         stop=list(sampling.stop), seed=sampling.seed,
-                                         stop_token_ids=self._stops[served.name], skip_special_tokens=True))
-        with self._lock:
-            outputs = self.llm.generate(prompts, params, lora_request=self._lora.get(served.name), use_tqdm=False)
+                            served.tool_parser, served.name, limit=self.token_limit(request, ids),
+                            reasoning=self.reasoning_mode(request, ids)))
+
+        def generate(passes: list[Pass], requests: list[Request]) -> list[PassResult]:
+            """One vLLM call; ``requests[i]`` holds the sampling settings of ``passes[i]``."""
+            params = [SamplingParams(max_tokens=one.max_tokens, temperature=r.sampling.temperature,
+                                     top_p=r.sampling.top_p, top_k=r.sampling.top_k or -1,
+                                     repetition_penalty=r.sampling.repetition_penalty, stop=list(one.stop),
+                                     seed=r.sampling.seed, stop_token_ids=self._stops[served.name],
+                                     skip_special_tokens=True) for one, r in zip(passes, requests, strict=True)]
+            with self._lock:
+                outputs = self.llm.generate([TokensPrompt(prompt_token_ids=one.prompt_ids) for one in passes], params,
+                                            lora_request=self._lora.get(served.name), use_tqdm=False)
+            return [PassResult(list(o.outputs[0].token_ids), o.outputs[0].finish_reason != "length") for o in outputs]
+
+        stopped: dict[int, bool] = {}  # row index -> ended on a stop (not cut by its length)
+        plain = [index for index, row in enumerate(rows) if row.request.budget is None]
+        results = generate([Pass(i, rows[i].prompt_ids, rows[i].limit, rows[i].request.sampling.stop) for i in plain],
+                           [rows[i].request for i in plain]) if plain else []
+        for index, result in zip(plain, results, strict=True):
+            rows[index].tokens, stopped[index] = result.token_ids, result.stopped
+        forced = [index for index, row in enumerate(rows) if row.request.budget is not None]
+        if forced:  # s1's passes; a pass's row is its place in `forced`
+            budgets = [rows[i].request.budget for i in forced]
+            for index, (tokens, ended) in zip(forced, force_budgets(
+                    lambda passes: generate(passes, [rows[forced[one.row]].request for one in passes]),
+                    [rows[i].prompt_ids for i in forced], budgets, [rows[i].limit for i in forced],
+                    [rows[i].request.sampling.stop for i in forced],
+                    [opens_in_prompt(served.tokenizer.decode(rows[i].prompt_ids[-8:]), budget.start)
+                     for i, budget in zip(forced, budgets, strict=True)], served.tokenizer), strict=True):
+                rows[index].tokens, stopped[index] = tokens, ended
         completions = []
-        for row, output in zip(rows, outputs, strict=True):
-            result = output.outputs[0]
-            row.tokens = list(result.token_ids)
-            row._text = result.text
-            reason = "length" if result.finish_reason == "length" else "stop"
-            completions.append(row.finish(reason))
+        for index, row in enumerate(rows):
+            row._text = served.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            completions.append(row.finish("stop" if stopped[index] else "length"))
         return completions
 
 
