@@ -22,6 +22,7 @@ PROMPTS = ["demo_stories", "--dataset-dir", DATA]
 # invocation, for a flag that another mode of the command reads])})
 BAD_FLAGS: dict[str, tuple[list[str], dict[str, tuple]]] = {
     "chat": (["chat", "--query", "hi"], {
+        "--image": ("{tmp}/no.jpg", "image '{tmp}/no.jpg' does not exist"),
         "--model": ("{tmp}/no_model", "model folder '{tmp}/no_model' does not exist"),
         "--adapter": ("{tmp}/no_adapter", "adapter folder '{tmp}/no_adapter' does not exist"),
         "--template": ("chatmll", "'chatmll' is not a built-in template"),

@@ -302,6 +302,9 @@ def chat(
     adapter: AdapterOption = None,
     template: TemplateOption = None,
     query: Annotated[str | None, typer.Option(help="One-shot: answer this and exit.")] = None,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="With --query: an image it asks about (repeatable; a vision-language model). In the chat "
+                        "loop, /image PATH attaches one.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: MaxNewTokensOption = 256,
     temperature: TemperatureOption = 0.0,
@@ -326,7 +329,7 @@ def chat(
     sampling = _sampling(max_new_tokens, temperature, top_p, max_thinking_tokens, min_thinking_tokens, num_wait,
                          wait_text, max_answer_tokens)
     chat_command(_model_flags(model, adapter, template, trust_remote_code, revision, attn), sampling, query, system,
-                 _rag(rag_db, rag_collection, rag_top_k, rag_max_distance, rag_template))
+                 _rag(rag_db, rag_collection, rag_top_k, rag_max_distance, rag_template), images=image or [])
 
 
 @app.command()

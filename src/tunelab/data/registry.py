@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.formats import ColumnSpec, FieldError, Format, detect_format
+from tunelab.data.formats.base import IMAGE_MISSING
+from tunelab.data.images import ImageError, resolve_images
 from tunelab.data.mixing import split_rows  # noqa: F401  (re-exported: part of the registry API)
 from tunelab.data.readers import InvalidRecord, read_records
 from tunelab.errors import DataError
@@ -183,6 +185,8 @@ def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False, s
                 if fmt is None:
                     fmt = detect_format(record, source.spec, kind)
                 for row in fmt.convert(record, source.spec):
+                    if row.get("images"):  # relative to the data file, and there, before any model loads
+                        row["images"] = _images_of(row["images"], Path(file).parent)
                     yield fmt, line, row
                 continue
             except FieldError as error:
@@ -196,6 +200,13 @@ def iter_rows(source: DatasetSource, kind: str, *, skip_invalid: bool = False, s
                             line=line, field=field_name, record=number)
         skipped.add(reason or "invalid record", str(DataError(problem, file=file, line=line, field=field_name,
                                                               record=number)))
+
+
+def _images_of(images: list[str], base: Path) -> list[str]:
+    try:
+        return resolve_images(images, base)
+    except ImageError as error:
+        raise FieldError("images", str(error), IMAGE_MISSING) from None
 
 
 def _row_key(row: dict[str, Any]) -> str:

@@ -9,23 +9,25 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tunelab.errors import TunelabError
 from tunelab.inference.predictor import Predictor
 from tunelab.inference.reasoning import THINK_END, THINK_START
 from tunelab.signals import Terminated
 
-CLEAR, EXIT = "/clear", "/exit"
+CLEAR, EXIT, IMAGE = "/clear", "/exit", "/image"
 
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
-def _answer(predictor: Predictor, query: str, history: list[dict], system: str | None, output: TextIO) -> str:
+def _answer(predictor: Predictor, query: str, history: list[dict], system: str | None, output: TextIO,
+            images: list[str] | None = None) -> str:
     """Stream one answer to ``output`` as it is generated and return it whole; on a terminal a <think> section is
     shown dimmed, so the answer stands out."""
     pieces: list[str] = []
     shade = bool(getattr(output, "isatty", lambda: False)())
     dimmed = False
-    for piece in predictor.stream(query, history, system):
+    for piece in predictor.stream(query, history, system, **({"images": images} if images else {})):
         pieces.append(piece)
         text = "".join(pieces)
         inside = THINK_START in text and THINK_END not in text.split(THINK_START, 1)[1]
@@ -49,17 +51,36 @@ def _say_sources(hits: list) -> None:
     sys.stderr.flush()
 
 
+def _attach(path: str, output: TextIO) -> str | None:
+    """An image for the next question, checked now: a missing or unreadable file is said at once."""
+    from tunelab.data.images import ImageError, load_image
+
+    if not path:
+        output.write(f"usage: {IMAGE} PATH (a local image file, file:// or data: URL)\n")
+        return None
+    try:
+        load_image(path)
+    except ImageError as error:
+        output.write(f"error: {error}\n")
+        return None
+    output.write(f"Attached {path}; it goes with your next question.\n")
+    return path
+
+
 def run_chat(predictor: Predictor, query: str | None = None, system: str | None = None,
-             input_fn: Callable[[str], str] = input, output: TextIO | None = None) -> list[dict]:
+             input_fn: Callable[[str], str] = input, output: TextIO | None = None,
+             images: list[str] | None = None) -> list[dict]:
     """Chat until /exit, EOF or Ctrl-C (or answer ``query`` once); return the conversation's messages. ``output``
     defaults to sys.stdout as it is at the call (not at import: a test runner or a redirect swaps it)."""
     output = output if output is not None else sys.stdout
     history: list[dict] = []
     if query is not None:
-        answer = _answer(predictor, query, history, system, output)
-        return [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+        answer = _answer(predictor, query, history, system, output, images)
+        return [Predictor.messages(query, images=images)[-1], {"role": "assistant", "content": answer}]
 
-    output.write(f"Chat with the model: {CLEAR} forgets the conversation, {EXIT} (or Ctrl-D) quits.\n")
+    output.write(f"Chat with the model: {CLEAR} forgets the conversation, {IMAGE} PATH attaches an image to the "
+                 f"next question, {EXIT} (or Ctrl-D) quits.\n")
+    images: list[str] = []  # attached with /image, asked about in the next question
     while True:
         try:
             line = input_fn("User: ")
@@ -74,17 +95,27 @@ def run_chat(predictor: Predictor, query: str | None = None, system: str | None 
         if text == EXIT:
             break
         if text == CLEAR:
-            history = []
+            history, images = [], []
             output.write("History cleared.\n")
+            continue
+        if text.split(maxsplit=1)[0] == IMAGE:
+            attached = _attach(text[len(IMAGE):].strip(), output)
+            images += [attached] if attached else []
             continue
         output.write("Assistant: ")
         output.flush()
         try:
-            answer = _answer(predictor, text, history, system, output)
+            answer = _answer(predictor, text, history, system, output, images)
         except Terminated:
             raise
         except KeyboardInterrupt:  # stop this answer only; the turn is dropped from the history
             output.write("\n[interrupted]\n")
             continue
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        except TunelabError as error:  # a text-only model given an image, an unreadable image: this turn only
+            output.write(f"\nerror: {error}\n")
+            images = []
+            continue
+        question = Predictor.messages(text, images=images)[-1]  # the images stay with their question
+        history += [question, {"role": "assistant", "content": answer}]
+        images = []
     return history

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.images import with_placeholders
 from tunelab.data.registry import SKIP_HINT, load_dataset_rows
 from tunelab.errors import DataError, TunelabError
 from tunelab.inference.predictor import Predictor
@@ -42,7 +43,7 @@ def load_samples(dataset: str, dataset_dir: str = "data", max_samples: int | Non
     options = {"skip_invalid": skip_invalid, "skip_hint": skip_hint}
     try:
         loaded = load_dataset_rows(dataset, dataset_dir, "sft", max_samples, **options)
-        samples = Samples((*split_prompt(row["messages"]), row.get("tools")) for row in loaded.rows)
+        samples = Samples((*split_prompt(_with_images(row)), row.get("tools")) for row in loaded.rows)
     except DataError as sft_error:
         try:
             loaded = load_dataset_rows(dataset, dataset_dir, "rl", max_samples, **options)
@@ -54,13 +55,22 @@ def load_samples(dataset: str, dataset_dir: str = "data", max_samples: int | Non
     return samples
 
 
+def _with_images(row: dict[str, Any]) -> list[dict]:
+    """The messages, with the row's images (LLaMA-Factory's ``images`` column) as image parts in place of their
+    ``<image>`` placeholders."""
+    return with_placeholders(row["messages"], row["images"]) if row.get("images") else row["messages"]
+
+
 def _reference(row: dict[str, Any]) -> str:
     value = next((row[c] for c in REFERENCE_COLUMNS if row.get(c) not in (None, "")), "")
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _last_user_text(messages: list[dict]) -> str:
-    return next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
+    content = next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
+    if isinstance(content, list):  # parts: the text of them (the images are in `messages`)
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content
 
 
 def write_predictions(predictor: Predictor, samples: list[Sample], output: str | Path, *, batch_size: int = 8,

@@ -89,10 +89,15 @@ class Predictor(OverEngine):
                 "top_p": self.sampling.top_p, "repetition_penalty": self.sampling.repetition_penalty}
 
     @staticmethod
-    def messages(query: str, history: list[dict] | None = None, system: str | None = None) -> list[dict]:
-        """System prompt, earlier turns, then the new user query."""
+    def messages(query: str, history: list[dict] | None = None, system: str | None = None,
+                 images: list[str] | None = None) -> list[dict]:
+        """System prompt, earlier turns, then the new user query (after its ``images``: paths, file:// or data
+        URLs, for a vision-language model)."""
         messages = [{"role": "system", "content": system}] if system else []
-        return messages + list(history or []) + [{"role": "user", "content": query}]
+        content: str | list[dict] = query
+        if images:
+            content = [*({"type": "image", "image": image} for image in images), {"type": "text", "text": query}]
+        return messages + list(history or []) + [{"role": "user", "content": content}]
 
     def request(self, messages: list[dict], tools: Any = None, continue_from: str | None = None,
                 **overrides: Any) -> Request:
@@ -131,9 +136,10 @@ class Predictor(OverEngine):
         return self.rag.augment(conversations)
 
     def __call__(self, query: str, history: list[dict] | None = None, system: str | None = None,
-                 **generation_overrides: Any) -> str:
-        """The answer to ``query`` after ``history``, as one string."""
-        completions, sources = self._generate([self.messages(query, history, system)], None, generation_overrides)
+                 images: list[str] | None = None, **generation_overrides: Any) -> str:
+        """The answer to ``query`` (about ``images``, if any) after ``history``, as one string."""
+        completions, sources = self._generate([self.messages(query, history, system, images)], None,
+                                              generation_overrides)
         self.last_sources = sources[0]
         return completions[0].text
 
@@ -158,9 +164,9 @@ class Predictor(OverEngine):
         return [Answer(c.reasoning, c.text, hits) for c, hits in zip(completions, sources, strict=True)]
 
     def stream(self, query: str, history: list[dict] | None = None, system: str | None = None,
-               **generation_overrides: Any) -> Iterator[str]:
+               images: list[str] | None = None, **generation_overrides: Any) -> Iterator[str]:
         """Pieces of the answer as they are generated; joined they equal ``__call__``'s answer."""
-        [messages], [self.last_sources] = self.with_clues([self.messages(query, history, system)])
+        [messages], [self.last_sources] = self.with_clues([self.messages(query, history, system, images)])
         yield from self.engine.stream(self.request(messages, **generation_overrides), strict=False)
 
     def _generate(self, conversations: list[list[dict]], tools: list[Any] | None, overrides: dict[str, Any], *,

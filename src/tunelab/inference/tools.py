@@ -107,9 +107,11 @@ def tool_parser_for(chat_template: str | None) -> ToolParser | None:
 
 def messages_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI messages as chat templates expect them: tool-call arguments as objects (Llama 3.1's template writes
-    them with ``tojson``), ``None`` content as empty text."""
+    them with ``tojson``), ``None`` content as empty text, image parts as ``{"type": "image"}``."""
+    from tunelab.data.images import template_messages
+
     shaped = []
-    for message in messages:
+    for message in template_messages(messages):
         message = dict(message)
         if message.get("content") is None:
             message["content"] = ""

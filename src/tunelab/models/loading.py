@@ -8,7 +8,7 @@ import torch
 
 from tunelab.data.templates import BUILTIN_TEMPLATES, apply_template
 from tunelab.errors import ConfigError, TunelabError, shorten
-from tunelab.models.sources import check_model_source, resolve_model_path
+from tunelab.models.sources import check_model_source, model_config, resolve_model_path
 
 _ATTENTION = {"auto": None, "disabled": "eager", "eager": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
 
@@ -95,7 +95,7 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
     """A causal LM, or with ``head="score"`` the same model with a one-output score head (a reward model);
     embeddings grow when the template added special tokens; ``quantization``: a BitsAndBytesConfig."""
     check_model_source(model_name_or_path)
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
 
     _quiet_transformers()
     path = resolve_model_path(model_name_or_path)
@@ -108,6 +108,8 @@ def load_model(model_name_or_path: str, tokenizer: Any, *, dtype: torch.dtype = 
     try:
         if head == "score":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        elif "vision_config" in (model_config(model_name_or_path) or {}):  # Qwen2-VL and kin: images and text
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as error:

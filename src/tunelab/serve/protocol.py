@@ -29,12 +29,16 @@ class Message(BaseModel):
     name: str | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The message as a chat template reads it: text content (text parts joined), developer as system."""
+        """The message as a chat template reads it: text parts joined (kept as parts beside images: ``image_url``
+        with a data URL or a path, for a vision-language model), developer as system."""
         content = self.content
         if isinstance(content, list):
-            if any(part.get("type") != "text" for part in content):
-                raise RequestError("only text content parts are supported", param="messages")
-            content = "".join(str(part.get("text", "")) for part in content)
+            kinds = {part.get("type") for part in content}
+            if kinds - {"text", "image_url", "image"}:
+                raise RequestError(f"content parts of type {', '.join(sorted(map(str, kinds - {'text'})))} are not "
+                                   "supported (text, image_url)", param="messages")
+            if kinds == {"text"}:
+                content = "".join(str(part.get("text", "")) for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
                                    "content": content or ""}
         for key in ("tool_calls", "tool_call_id", "name"):

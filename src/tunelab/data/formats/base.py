@@ -29,6 +29,8 @@ CHOSEN_EQUALS_REJECTED = "chosen equals rejected"
 PROMPTS_DIFFER = "prompts differ"
 BAD_LABEL = "bad label"
 MALFORMED = "malformed value"
+IMAGE_COUNT = "images do not match their placeholders"
+IMAGE_MISSING = "image not found"
 UNKNOWN_FORMAT = "unknown format"
 INVALID_RECORD = "invalid record"
 # These three are about the dataset's settings, not one record: skipping records cannot fix them.
@@ -38,7 +40,7 @@ BAD_OPTION = "bad option"
 DATASET_REASONS = frozenset({WRONG_STAGE, BAD_FORMATTING, BAD_OPTION})
 REASONS = (MISSING_FIELD, WRONG_TYPE, EMPTY_ANSWER, EMPTY_TEXT, NOT_ALTERNATING, NO_ASSISTANT, UNKNOWN_ROLE,
            CHOSEN_EQUALS_REJECTED, PROMPTS_DIFFER, BAD_LABEL, MALFORMED, UNKNOWN_FORMAT, INVALID_RECORD,
-           WRONG_STAGE, BAD_FORMATTING, BAD_OPTION)
+           WRONG_STAGE, BAD_FORMATTING, BAD_OPTION, IMAGE_COUNT, IMAGE_MISSING)
 
 
 class FieldError(ValueError):

@@ -11,6 +11,7 @@ from typing import Any
 from tunelab.data.formats.base import (
     EMPTY_ANSWER,
     EMPTY_TEXT,
+    IMAGE_COUNT,
     MALFORMED,
     MISSING_FIELD,
     NO_ASSISTANT,
@@ -22,6 +23,7 @@ from tunelab.data.formats.base import (
     optional_text,
     require_text,
 )
+from tunelab.data.images import PLACEHOLDER, ImageError, image_refs
 
 ROLES = ("system", "user", "assistant", "tool")
 # Columns that hold the prompt in the formats without a conversation, in the order they are looked for.
@@ -33,16 +35,49 @@ ASSISTANT_MARKER = "\n\nAssistant:"
 
 
 def join_parts(parts: list, where: str) -> str:
-    """Content given as typed parts ([{"type": "text", "text"|"value": ...}]) joined to text."""
+    """Content given as typed parts ([{"type": "text", "text"|"value": ...}]) joined to text; an image part
+    becomes an ``<image>`` placeholder (its file goes to the row's images: ``row_images``)."""
     texts = []
     for part in parts:
         if isinstance(part, str):
             texts.append(part)
         elif isinstance(part, dict) and part.get("type", "text") == "text":
             texts.append(part.get("text", part.get("value", "")))
+        elif isinstance(part, dict) and part.get("type") in ("image", "image_url"):
+            texts.append(PLACEHOLDER)
         else:
-            raise FieldError(where, f"only text content parts are supported, got {part!r:.60}", WRONG_TYPE)
+            raise FieldError(where, f"only text and image content parts are supported, got {part!r:.60}",
+                             WRONG_TYPE)
     return "".join(texts)
+
+
+def row_images(record: dict, column: str | None, turns: Any = None) -> list[str] | None:
+    """The images of a record: its ``images`` column (LLaMA-Factory: a path or a list of paths, one per
+    ``<image>`` placeholder), then the images of typed content parts in ``turns``, in order."""
+    value = record.get(column) if column else None
+    if value in (None, "", []):
+        images: list[str] = []
+    elif isinstance(value, str):
+        images = [value]
+    elif isinstance(value, list) and all(isinstance(item, str) and item for item in value):
+        images = list(value)
+    else:
+        raise FieldError(column or "images", "expected an image path or a list of image paths", WRONG_TYPE)
+    for turn in turns if isinstance(turns, list) else []:
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        try:
+            images += [ref.source for ref in image_refs([{"content": content}])]
+        except ImageError as error:
+            raise FieldError(column or "images", str(error), WRONG_TYPE) from None
+    return images or None
+
+
+def check_image_count(messages: list[dict], images: list[str] | None, column: str) -> None:
+    """Each ``<image>`` placeholder takes the next image: their counts must be equal."""
+    marks = sum(str(m.get("content") or "").count(PLACEHOLDER) for m in messages)
+    if marks != len(images or []):
+        raise FieldError(column, f"{marks} {PLACEHOLDER} placeholder(s) in the text but {len(images or [])} "
+                         "image(s); each placeholder takes the next image", IMAGE_COUNT)
 
 
 def _content(value: Any, where: str) -> str:

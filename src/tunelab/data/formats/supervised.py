@@ -22,17 +22,23 @@ from tunelab.data.formats.base import (
 )
 from tunelab.data.formats.conversation import (
     check_conversation,
+    check_image_count,
     instruction_prompt,
     normalize_messages,
     parse_tools,
+    row_images,
     turns_to_messages,
     user_turn,
     with_system,
 )
 
 
-def _sft_row(messages: list[dict], column: str, tools: list | None) -> list[Row]:
+def _sft_row(messages: list[dict], column: str, tools: list | None, images: list[str] | None = None) -> list[Row]:
+    """A supervised row; ``images`` (one per ``<image>`` placeholder) only where the record has some."""
     check_conversation(messages, column)
+    if images:  # without images an "<image>" in the text is just text
+        check_image_count(messages, images, "images")
+        return [{"messages": messages, "tools": tools, "images": images}]
     return [{"messages": messages, "tools": tools}]
 
 
@@ -49,7 +55,8 @@ def _conversation_format(default_column: str) -> tuple[Any, Any]:
     def convert(record: dict, spec: ColumnSpec) -> list[Row]:
         column = spec.column("messages", default_column)
         messages = with_system(turns_to_messages(record.get(column), column, spec), record, spec)
-        return _sft_row(messages, column, parse_tools(record, spec.column("tools", "tools")))
+        return _sft_row(messages, column, parse_tools(record, spec.column("tools", "tools")),
+                        row_images(record, spec.column("images", "images"), record.get(column)))
 
     return detect, convert
 
@@ -87,7 +94,8 @@ def _side(value: Any, column: str, role: str) -> list[dict]:
 def _prompt_completion_convert(record: dict, spec: ColumnSpec) -> list[Row]:
     messages = _side(record.get("prompt"), "prompt", "user") + _side(record.get("completion"), "completion",
                                                                        "assistant")
-    return _sft_row(messages, "prompt", parse_tools(record, spec.column("tools", "tools")))
+    return _sft_row(messages, "prompt", parse_tools(record, spec.column("tools", "tools")),
+                    row_images(record, spec.column("images", "images")))
 
 
 # --- instruction / answer pairs: one declarative table ---------------------------------------------------
@@ -132,7 +140,8 @@ def _pair_convert(layout: PairLayout, record: dict, spec: ColumnSpec) -> list[Ro
                                 spec.column("query", layout.query))
     answer = require_text(record, spec.column("response", layout.response), empty_reason=EMPTY_ANSWER)
     messages = [*prompt, {"role": "assistant", "content": answer}]
-    return _sft_row(messages, spec.column("prompt", layout.prompt), parse_tools(record, spec.column("tools", None)))
+    return _sft_row(messages, spec.column("prompt", layout.prompt), parse_tools(record, spec.column("tools", None)),
+                    row_images(record, spec.column("images", "images")))
 
 
 def _pair_format(layout: PairLayout) -> Format:

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.data.images import ImageError, ImageRef, image_refs, load_image
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
 from tunelab.inference.reasoning import THINK_END, opens_in_prompt
 from tunelab.inference.tools import ToolParser, messages_for_template, tool_parser_for
+
+IMAGE_CACHE = 16  # requests' images kept processed between a request's checks and its batch
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Engine(ABC):
     models: dict[str, ServedModel]
     default_model: str
     context_length: int
+    vision: Any = None  # a vision-language model's ImageTokens (models/vision.py); None: text only
 
     # --- what subclasses provide ------------------------------------------------------------
 
@@ -108,12 +112,31 @@ class Engine(ABC):
         return text + (request.continue_from or "")
 
     def prompt_ids(self, request: Request) -> list[int]:
-        """Token ids of the prompt; chat templates write their own bos, raw prompts get the tokenizer's."""
+        """Token ids of the prompt; chat templates write their own bos, raw prompts get the tokenizer's. Each image
+        of the messages becomes as many pad tokens as the model reads for it."""
         if request.prompt_ids is not None:
             return list(request.prompt_ids)
         served = self.served(request.model)
+        refs = image_refs(request.messages or []) if request.messages else []
+        if refs and self.vision is None:
+            raise RequestError(f"'{served.name}' reads text only, and the messages hold {len(refs)} image(s); use a "
+                               "vision-language model (Qwen2-VL, Qwen2.5-VL) for images", param="messages")
         text = self.prompt_text(request)
-        return list(served.tokenizer(text, add_special_tokens=request.messages is None)["input_ids"])
+        ids = list(served.tokenizer(text, add_special_tokens=request.messages is None)["input_ids"])
+        return self.vision.expand(ids, self.images(refs)[1]) if refs else ids
+
+    def images(self, refs: list[ImageRef]) -> tuple[Any, Any]:
+        """(pixel_values, image_grid_thw) of the images, opened once for a request's checks and its batch."""
+        key = tuple(refs)
+        cache = self.__dict__.setdefault("_image_cache", {})
+        if key not in cache:
+            try:
+                cache[key] = self.vision.pixels([load_image(ref.source) for ref in refs], refs)
+            except ImageError as error:
+                raise RequestError(str(error), param="messages") from None
+            while len(cache) > IMAGE_CACHE:
+                cache.pop(next(iter(cache)))
+        return cache[key]
 
     def check(self, request: Request, strict: bool = True) -> list[int]:
         """Everything that can be wrong with a request, before it waits for a batch; returns its prompt ids.

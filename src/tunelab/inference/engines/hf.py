@@ -15,12 +15,15 @@ from typing import Any
 
 import torch
 
+from tunelab.data.images import image_refs
 from tunelab.errors import TunelabError, shorten
 from tunelab.inference.engines.base import Engine, ServedModel
 from tunelab.inference.engines.continuous import DecodeBatch, supports_continuous
 from tunelab.inference.engines.decoding import Row, RowSampler, RowStopper
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
 from tunelab.inference.loading import LoadOptions, load_for_inference
+from tunelab.models.sources import resolve_model_path
+from tunelab.models.vision import ImageTokens, is_vision_config
 
 # End-of-turn markers of common chat formats; a template that uses one must stop there even when the
 # tokenizer's eos is another token (a base model's </s> under a chatml template, say).
@@ -108,7 +111,10 @@ class HFEngine(Engine):
         self._stops = {name: stop_token_ids(served.tokenizer, self.model) for name, served in self.models.items()}
         self._lock = threading.Lock()
         self._peft = isinstance(loaded, PeftModel)
-        self._continuous = head == "causal_lm" and supports_continuous(self.model)
+        if is_vision_config(self.model.config):
+            self.vision = ImageTokens(str(resolve_model_path(base)), tokenizer, self.model.config)
+        # a vision model's rotary positions are computed per batch from its images: whole batches only
+        self._continuous = head == "causal_lm" and supports_continuous(self.model) and self.vision is None
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str) -> HFEngine:
@@ -279,8 +285,18 @@ class HFEngine(Engine):
         with self._lock, self._using(served) as model, torch.inference_mode():
             generate(model, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                      generation_config=config, logits_processor=LogitsProcessorList([RowSampler(rows)]),
-                     stopping_criteria=StoppingCriteriaList([RowStopper(rows)]))
+                     stopping_criteria=StoppingCriteriaList([RowStopper(rows)]), **self._image_inputs(rows, input_ids))
         return [row.finish() for row in rows]
+
+    def _image_inputs(self, rows: list[Row], input_ids: torch.Tensor) -> dict[str, Any]:
+        """The batch's images, in row order, as a vision-language model's forward takes them; none: nothing."""
+        found = [self.images(refs) for refs in (image_refs(row.request.messages or []) for row in rows) if refs]
+        if not found:
+            return {}
+        dtype = next(self.model.parameters()).dtype
+        return {"pixel_values": torch.cat([values for values, _ in found]).to(self.device, dtype),
+                "image_grid_thw": torch.cat([grids for _, grids in found]).to(self.device),
+                "mm_token_type_ids": self.vision.token_types(input_ids).to(self.device)}
 
 
 def _messages(text: str | list[dict], role: str) -> list[dict]:

@@ -1,0 +1,80 @@
+"""Vision-language models (Qwen2-VL, Qwen2.5-VL and their kin): which configs they are, and turning images into
+what the model reads. A chat template writes one ``<|image_pad|>`` per image; the processor's rules resize the
+image and cut it into patches, and the pad is repeated once per merged patch, as ``AutoProcessor`` does. Built
+from the image processor and the tokenizer alone, so it works without torchvision (the video half of
+``AutoProcessor`` needs it, and its CUDA wheel does not load beside a CPU torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.data.images import ImageError, ImageRef
+
+IMAGE_PAD = "<|image_pad|>"
+FACTOR = 28  # Qwen2-VL: patch 14 x merge 2; resized sides are multiples of it
+
+
+def is_vision_config(config: Any) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def _round(value: int) -> int:
+    return max(FACTOR, round(value / FACTOR) * FACTOR)
+
+
+class ImageTokens:
+    """The image processor of a vision-language model, and how many pad tokens each image becomes."""
+
+    def __init__(self, folder: str, tokenizer: Any, config: Any) -> None:
+        import warnings
+
+        from transformers import AutoImageProcessor
+
+        with warnings.catch_warnings():  # "requires torchvision, falling back to the PIL backend": expected here
+            warnings.simplefilter("ignore")
+            self.processor = AutoImageProcessor.from_pretrained(folder)
+        self.pad_id = getattr(config, "image_token_id", None)
+        if self.pad_id is None:
+            self.pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.merge = int(getattr(self.processor, "merge_size", 2))
+
+    def pixels(self, images: list[Any], refs: list[ImageRef]) -> tuple[Any, Any]:
+        """(pixel_values, image_grid_thw) for the images in order, each resized by its own part's settings."""
+        import torch
+
+        values, grids = [], []
+        for image, ref in zip(images, refs, strict=True):
+            settings: dict[str, int] = {}
+            if ref.resized_height and ref.resized_width:  # a fixed size: rounded to the patch grid, kept as is
+                height, width = _round(ref.resized_height), _round(ref.resized_width)
+                image = image.resize((width, height))
+                settings = {"min_pixels": height * width, "max_pixels": height * width}
+            else:
+                settings = {key: value for key, value in (("min_pixels", ref.min_pixels),
+                                                          ("max_pixels", ref.max_pixels)) if value}
+            try:
+                out = self.processor(images=[image], return_tensors="pt", **settings)
+            except (ValueError, TypeError) as error:
+                raise ImageError(f"image '{ref.shown()}': {error}") from None
+            values.append(out["pixel_values"])
+            grids.append(out["image_grid_thw"])
+        return torch.cat(values), torch.cat(grids)
+
+    def tokens_per_image(self, grids: Any) -> list[int]:
+        return [int(grid.prod()) // (self.merge ** 2) for grid in grids]
+
+    def expand(self, ids: list[int], grids: Any) -> list[int]:
+        """Each image's single pad repeated as the model expects; the count of pads must be the count of images."""
+        counts = self.tokens_per_image(grids)
+        pads = ids.count(self.pad_id)
+        if pads != len(counts):
+            raise ImageError(f"the rendered prompt has {pads} image placeholder(s) for {len(counts)} image(s)")
+        expanded: list[int] = []
+        for token in ids:
+            expanded += [token] * counts.pop(0) if token == self.pad_id else [token]
+        return expanded
+
+    def token_types(self, ids: Any) -> Any:
+        """``mm_token_type_ids``: 1 on image pads (Qwen2-VL's M-RoPE reads them), else 0."""
+        return (ids == self.pad_id).long()
