@@ -160,3 +160,90 @@ def test_images_need_a_vision_model_in_the_python_api_too() -> None:
     with pytest.raises(ImageError):
         load_image("data:image/png;base64,@@@")
     assert isinstance(ImageError("x"), TunelabError)
+
+
+# --- training on images ----------------------------------------------------------------------------------------
+
+def _vl_tokenizer() -> Any:
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.models.vision import attach_image_tokens
+
+    tokenizer = load_tokenizer(TINY_VL)
+    assert attach_image_tokens(tokenizer, TINY_VL)
+    return tokenizer
+
+
+def test_image_tokens_never_carry_loss_and_are_never_cut() -> None:
+    from tunelab.data.encoders import encode_sft
+    from tunelab.data.images import ImageRef
+    from tunelab.data.masking import IGNORE_INDEX
+    from tunelab.data.registry import load_dataset_rows
+
+    tokenizer = _vl_tokenizer()
+    pad = tokenizer.image_tokens.pad_id
+    row = load_dataset_rows("vl_demo", EXAMPLES, "sft").rows[-1]  # two images, then the question
+    [encoded] = encode_sft(row, tokenizer)
+    counts = tokenizer.image_tokens.counts([ImageRef(path) for path in row["images"]])
+    positions = [i for i, token in enumerate(encoded.input_ids) if token == pad]
+    assert len(positions) == sum(counts) == sum(encoded.image_tokens) and len(counts) == 2
+    assert all(encoded.labels[i] == IGNORE_INDEX for i in positions)
+    trained = tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+                                if label != IGNORE_INDEX])
+    assert trained == "The second: a cat.<|im_end|>"  # the answer and its end marker, nothing of the images
+    assert len(encoded.offsets) == len(encoded.input_ids)  # inspect's view lines up with the expanded ids
+
+    cut = encode_sft(row, tokenizer, cutoff_len=positions[-1])  # would end inside the second image
+    assert cut[0].dropped and "cut through an image's tokens" in cut[0].dropped
+    after = encode_sft(row, tokenizer, cutoff_len=positions[-1] + 3)  # ends after both images: text truncated
+    assert not after[0].dropped and after[0].truncated and after[0].input_ids.count(pad) == sum(counts)
+
+
+def test_a_text_model_refuses_image_data_before_loading(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(REPO / "examples" / "tiny_vl_lora_sft.yaml"),
+                                      "model_name_or_path=stories260K", "template=default",
+                                      f"output_dir={tmp_path / 'run'}", "--dry-run"])
+    assert result.exit_code == 2
+    assert "image(s) but the model reads text only" in result.stderr
+
+
+@pytest.mark.slow
+def test_lora_sft_on_images_learns_and_reloads_to_the_same_logits(tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+
+    from tunelab.config import load_config
+    from tunelab.models.loading import load_model
+    from tunelab.runs import read_metrics
+    from tunelab.stages.sft import run_sft
+    from tunelab.training.collate import ImageCollator
+
+    cfg = load_config(REPO / "examples" / "tiny_vl_lora_sft.yaml",
+                      [f"output_dir={tmp_path / 'run'}", f"dataset_dir={EXAMPLES}", "logging_steps=1",
+                       "save_steps=1000", "report_to=none", "num_train_epochs=6"])
+    result = run_sft(cfg)
+    losses = [r["loss"] for r in read_metrics(result.output_dir) if "loss" in r]
+    assert sum(losses[-3:]) / 3 < 0.97 * sum(losses[:3]) / 3, losses
+
+    trained = result.model.eval()
+    vision = [p for n, p in trained.named_parameters() if "visual" in n]
+    assert vision and not any(p.requires_grad for p in vision)  # the vision tower stayed frozen
+    assert not any("visual" in n and "lora_" in n for n, _ in trained.named_parameters())
+
+    tokenizer = _vl_tokenizer()
+    from tunelab.data.encoders import encode_sft
+    from tunelab.data.registry import load_dataset_rows
+
+    rows = load_dataset_rows("vl_demo", EXAMPLES, "sft").rows[-2:]
+    samples = [{"input_ids": e.input_ids, "labels": e.labels, "image_files": row["images"]}
+               for row in rows for e in encode_sft(row, tokenizer)]
+    batch = ImageCollator(tokenizer.pad_token_id, tokenizer.image_tokens)(samples)
+    batch.pop("labels")
+    reloaded = PeftModel.from_pretrained(load_model(TINY_VL, tokenizer), str(result.output_dir)).eval()
+    plain = load_model(TINY_VL, tokenizer).eval()
+    with torch.no_grad():
+        expected = trained(**batch).logits
+        torch.testing.assert_close(reloaded(**batch).logits, expected)
+        assert not torch.allclose(plain(**batch).logits, expected)
+        changed = dict(batch, pixel_values=torch.flip(batch["pixel_values"], dims=[0]))
+        assert not torch.allclose(reloaded(**changed).logits, expected)  # the answer reads the images
+    assert (result.output_dir / "preprocessor_config.json").is_file()

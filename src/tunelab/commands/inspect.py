@@ -10,12 +10,14 @@ from typing import Any
 
 from tunelab.commands.flags import check_encoding, output_folder
 from tunelab.console import stdout
+from tunelab.data.masking import MaskingError
 from tunelab.data.registry import Skipped, iter_rows, resolve_dataset
 from tunelab.data.row_kinds import kind_of, row_kind
 from tunelab.data.templates import check_template_name
-from tunelab.errors import TunelabError
+from tunelab.errors import DataError, TunelabError
 from tunelab.models.loading import load_tokenizer
 from tunelab.models.sources import default_template
+from tunelab.models.vision import IMAGE_PAD, attach_image_tokens
 
 
 def _length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
@@ -72,19 +74,26 @@ def inspect_dataset(dataset: str, *, dataset_dir: str = "data", model: str = "st
     if encoding:
         source.read_options["encoding"] = encoding
     tokenizer = load_tokenizer(model, default_template(model, template), require_template=kind.name != "pt")
+    attach_image_tokens(tokenizer, model)  # a vision-language model: images count as the tokens it reads
     skipped = Skipped()
     fmt_name, lengths, samples = "?", [], []
     hint = {"skip_hint": skip_hint} if skip_hint else {}
     for fmt, line, row in iter_rows(source, kind.name, skip_invalid=skip_invalid, skipped=skipped, **hint):
         fmt_name = fmt.name
         # through the same encoders as training, uncut: a record's length is its samples' (text chunks add up)
-        encoded = kind.encode(row, tokenizer, policy, None)
+        try:
+            encoded = kind.encode(row, tokenizer, policy, None)
+        except MaskingError as error:
+            raise DataError(str(error), file=source.location, line=line) from None
         lengths.append(sum(kind.lengths(sample) for sample in encoded))
         if len(samples) < num_samples:
             shown = kind.view(encoded[0], row)
             if len(encoded) > 1:  # several chunks of one text: show them all
                 shown["segments"] = [part for sample in encoded for part in kind.view(sample, row)["segments"]]
             trained = sum(sample[0].num_trained for sample in encoded)
+            if encoded[0][0].image_tokens:  # each image placeholder stands for this many tokens
+                shown["images"] = [{"file": file, "tokens": count}
+                                   for file, count in zip(row["images"], encoded[0][0].image_tokens, strict=True)]
             samples.append({"line": line, **shown, "num_tokens": lengths[-1], "num_trained_tokens": trained})
     result: dict[str, Any] = {
         "dataset": dataset, "source": source.location, "format": fmt_name, "kind": kind.name,
@@ -125,6 +134,8 @@ def print_inspection(result: dict[str, Any]) -> None:
                      f"{sample['num_trained_tokens']} trained{label}; [green]green = trained[/green], "
                      "[dim]dim = context[/dim])")
         _print_segments(sample["segments"])
+        for image in sample.get("images", []):
+            stdout.print(f"image {image['file']}: {image['tokens']} tokens (one {IMAGE_PAD} above)", markup=False)
         if "rejected_segments" in sample:
             stdout.print("[bold]rejected:[/bold]")
             _print_segments(sample["rejected_segments"])

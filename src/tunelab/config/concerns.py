@@ -46,6 +46,12 @@ class ModelSettings(Concern):
     flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "eager"] = Field(
         "auto", description="Attention implementation: auto (transformers' choice), sdpa, fa2, eager."
     )
+    freeze_vision_tower: bool = Field(True, description="Vision-language models: the vision encoder stays as it is "
+                                      "(LoRA goes on the language model's linear layers only).")
+    freeze_multi_modal_projector: bool = Field(True, description="Vision-language models: the projector from image "
+                                               "features into the language model stays as it is (full, freeze).")
+    train_mm_proj_only: bool = Field(False, description="Vision-language models: train the multi-modal projector "
+                                     "alone, everything else frozen (full tuning).")
 
 
 class MethodSettings(Concern):

@@ -15,6 +15,10 @@ from tunelab.data.templates import render
 
 
 def encode_sft(row: dict, tokenizer: Any, policy: str = "assistant", cutoff_len: int | None = None) -> list[Encoded]:
+    if row.get("images"):
+        from tunelab.data.image_samples import encode_with_images
+
+        return [encode_with_images(tokenizer, row, policy, cutoff_len)]
     return [encode_conversation(tokenizer, row["messages"], row.get("tools"), policy, cutoff_len)]
 
 

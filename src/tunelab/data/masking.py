@@ -42,6 +42,8 @@ class Encoded:
     # Character offsets are read only by inspection; making them per token for every training sample cost
     # more than the tokenizer itself (a Python list per token, and the garbage collector walking them).
     offsets_of: Callable[[], np.ndarray] = field(default=_no_offsets, repr=False, compare=False)
+    dropped: str | None = None  # why the sample cannot train at all (cutoff_len through an image's tokens)
+    image_tokens: list[int] = field(default_factory=list)  # tokens per image, in order (vision-language rows)
 
     @property
     def offsets(self) -> np.ndarray:

@@ -99,6 +99,10 @@ def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: Row
         except MaskingError as error:
             raise DataError(f"{split} sample {index + 1}: {error}") from None
         for encodings in samples:
+            dropped = next((item.dropped for item in encodings if item.dropped), None)
+            if dropped:  # it cannot be truncated either (an image's tokens)
+                report.skipped.add(dropped.split(" (")[0], f"{split} sample {index + 1}: {dropped}")
+                continue
             truncated = any(item.truncated for item in encodings)
             if truncated and data.cutoff_policy == "drop":
                 length = max(item.full_length for item in encodings)
@@ -189,15 +193,25 @@ def _to_dataset(samples: Iterator[dict[str, list[int]]], batch_size: int = 2000)
             batch = []
     if batch:
         tables.append(_batch_table(batch, token_lists))
-    return Dataset(pa.concat_tables(tables)) if tables else None
+    return Dataset(pa.concat_tables(tables, promote_options="default")) if tables else None
 
 
 def _batch_table(batch: list[dict[str, list[int]]], token_lists: Any) -> Any:
     import pyarrow as pa
 
-    return pa.table({key: pa.array([sample[key] for sample in batch],
-                                   type=token_lists if isinstance(value, list) else None)
-                     for key, value in batch[0].items()})
+    keys = list(dict.fromkeys(key for sample in batch for key in sample))  # a row without images has no "image_files"
+    return pa.table({key: pa.array([sample.get(key) for sample in batch], type=_arrow_type(key, batch, token_lists))
+                     for key in keys})
+
+
+def _arrow_type(key: str, batch: list[dict[str, Any]], token_lists: Any) -> Any:
+    """Token ids as int32 lists, a sample's image paths as string lists, anything else as Arrow infers it."""
+    import pyarrow as pa
+
+    if key == "image_files":
+        return pa.list_(pa.string())
+    value = next(sample[key] for sample in batch if key in sample)
+    return token_lists if isinstance(value, list) else None
 
 
 def encode_datasets(train_rows: list[dict], eval_rows: list[dict], tokenizer: Any, data: DataSettings, kind: str,

@@ -89,6 +89,8 @@ def _prompt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> li
 
 
 def _token_inputs(sample: Sample, row: Row) -> dict[str, Any]:
+    if row.get("images"):  # the collator opens them (training/collate.py: ImageCollator)
+        return {"input_ids": sample[0].input_ids, "labels": sample[0].labels, "image_files": list(row["images"])}
     return {"input_ids": sample[0].input_ids, "labels": sample[0].labels}
 
 

@@ -29,22 +29,34 @@ def _task_type(cfg: TrainConfig) -> str:
     return "SEQ_CLS" if cfg.stage == "rm" else "CAUSAL_LM"  # SEQ_CLS saves the score head with the adapter
 
 
-def _linear_names(model: Any) -> set[str]:
+def _is_linear(module: Any, name: str) -> bool:
+    """A linear layer an adapter may wrap: not the output layer or a score head."""
     import torch
 
-    names = set()
-    for name, module in model.named_modules():
-        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
-        if is_linear and "lm_head" not in name and "score" not in name.split(".")[-1:]:
-            names.add(name.rsplit(".", 1)[-1])
-    return names
+    is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+    return is_linear and "lm_head" not in name and "score" not in name.split(".")[-1:]
 
 
-def target_modules(model: Any, lora_target: str) -> str | list[str]:
-    """``all`` -> every linear layer; a regular expression (any of ``^$*+?[](|\\``) -> PEFT matches it against
-    the full module names; else comma-separated module names, each checked against the model."""
+def _linear_names(model: Any) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module, name)}
+
+
+# Where a vision-language model keeps its vision encoder and its projector (Qwen2-VL: model.visual, visual.merger;
+# LLaVA-style models: vision_tower, multi_modal_projector).
+VISION_TOWER = re.compile(r"(^|\.)(visual|vision_tower|vision_model)(\.|$)")
+PROJECTOR = re.compile(r"(^|\.)(merger|multi_modal_projector)(\.|$)")
+
+
+def target_modules(model: Any, lora_target: str, vision_frozen: bool = True) -> str | list[str]:
+    """``all`` -> every linear layer (of the language model only, in a vision-language model whose vision tower
+    stays frozen); a regular expression (any of ``^$*+?[](|\\``) -> PEFT matches it against the full module
+    names; else comma-separated module names, each checked against the model."""
     target = lora_target.strip()
     if target == "all":
+        if vision_frozen and any(VISION_TOWER.search(name) for name, _ in model.named_modules()):
+            language = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                        if _is_linear(module, name) and not VISION_TOWER.search(name)}
+            return rf"^(?!.*(?:visual|vision_tower|vision_model)\.).*\.({'|'.join(sorted(language))})$"
         return "all-linear"
     if re.search(r"[\^$*+?\[\]()|\\]", target):
         pattern = re.compile(target)
@@ -71,7 +83,7 @@ def lora_config(model: Any, cfg: TrainConfig) -> Any:
     if cfg.pissa_init:
         init = "pissa" if cfg.pissa_iter == -1 else f"pissa_niter_{cfg.pissa_iter}"
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules(model, cfg.lora_target),
+                      target_modules=target_modules(model, cfg.lora_target, cfg.freeze_vision_tower),
                       modules_to_save=_split(cfg.additional_target) or None, use_dora=cfg.use_dora,
                       use_rslora=cfg.use_rslora, init_lora_weights=init, task_type=_task_type(cfg))
 
@@ -84,7 +96,7 @@ def adalora_config(model: Any, cfg: TrainConfig) -> Any:
                          tfinal=cfg.adalora_tfinal, deltaT=cfg.adalora_delta_t,
                          total_step=max(cfg.max_steps, cfg.adalora_tinit + cfg.adalora_tfinal + 1),
                          lora_alpha=cfg.lora_alpha or 2 * cfg.adalora_init_r, lora_dropout=cfg.lora_dropout,
-                         target_modules=target_modules(model, cfg.lora_target),
+                         target_modules=target_modules(model, cfg.lora_target, cfg.freeze_vision_tower),
                          modules_to_save=_split(cfg.additional_target) or None, task_type=_task_type(cfg))
 
 
@@ -185,7 +197,7 @@ def attach(model: Any, cfg: TrainConfig) -> Any:
     weights selected. A quantized base is first prepared for training (fp32 norms, input gradients)."""
     chosen = method(cfg.finetuning_type)
     if not chosen.is_peft:
-        return chosen.builder()(model, cfg)
+        return freeze_vision(chosen.builder()(model, cfg), cfg)
     from peft import PeftModel, get_peft_model
 
     if getattr(model, "is_quantized", False):
@@ -195,6 +207,20 @@ def attach(model: Any, cfg: TrainConfig) -> Any:
     if cfg.adapter_name_or_path:
         return PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
     return get_peft_model(model, chosen.builder()(model, cfg))
+
+
+def freeze_vision(model: Any, cfg: TrainConfig) -> Any:
+    """A vision-language model's vision encoder and projector kept as they are, as the keys say
+    (freeze_vision_tower, freeze_multi_modal_projector; train_mm_proj_only trains the projector alone); a text
+    model has neither and is left alone."""
+    for name, parameter in model.named_parameters():
+        projector = bool(PROJECTOR.search(name))  # Qwen2-VL's merger sits inside its visual module
+        tower = bool(VISION_TOWER.search(name)) and not projector
+        if cfg.train_mm_proj_only:
+            parameter.requires_grad_(projector)
+        elif (tower and cfg.freeze_vision_tower) or (projector and cfg.freeze_multi_modal_projector):
+            parameter.requires_grad_(False)
+    return model
 
 
 def prepare_trainer(trainer: Any, cfg: TrainConfig, total_steps: Callable[[], int | None]) -> None:

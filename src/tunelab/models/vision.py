@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.data.images import ImageError, ImageRef
+from tunelab.data.images import ImageError, ImageRef, load_image
 
 IMAGE_PAD = "<|image_pad|>"
 FACTOR = 28  # Qwen2-VL: patch 14 x merge 2; resized sides are multiples of it
@@ -19,6 +19,13 @@ def is_vision_config(config: Any) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def is_vision_model(model: str) -> bool:
+    """A local model folder whose config has a vision tower (read from config.json, nothing loaded)."""
+    from tunelab.models.sources import model_config
+
+    return "vision_config" in (model_config(model) or {})
+
+
 def _round(value: int) -> int:
     return max(FACTOR, round(value / FACTOR) * FACTOR)
 
@@ -26,7 +33,7 @@ def _round(value: int) -> int:
 class ImageTokens:
     """The image processor of a vision-language model, and how many pad tokens each image becomes."""
 
-    def __init__(self, folder: str, tokenizer: Any, config: Any) -> None:
+    def __init__(self, folder: str, tokenizer: Any, image_token_id: int | None = None) -> None:
         import warnings
 
         from transformers import AutoImageProcessor
@@ -34,9 +41,7 @@ class ImageTokens:
         with warnings.catch_warnings():  # "requires torchvision, falling back to the PIL backend": expected here
             warnings.simplefilter("ignore")
             self.processor = AutoImageProcessor.from_pretrained(folder)
-        self.pad_id = getattr(config, "image_token_id", None)
-        if self.pad_id is None:
-            self.pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.pad_id = image_token_id if image_token_id is not None else tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.merge = int(getattr(self.processor, "merge_size", 2))
 
     def pixels(self, images: list[Any], refs: list[ImageRef]) -> tuple[Any, Any]:
@@ -64,6 +69,14 @@ class ImageTokens:
     def tokens_per_image(self, grids: Any) -> list[int]:
         return [int(grid.prod()) // (self.merge ** 2) for grid in grids]
 
+    def load(self, refs: list[ImageRef]) -> tuple[Any, Any]:
+        """(pixel_values, image_grid_thw) of images given by reference (paths, file:// or data URLs)."""
+        return self.pixels([load_image(ref.source) for ref in refs], refs)
+
+    def counts(self, refs: list[ImageRef]) -> list[int]:
+        """Tokens each image becomes, as the model will read it."""
+        return self.tokens_per_image(self.load(refs)[1]) if refs else []
+
     def expand(self, ids: list[int], grids: Any) -> list[int]:
         """Each image's single pad repeated as the model expects; the count of pads must be the count of images."""
         counts = self.tokens_per_image(grids)
@@ -78,3 +91,15 @@ class ImageTokens:
     def token_types(self, ids: Any) -> Any:
         """``mm_token_type_ids``: 1 on image pads (Qwen2-VL's M-RoPE reads them), else 0."""
         return (ids == self.pad_id).long()
+
+
+def attach_image_tokens(tokenizer: Any, model: str) -> bool:
+    """Give ``tokenizer`` the model's ImageTokens (``tokenizer.image_tokens``) when the model reads images, so the
+    data layer can expand image placeholders before the model loads; False for a text-only model."""
+    from tunelab.models.sources import model_config, resolve_model_path
+
+    if not is_vision_model(model):
+        return False
+    config = model_config(model) or {}
+    tokenizer.image_tokens = ImageTokens(str(resolve_model_path(model)), tokenizer, config.get("image_token_id"))
+    return True

@@ -38,15 +38,22 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
 
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)
-    padding_free = supports_padding_free(model, cfg)
+    image_tokens = getattr(tokenizer, "image_tokens", None)  # a vision-language model (models/vision.py)
+    padding_free = supports_padding_free(model, cfg) and image_tokens is None
     if padding_free:
         use_per_sample_attention(causal_lm(model))  # each sample attends within itself, no row-squared mask
+    images: dict[str, Any] = {}
+    if image_tokens is not None:  # the images are opened batch by batch; their column must reach the collator
+        from tunelab.training.collate import ImageCollator
+
+        images = {"data_collator": ImageCollator(tokenizer.pad_token_id, image_tokens)}
     trainer = LabelledLossSFTTrainer(
         model=model,
-        args=make_sft_config(cfg, padding_free=padding_free),
+        args=make_sft_config(cfg, padding_free=padding_free, **({"remove_unused_columns": False} if images else {})),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
+        **images,
     )
     return train_and_save(trainer, cfg, run, tokenizer, report, command)

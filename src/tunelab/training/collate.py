@@ -58,3 +58,43 @@ class UnpairedCollator:
             output.update({f"{prefix}{key}": value for key, value in batch.items()})
         output["label"] = torch.tensor([bool(e["label"]) for e in examples])
         return output
+
+
+@dataclass
+class ImageCollator:
+    """Supervised samples with images (``input_ids``, ``labels``, ``image_files``: not ``images``, which TRL takes for
+    its own processor path) into a vision-language model's batch:
+    right-padded ids, attention and labels, the images opened and processed by the model's own rules
+    (``pixel_values``, ``image_grid_thw``) and ``mm_token_type_ids`` (1 on image tokens, which Qwen2-VL's rotary
+    positions read). The image tokens were counted when the samples were encoded; a batch whose images now
+    give another count (a file changed since) is an error naming the image files."""
+
+    pad_token_id: int
+    image_tokens: Any  # models/vision.py: ImageTokens
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        from tunelab.data.images import ImageRef
+
+        width = max(len(example["input_ids"]) for example in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, -100)
+        for row, example in enumerate(examples):
+            length = len(example["input_ids"])
+            input_ids[row, :length] = torch.tensor(example["input_ids"])
+            attention[row, :length] = 1
+            labels[row, :length] = torch.tensor(example["labels"])
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        refs = [ImageRef(path) for example in examples for path in example.get("image_files") or []]
+        if refs:
+            pixel_values, grids = self.image_tokens.load(refs)
+            expected = sum(self.image_tokens.tokens_per_image(grids))
+            found = int((input_ids == self.image_tokens.pad_id).sum())
+            if found != expected:
+                raise ValueError(f"the batch holds {found} image tokens but its images make {expected}; did an image "
+                                 f"change since the data was encoded? ({', '.join(r.source for r in refs)})")
+            batch.update(pixel_values=pixel_values, image_grid_thw=grids,
+                         mm_token_type_ids=self.image_tokens.token_types(input_ids))
+        return batch

@@ -64,10 +64,13 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     from tunelab.data.cache import cache_folder, cache_key, load_cached, save_cached
     from tunelab.data.pipeline import DataReport, encode_datasets, load_rows
     from tunelab.errors import shorten
+    from tunelab.models.vision import attach_image_tokens, is_vision_model
 
     prompts = cfg.keys_of(SystemPromptKeys)
     system_prompt = prompts.system_prompt if prompts else None
-    key = cache_key(cfg, cfg.row_kind, cfg.seed, Path(resolve_model_path(cfg.model_name_or_path)), system_prompt)
+    # image samples hang on image files the cache key does not read: a vision model's data is encoded each run
+    key = None if is_vision_model(cfg.model_name_or_path) else cache_key(
+        cfg, cfg.row_kind, cfg.seed, Path(resolve_model_path(cfg.model_name_or_path)), system_prompt)
     try:
         cached = load_cached(key) if key and not cfg.overwrite_cache else None
     except Exception as error:  # a damaged entry: encode again (and replace it)
@@ -81,6 +84,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
     tokenizer = load_tokenizer(cfg.model_name_or_path, default_template(cfg.model_name_or_path, cfg.template),
                                trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision,
                                cache_dir=cfg.cache_dir, require_template=cfg.row_kind != "pt")
+    attach_image_tokens(tokenizer, cfg.model_name_or_path)  # image rows expand to the model's image tokens
     if cached is not None:
         train_dataset, eval_dataset, fields = cached
         report = DataReport.from_cache(fields, str(cache_folder(key)))
@@ -214,6 +218,8 @@ def train_and_save(trainer: Any, cfg: TrainConfig, run: RunDir, tokenizer: Any, 
             if run.is_main:
                 finish(trainer.model, cfg)
                 tokenizer.save_pretrained(cfg.output_dir)
+                if getattr(tokenizer, "image_tokens", None) is not None:  # the images' rules travel with the model
+                    tokenizer.image_tokens.processor.save_pretrained(cfg.output_dir)
                 record_base_model(cfg.output_dir, cfg.model_name_or_path)
                 # the card is written last: a folder with it holds a finished run (runs.holds_final_model)
                 write_model_card(cfg.output_dir, cfg, data_report, final_loss, trainer.state.global_step, command)

@@ -122,7 +122,8 @@ def build_chat_tab(outputs_root: Path) -> dict[str, Any]:
             yield [shown, "", ""]
             return
         try:
-            retriever = _retriever(db.strip(), int(top_k or 3), float(0.5 if max_distance is None else max_distance))
+            retriever = _retriever((db or "").strip(), 3 if top_k is None else int(top_k),
+                                   float(0.5 if max_distance is None else max_distance))
             predictor = _predictor(model_name.strip(), (run or "").strip(), template_name.strip())
             predictor.rag = retriever
         except TunelabError as problem:
@@ -197,7 +198,7 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
 
         arguments = ["eval", name, "--dataset-dir", folder or "data", "--metrics", chosen or "auto",
                      "--output-dir", out or "outputs/eval", *_flag("--adapter", run), *_flag("--max-samples", limit),
-                     *_flag("--max-new-tokens", tokens), *_flag("--rag-db", db.strip())]
+                     *_flag("--max-new-tokens", tokens), *_flag("--rag-db", (db or "").strip())]
         text = ""
         for text in _run_command(arguments, workdir):
             yield [gr.update(), text]
@@ -215,7 +216,7 @@ def build_eval_tab(workdir: Path, outputs_root: Path) -> None:
         target = str(Path(out or "outputs/eval") / "predictions.jsonl")
         yield from _run_command(["predict", name, "--dataset-dir", folder or "data", "--output", target,
                                  *_flag("--adapter", run), *_flag("--max-samples", limit),
-                                 *_flag("--max-new-tokens", tokens), *_flag("--rag-db", db.strip())], workdir)
+                                 *_flag("--max-new-tokens", tokens), *_flag("--rag-db", (db or "").strip())], workdir)
 
     predict.click(predictions, [dataset, dataset_dir, run_pick, max_samples, max_new_tokens, output_dir, rag_db],
                   [log])

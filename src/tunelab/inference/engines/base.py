@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.data.images import ImageError, ImageRef, image_refs, load_image
+from tunelab.data.images import ImageError, ImageRef, image_refs
 from tunelab.inference.engines.types import Completion, Request, RequestError, Sink
 from tunelab.inference.reasoning import THINK_END, opens_in_prompt
 from tunelab.inference.tools import ToolParser, messages_for_template, tool_parser_for
@@ -50,6 +50,7 @@ class Engine(ABC):
     default_model: str
     context_length: int
     vision: Any = None  # a vision-language model's ImageTokens (models/vision.py); None: text only
+    images_refused: str | None = None  # why an engine takes no images whatever the model (vllm, for now)
 
     # --- what subclasses provide ------------------------------------------------------------
 
@@ -118,6 +119,8 @@ class Engine(ABC):
             return list(request.prompt_ids)
         served = self.served(request.model)
         refs = image_refs(request.messages or []) if request.messages else []
+        if refs and self.images_refused:
+            raise RequestError(self.images_refused, param="messages")
         if refs and self.vision is None:
             raise RequestError(f"'{served.name}' reads text only, and the messages hold {len(refs)} image(s); use a "
                                "vision-language model (Qwen2-VL, Qwen2.5-VL) for images", param="messages")
@@ -131,7 +134,7 @@ class Engine(ABC):
         cache = self.__dict__.setdefault("_image_cache", {})
         if key not in cache:
             try:
-                cache[key] = self.vision.pixels([load_image(ref.source) for ref in refs], refs)
+                cache[key] = self.vision.load(refs)
             except ImageError as error:
                 raise RequestError(str(error), param="messages") from None
             while len(cache) > IMAGE_CACHE:

@@ -112,7 +112,8 @@ class HFEngine(Engine):
         self._lock = threading.Lock()
         self._peft = isinstance(loaded, PeftModel)
         if is_vision_config(self.model.config):
-            self.vision = ImageTokens(str(resolve_model_path(base)), tokenizer, self.model.config)
+            self.vision = ImageTokens(str(resolve_model_path(base)), tokenizer,
+                                      getattr(self.model.config, "image_token_id", None))
         # a vision model's rotary positions are computed per batch from its images: whole batches only
         self._continuous = head == "causal_lm" and supports_continuous(self.model) and self.vision is None
 

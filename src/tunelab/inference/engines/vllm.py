@@ -32,6 +32,7 @@ def check_vllm() -> None:
 
 
 class VLLMEngine(Engine):
+    images_refused = "the vllm engine takes no images yet; serve a vision-language model with --engine hf"
 
     def __init__(self, model: str | None = None, adapters: dict[str, str] | None = None,
                  template: str | None = None, *, options: LoadOptions | None = None,

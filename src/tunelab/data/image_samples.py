@@ -1,0 +1,50 @@
+"""Conversations with images as training samples for a vision-language model: the template writes one pad token
+per image, and each pad becomes as many tokens as the processor makes of that image (``tokenizer.image_tokens``,
+set by ``models/vision.py`` when the model reads images). Image tokens never carry loss, and ``cutoff_len`` never
+cuts through them: such a sample is dropped and counted, since a model given part of an image's tokens fails
+("image features and image tokens do not match")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tunelab.data.images import ImageError, image_refs, template_messages, with_placeholders
+from tunelab.data.masking import IGNORE_INDEX, Encoded, MaskingError, encode_conversation
+
+
+def encode_with_images(tokenizer: Any, row: dict, policy: str = "assistant", cutoff_len: int | None = None
+                       ) -> Encoded:
+    image_tokens = getattr(tokenizer, "image_tokens", None)
+    if image_tokens is None:
+        raise MaskingError(f"the record has {len(row['images'])} image(s) but the model reads text only; train a "
+                           "vision-language model (Qwen2-VL, Qwen2.5-VL) on image data")
+    messages = with_placeholders(row["messages"], row["images"])
+    encoded = encode_conversation(tokenizer, template_messages(messages), row.get("tools"), policy, None)
+    try:
+        counts = image_tokens.counts(image_refs(messages))
+    except ImageError as error:
+        raise MaskingError(str(error)) from None
+    pad = image_tokens.pad_id
+    if encoded.input_ids.count(pad) != len(counts):
+        raise MaskingError(f"the chat template wrote {encoded.input_ids.count(pad)} image placeholder(s) for "
+                           f"{len(counts)} image(s); use a template with image parts (Qwen2-VL's)")
+    ids, labels, repeats, pending = [], [], [], list(counts)
+    for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        times = pending.pop(0) if token == pad else 1
+        ids += [token] * times
+        labels += [IGNORE_INDEX] * times if token == pad else [label]
+        repeats.append(times)
+    offsets = encoded.offsets_of
+    expanded = Encoded(ids, labels, encoded.text, full_length=len(ids), image_tokens=list(counts),
+                       offsets_of=lambda: np.repeat(offsets(), repeats, axis=0))
+    if cutoff_len is None or len(ids) <= cutoff_len:
+        return expanded
+    last_image = len(ids) - ids[::-1].index(pad)
+    if last_image > cutoff_len:
+        expanded.dropped = (f"cutoff_len {cutoff_len} would cut through an image's tokens (they end at "
+                            f"{last_image}); raise cutoff_len or use smaller images (max_pixels)")
+        return expanded
+    expanded.input_ids, expanded.labels, expanded.truncated = ids[:cutoff_len], labels[:cutoff_len], True
+    return expanded
