@@ -247,3 +247,14 @@ def test_lora_sft_on_images_learns_and_reloads_to_the_same_logits(tmp_path: Path
         changed = dict(batch, pixel_values=torch.flip(batch["pixel_values"], dims=[0]))
         assert not torch.allclose(reloaded(**changed).logits, expected)  # the answer reads the images
     assert (result.output_dir / "preprocessor_config.json").is_file()
+
+
+def test_image_content_parts_in_data_become_placeholders(tmp_path: Path) -> None:
+    from tunelab.data.registry import load_dataset_rows
+
+    data = tmp_path / "parts.jsonl"
+    data.write_text(json.dumps({"messages": [
+        {"role": "user", "content": [{"type": "image", "image": COFFEE}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "Coffee."}]}) + "\n")
+    [row] = load_dataset_rows(str(data), tmp_path, "sft").rows
+    assert row["messages"][0]["content"] == "<image>What is it?" and row["images"] == [COFFEE]
