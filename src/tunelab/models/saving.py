@@ -41,8 +41,11 @@ def usage_command(cfg: TrainConfig, folder: str | Path) -> str:
 
 def _loading_code(cfg: TrainConfig, folder: Path) -> str:
     """Python that loads the result with plain transformers/peft (a reward model with its score head)."""
+    from tunelab.models.vision import is_vision_model
+
     reward = cfg.stage == "rm"
-    auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
+    auto = "AutoModelForSequenceClassification" if reward else \
+        "AutoModelForImageTextToText" if is_vision_model(cfg.model_name_or_path) else "AutoModelForCausalLM"
     head = ", num_labels=1, pad_token_id=tokenizer.pad_token_id" if reward else ""
     lines = [f"from transformers import {auto}, AutoTokenizer"]
     if (folder / ADAPTER_FILE).is_file():

@@ -41,7 +41,7 @@ class MemoryEstimate:
 
 def _meta_model(cfg: TrainConfig) -> Any:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path),
@@ -49,8 +49,9 @@ def _meta_model(cfg: TrainConfig) -> Any:
                                             cache_dir=cfg.cache_dir)
     except Exception as error:
         raise TunelabError(f"could not read the config of '{cfg.model_name_or_path}': {shorten(str(error))}") from None
+    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code), config
+        return auto.from_config(config, trust_remote_code=cfg.trust_remote_code), config
 
 
 def estimate_memory(cfg: TrainConfig, sequence_length: int) -> MemoryEstimate:
