@@ -3,6 +3,7 @@ tokenizer that has Qwen2-VL's vision tokens (minimind's, Apache-2.0) and a real 
 CPU image examples and tests. The same build is kept in tests/fixtures/models/tiny-qwen2-vl.
 
     python examples/make_tiny_vl_model.py                   # -> outputs/tiny-qwen2-vl
+    python examples/make_tiny_vl_model.py outputs/tiny-qwen2.5-vl qwen2_5_vl
     tunelab chat --model outputs/tiny-qwen2-vl              # then: /image tests/fixtures/images/coffee.jpg
     tunelab train examples/tiny_vl_lora_sft.yaml
 
@@ -38,10 +39,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build(target: Path) -> Path:
+def build(target: Path, arch: str = "qwen2_vl") -> Path:
+    """``arch`` qwen2_vl, or qwen2_5_vl (windowed vision attention, a gated vision MLP)."""
     import warnings
 
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLConfig
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLConfig, \
+        Qwen2VLConfig
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "tests" / "fixtures" / "tokenizers" / "minimind")
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -49,13 +52,18 @@ def build(target: Path) -> Path:
            ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")}
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
-    config = Qwen2VLConfig(
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    if arch == "qwen2_5_vl":
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "num_heads": 2,
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+                  "window_size": 56, "fullatt_block_indexes": [1]}
+    config = (Qwen2_5_VLConfig if arch == "qwen2_5_vl" else Qwen2VLConfig)(
         text_config={"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                      "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
                      "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "tie_word_embeddings": False,
                      **special},
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
-                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **special)
     torch.manual_seed(0)
@@ -77,4 +85,5 @@ def build(target: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/tiny-qwen2-vl")))
+    arch = sys.argv[2] if len(sys.argv) > 2 else "qwen2_vl"
+    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/tiny-qwen2-vl"), arch))

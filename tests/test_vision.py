@@ -258,3 +258,40 @@ def test_image_content_parts_in_data_become_placeholders(tmp_path: Path) -> None
         {"role": "assistant", "content": "Coffee."}]}) + "\n")
     [row] = load_dataset_rows(str(data), tmp_path, "sft").rows
     assert row["messages"][0]["content"] == "<image>What is it?" and row["images"] == [COFFEE]
+
+
+def test_qwen2_5_vl_reads_and_trains_the_same_way(tmp_path: Path) -> None:
+    """The Qwen2.5-VL shape (windowed vision attention) built the same way: answers follow the image, and a LoRA
+    run on the image data trains and saves."""
+    import importlib.util
+
+    from tunelab.config import load_config
+    from tunelab.inference.predictor import Predictor
+    from tunelab.stages.sft import run_sft
+
+    spec = importlib.util.spec_from_file_location("make_tiny_vl_model", REPO / "examples" / "make_tiny_vl_model.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    model = str(maker.build(tmp_path / "tiny-qwen2.5-vl", "qwen2_5_vl"))
+    predictor = Predictor(model, max_new_tokens=5)
+    assert type(predictor.engine.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert predictor("What is it?", images=[COFFEE]) != predictor("What is it?", images=[CAT])
+    cfg = load_config(REPO / "examples" / "tiny_vl_lora_sft.yaml",
+                      [f"model_name_or_path={model}", f"output_dir={tmp_path / 'run'}", f"dataset_dir={EXAMPLES}",
+                       "num_train_epochs=1", "report_to=none"])
+    result = run_sft(cfg)
+    assert result.global_step == 5 and (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_perplexity_reads_the_images(predictor: Any) -> None:
+    """Perplexity on image data scores the answers given the images, as training does (not the bare pads)."""
+    conversation = [{"role": "user", "content": [{"type": "image", "image": COFFEE},
+                                                 {"type": "text", "text": "What is in this picture?"}]},
+                    {"role": "assistant", "content": "A cup of coffee."}]
+    swapped = [{**conversation[0], "content": [{"type": "image", "image": CAT}, conversation[0]["content"][1]]},
+               conversation[1]]
+    [(coffee, tokens)], [(cat, same)] = (predictor.engine.conversation_losses([(c, None)], predictor.served)
+                                         for c in (conversation, swapped))
+    assert tokens == same == len(predictor.tokenizer("A cup of coffee.<|im_end|>", add_special_tokens=False)
+                                 ["input_ids"])
+    assert coffee != cat

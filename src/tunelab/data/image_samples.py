@@ -16,12 +16,19 @@ from tunelab.data.masking import IGNORE_INDEX, Encoded, MaskingError, encode_con
 
 def encode_with_images(tokenizer: Any, row: dict, policy: str = "assistant", cutoff_len: int | None = None
                        ) -> Encoded:
+    """A row of LLaMA-Factory's form (``<image>`` placeholders, an ``images`` list) as one training sample."""
     image_tokens = getattr(tokenizer, "image_tokens", None)
     if image_tokens is None:
         raise MaskingError(f"the record has {len(row['images'])} image(s) but the model reads text only; train a "
                            "vision-language model (Qwen2-VL, Qwen2.5-VL) on image data")
     messages = with_placeholders(row["messages"], row["images"])
-    encoded = encode_conversation(tokenizer, template_messages(messages), row.get("tools"), policy, None)
+    return encode_image_conversation(tokenizer, messages, row.get("tools"), image_tokens, policy, cutoff_len)
+
+
+def encode_image_conversation(tokenizer: Any, messages: list[dict], tools: Any, image_tokens: Any,
+                              policy: str = "assistant", cutoff_len: int | None = None) -> Encoded:
+    """Messages with image parts: rendered, masked, and each image's pad expanded to its tokens, none trained."""
+    encoded = encode_conversation(tokenizer, template_messages(messages), tools, policy, None)
     try:
         counts = image_tokens.counts(image_refs(messages))
     except ImageError as error:

@@ -259,7 +259,7 @@ class HFEngine(Engine):
         served = self.served(model)
         with self._lock, self._using(served) as module:
             return conversation_losses(module, served.tokenizer, conversations, cutoff_len=cutoff_len,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, vision=self.vision)
 
     def run_batch(self, requests: list[Request], sinks: list[Sink]) -> list[Completion]:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
