@@ -295,3 +295,28 @@ def test_perplexity_reads_the_images(predictor: Any) -> None:
     assert tokens == same == len(predictor.tokenizer("A cup of coffee.<|im_end|>", add_special_tokens=False)
                                  ["input_ids"])
     assert coffee != cat
+
+
+def test_dpo_on_image_pairs_reads_the_prompts_images(tmp_path: Path) -> None:
+    """Each pair's images go with both its chosen and its rejected row; a short DPO run prefers the chosen."""
+    from tunelab.config import load_config
+    from tunelab.data.encoders import encode_pair, pair_sample
+    from tunelab.data.registry import load_dataset_rows
+    from tunelab.runs import read_metrics
+    from tunelab.stages.dpo import run_dpo
+    from tunelab.training.collate import ImagePairCollator
+
+    tokenizer = _vl_tokenizer()
+    rows = load_dataset_rows("vl_dpo_demo", EXAMPLES, "preference").rows[:2]
+    samples = [{**pair_sample(*encode_pair(row, tokenizer)), "image_files": row["images"]} for row in rows]
+    batch = ImagePairCollator(tokenizer.pad_token_id, tokenizer.image_tokens)(samples)
+    assert batch["image_grid_thw"].shape[0] == 4  # two prompts' images, for the chosen rows then the rejected
+    assert int(batch["mm_token_type_ids"].sum()) == int((batch["input_ids"] == tokenizer.image_tokens.pad_id).sum())
+    assert not (batch["completion_mask"].bool() & batch["mm_token_type_ids"].bool()).any()  # no image token scored
+
+    cfg = load_config(REPO / "examples" / "tiny_vl_lora_dpo.yaml",
+                      [f"output_dir={tmp_path / 'run'}", f"dataset_dir={EXAMPLES}", "logging_steps=1",
+                       "report_to=none", "num_train_epochs=3"])
+    result = run_dpo(cfg)
+    losses = [r["loss"] for r in read_metrics(result.output_dir) if "loss" in r]
+    assert losses[-1] < losses[0], losses

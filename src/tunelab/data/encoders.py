@@ -28,6 +28,10 @@ def encode_pt(row: dict, tokenizer: Any, cutoff_len: int | None = None) -> list[
 
 def encode_pair(row: dict, tokenizer: Any, cutoff_len: int | None = None) -> tuple[Encoded, Encoded]:
     """(chosen, rejected), each the prompt plus that answer, trained only on the answer."""
+    if row.get("images"):
+        from tunelab.data.image_samples import encode_image_pair
+
+        return encode_image_pair(tokenizer, row, cutoff_len)
     prompt, tools = row["prompt"], row.get("tools")
     return (encode_conversation(tokenizer, prompt + row["chosen"], tools, cutoff_len=cutoff_len,
                                 train_from=len(prompt)),

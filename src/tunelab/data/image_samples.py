@@ -17,18 +17,34 @@ from tunelab.data.masking import IGNORE_INDEX, Encoded, MaskingError, encode_con
 def encode_with_images(tokenizer: Any, row: dict, policy: str = "assistant", cutoff_len: int | None = None
                        ) -> Encoded:
     """A row of LLaMA-Factory's form (``<image>`` placeholders, an ``images`` list) as one training sample."""
-    image_tokens = getattr(tokenizer, "image_tokens", None)
-    if image_tokens is None:
-        raise MaskingError(f"the record has {len(row['images'])} image(s) but the model reads text only; train a "
-                           "vision-language model (Qwen2-VL, Qwen2.5-VL) on image data")
+    image_tokens = image_tokens_of(tokenizer, row["images"])
     messages = with_placeholders(row["messages"], row["images"])
     return encode_image_conversation(tokenizer, messages, row.get("tools"), image_tokens, policy, cutoff_len)
 
 
+def image_tokens_of(tokenizer: Any, images: list[str]) -> Any:
+    """The tokenizer's ImageTokens, or the error of image data on a text-only model."""
+    image_tokens = getattr(tokenizer, "image_tokens", None)
+    if image_tokens is None:
+        raise MaskingError(f"the record has {len(images)} image(s) but the model reads text only; train a "
+                           "vision-language model (Qwen2-VL, Qwen2.5-VL) on image data")
+    return image_tokens
+
+
+def encode_image_pair(tokenizer: Any, row: dict, cutoff_len: int | None = None) -> tuple[Encoded, Encoded]:
+    """A preference pair whose prompt has images: (chosen, rejected), each trained on its answer only."""
+    image_tokens = image_tokens_of(tokenizer, row["images"])
+    prompt = with_placeholders(row["prompt"], row["images"])
+    return tuple(encode_image_conversation(tokenizer, prompt + row[side], row.get("tools"), image_tokens,
+                                           cutoff_len=cutoff_len, train_from=len(prompt))
+                 for side in ("chosen", "rejected"))  # type: ignore[return-value]
+
+
 def encode_image_conversation(tokenizer: Any, messages: list[dict], tools: Any, image_tokens: Any,
-                              policy: str = "assistant", cutoff_len: int | None = None) -> Encoded:
+                              policy: str = "assistant", cutoff_len: int | None = None, train_from: int = 0
+                              ) -> Encoded:
     """Messages with image parts: rendered, masked, and each image's pad expanded to its tokens, none trained."""
-    encoded = encode_conversation(tokenizer, template_messages(messages), tools, policy, None)
+    encoded = encode_conversation(tokenizer, template_messages(messages), tools, policy, None, train_from)
     try:
         counts = image_tokens.counts(image_refs(messages))
     except ImageError as error:

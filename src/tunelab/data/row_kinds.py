@@ -97,6 +97,8 @@ def _token_inputs(sample: Sample, row: Row) -> dict[str, Any]:
 def _pair_inputs(sample: Sample, row: Row) -> dict[str, Any]:
     from tunelab.data.encoders import pair_sample
 
+    if row.get("images"):  # the prompt's images, for ImagePairCollator
+        return {**pair_sample(*sample), "image_files": list(row["images"])}
     return pair_sample(*sample)
 
 

@@ -49,6 +49,18 @@ def dpo_settings(cfg: TrainConfig) -> dict[str, Any]:
             "label_smoothing": cfg.dpo_label_smoothing, "max_length": None, "remove_unused_columns": False}
 
 
+def _collator(cfg: TrainConfig, tokenizer: Any) -> Any:
+    """The row kind's collator; pairs whose prompts have images (a vision-language model) also get their images."""
+    from tunelab.data.row_kinds import row_kind
+
+    image_tokens = getattr(tokenizer, "image_tokens", None)
+    if image_tokens is not None and cfg.row_kind == "preference":
+        from tunelab.training.collate import ImagePairCollator
+
+        return ImagePairCollator(tokenizer.pad_token_id, image_tokens)
+    return row_kind(cfg.row_kind).collator_class()(tokenizer.pad_token_id)
+
+
 def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | None = None) -> TrainResult:
     from tunelab.training.lifecycle import begin, model_for_trainer, preflight, prepare_data, train_and_save
 
@@ -61,7 +73,6 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     tokenizer, train_dataset, eval_dataset, report = prepare_data(cfg)
     from trl import DPOConfig
 
-    from tunelab.data.row_kinds import row_kind
     from tunelab.training.arguments import training_arguments
 
     begin(run, report)
@@ -75,7 +86,7 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, DPOConfig, **dpo_settings(cfg)),
         # completion_mask = tunelab's trained tokens
-        data_collator=row_kind(cfg.row_kind).collator_class()(tokenizer.pad_token_id),
+        data_collator=_collator(cfg, tokenizer),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

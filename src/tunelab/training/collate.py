@@ -60,6 +60,36 @@ class UnpairedCollator:
         return output
 
 
+def _image_inputs(image_tokens: Any, paths: list[str], input_ids: Any) -> dict[str, Any]:
+    """The batch's images opened and processed (in the order their tokens appear), checked against the tokens."""
+    from tunelab.data.images import ImageRef
+
+    if not paths:
+        return {}
+    pixel_values, grids = image_tokens.load([ImageRef(path) for path in paths])
+    expected = sum(image_tokens.tokens_per_image(grids))
+    found = int((input_ids == image_tokens.pad_id).sum())
+    if found != expected:
+        raise ValueError(f"the batch holds {found} image tokens but its images make {expected}; did an image change "
+                         f"since the data was encoded? ({', '.join(paths)})")
+    return {"pixel_values": pixel_values, "image_grid_thw": grids,
+            "mm_token_type_ids": image_tokens.token_types(input_ids)}
+
+
+@dataclass
+class ImagePairCollator(PairCollator):
+    """Preference pairs whose prompt has images: DPO's batch (chosen rows, then rejected rows), each row with its
+    prompt's images."""
+
+    image_tokens: Any = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(examples)
+        paths = [path for _side in ("chosen", "rejected") for example in examples
+                 for path in example.get("image_files") or []]
+        return {**batch, **_image_inputs(self.image_tokens, paths, batch["input_ids"])}
+
+
 @dataclass
 class ImageCollator:
     """Supervised samples with images (``input_ids``, ``labels``, ``image_files``: not ``images``, which TRL takes for
@@ -75,8 +105,6 @@ class ImageCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        from tunelab.data.images import ImageRef
-
         width = max(len(example["input_ids"]) for example in examples)
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -87,14 +115,5 @@ class ImageCollator:
             attention[row, :length] = 1
             labels[row, :length] = torch.tensor(example["labels"])
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-        refs = [ImageRef(path) for example in examples for path in example.get("image_files") or []]
-        if refs:
-            pixel_values, grids = self.image_tokens.load(refs)
-            expected = sum(self.image_tokens.tokens_per_image(grids))
-            found = int((input_ids == self.image_tokens.pad_id).sum())
-            if found != expected:
-                raise ValueError(f"the batch holds {found} image tokens but its images make {expected}; did an image "
-                                 f"change since the data was encoded? ({', '.join(r.source for r in refs)})")
-            batch.update(pixel_values=pixel_values, image_grid_thw=grids,
-                         mm_token_type_ids=self.image_tokens.token_types(input_ids))
-        return batch
+        paths = [path for example in examples for path in example.get("image_files") or []]
+        return {**batch, **_image_inputs(self.image_tokens, paths, input_ids)}

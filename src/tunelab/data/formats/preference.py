@@ -27,12 +27,14 @@ from tunelab.data.formats.conversation import (
     ASSISTANT_MARKER,
     PROMPT_COLUMNS,
     answer_messages,
+    check_image_count,
     check_order,
     check_prompt,
     parse_tools,
     parse_transcript,
     prompt_messages,
     require_transcript,
+    row_images,
     turns_to_messages,
     with_system,
 )
@@ -72,6 +74,10 @@ def _pair_row(prompt: list[dict], chosen: list[dict], rejected: list[dict], colu
     tools_column = spec.column("tools", "tools")
     if tools_column in record:
         row["tools"] = parse_tools(record, tools_column)
+    images = row_images(record, spec.column("images", "images"))
+    if images:  # the images belong to the prompt both answers share
+        check_image_count(prompt, images, spec.column("images", "images"))
+        row["images"] = images
     return row
 
 
