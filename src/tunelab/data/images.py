@@ -36,7 +36,22 @@ class ImageRef:
     resized_width: int | None = None
 
     def shown(self) -> str:
-        return self.source if len(self.source) < 80 else self.source[:60] + "..."
+        return shown(self.source)
+
+
+def shown(source: str) -> str:
+    """An image as an error names it: a data URL is cut short."""
+    return source if len(source) < 80 else source[:60] + "..."
+
+
+def _size(part: dict[str, Any], key: str) -> int:
+    try:
+        value = int(part[key])
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise ImageError(f"image part: {key} must be a positive whole number of pixels, got {part[key]!r}")
+    return value
 
 
 def _part_source(part: dict[str, Any]) -> str | None:
@@ -59,7 +74,7 @@ def image_refs(messages: list[dict[str, Any]]) -> list[ImageRef]:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             if isinstance(part, dict) and (source := _part_source(part)) is not None:
-                sizes = {key: int(part[key]) for key in SIZE_KEYS if part.get(key) is not None}
+                sizes = {key: _size(part, key) for key in SIZE_KEYS if part.get(key) is not None}
                 refs.append(ImageRef(source, **sizes))
     return refs
 
@@ -125,32 +140,30 @@ def resolve_images(images: list[str], base: Path) -> list[str]:
     return resolved
 
 
-def load_image(source: str, base: Path | None = None) -> Any:
-    """The image as an RGB PIL image: a path (relative to ``base`` when given), ``file://`` or a ``data:`` URL.
-    An http(s) URL is refused: tunelab does not download (send a data URL, or a local file)."""
+def load_image(source: str) -> Any:
+    """The image as an RGB PIL image: a path, ``file://`` or a ``data:`` URL. An http(s) URL is refused: tunelab
+    does not download (send a data URL, or a local file)."""
     from PIL import Image, UnidentifiedImageError
 
-    shown = source if len(source) < 80 else source[:60] + "..."
+    name = shown(source)
     if source.startswith("data:"):
         header, _, payload = source.partition(",")
         try:
             data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else \
                 unquote(payload).encode("latin-1")
         except (binascii.Error, ValueError):
-            raise ImageError(f"image '{shown}': the data URL is not valid base64") from None
+            raise ImageError(f"image '{name}': the data URL is not valid base64") from None
         opened: Any = io.BytesIO(data)
     elif source.startswith(("http://", "https://")):
-        raise ImageError(f"image '{shown}': remote URLs are not fetched (tunelab works offline); send the image as a "
+        raise ImageError(f"image '{name}': remote URLs are not fetched (tunelab works offline); send the image as a "
                          "data URL (data:image/png;base64,...) or a local file path")
     else:
         path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
-        if base is not None and not path.is_absolute():
-            path = base / path
         if not path.is_file():
-            raise ImageError(f"image '{shown}' does not exist" + (f" (looked in {path.parent})" if base else ""))
+            raise ImageError(f"image '{name}' does not exist")
         opened = path
     try:
         with Image.open(opened) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        raise ImageError(f"image '{shown}' cannot be decoded: {error}") from None
+        raise ImageError(f"image '{name}' cannot be decoded: {error}") from None

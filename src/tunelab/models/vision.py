@@ -12,7 +12,6 @@ from typing import Any
 from tunelab.data.images import ImageError, ImageRef, load_image
 
 IMAGE_PAD = "<|image_pad|>"
-FACTOR = 28  # Qwen2-VL: patch 14 x merge 2; resized sides are multiples of it
 
 
 def is_vision_config(config: Any) -> bool:
@@ -24,10 +23,6 @@ def is_vision_model(model: str) -> bool:
     from tunelab.models.sources import model_config
 
     return "vision_config" in (model_config(model) or {})
-
-
-def _round(value: int) -> int:
-    return max(FACTOR, round(value / FACTOR) * FACTOR)
 
 
 class ImageTokens:
@@ -43,6 +38,8 @@ class ImageTokens:
             self.processor = AutoImageProcessor.from_pretrained(folder)
         self.pad_id = image_token_id if image_token_id is not None else tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.merge = int(getattr(self.processor, "merge_size", 2))
+        # a fixed size is rounded to whole merged patches (Qwen2-VL: 14 x 2 = 28 pixels)
+        self.factor = int(getattr(self.processor, "patch_size", 14)) * self.merge
 
     def pixels(self, images: list[Any], refs: list[ImageRef]) -> tuple[Any, Any]:
         """(pixel_values, image_grid_thw) for the images in order, each resized by its own part's settings."""
@@ -52,7 +49,8 @@ class ImageTokens:
         for image, ref in zip(images, refs, strict=True):
             settings: dict[str, int] = {}
             if ref.resized_height and ref.resized_width:  # a fixed size: rounded to the patch grid, kept as is
-                height, width = _round(ref.resized_height), _round(ref.resized_width)
+                height, width = (max(self.factor, round(side / self.factor) * self.factor)
+                                 for side in (ref.resized_height, ref.resized_width))
                 image = image.resize((width, height))
                 settings = {"min_pixels": height * width, "max_pixels": height * width}
             else:
