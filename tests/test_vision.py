@@ -108,13 +108,16 @@ def test_llamafactory_image_rows_and_their_errors(tmp_path: Path) -> None:
     good = {"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Hello"}],
             "images": [COFFEE]}
     bad.write_text("\n".join(json.dumps(r) for r in [good, {**good, "images": [COFFEE, CAT]},
-                                                      {**good, "images": ["missing.png"]}]) + "\n")
+                                                      {**good, "images": ["missing.png"]},
+                                                      {**good, "images": [str(IMAGES / "LICENSE")]}]) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl, line 2, field 'images': 1 <image> placeholder\(s\) in the text "
                                         r"but 2 image\(s\)"):
         load_dataset_rows(str(bad), tmp_path, "sft")
     skipped = load_dataset_rows(str(bad), tmp_path, "sft", skip_invalid=True).skipped.as_dict()
     assert skipped["images do not match their placeholders"]["count"] == 1
-    assert "image 'missing.png' does not exist" in skipped["image not found"]["examples"][0]
+    assert "image 'missing.png' does not exist" in skipped["image not found or not an image"]["examples"][0]
+    assert "line 4, field 'images': image" in skipped["image not found or not an image"]["examples"][1]
+    assert "cannot be decoded" in skipped["image not found or not an image"]["examples"][1]
 
 
 def test_predict_reads_the_images_column(tmp_path: Path) -> None:

@@ -126,7 +126,10 @@ def with_placeholders(messages: list[dict[str, Any]], images: list[str]) -> list
 
 def resolve_images(images: list[str], base: Path) -> list[str]:
     """A row's image paths made absolute (relative ones from ``base``, the data file's folder, as LLaMA-Factory
-    reads them from its dataset folder); each must exist. URLs (``data:``, ``file://``) stay as they are."""
+    reads them from its dataset folder); each must exist and be an image (its header is read, not its pixels).
+    URLs (``data:``, ``file://``) stay as they are."""
+    from PIL import Image, UnidentifiedImageError
+
     resolved = []
     for source in images:
         if source.startswith(("data:", "file://", "http://", "https://")):
@@ -136,6 +139,10 @@ def resolve_images(images: list[str], base: Path) -> list[str]:
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise ImageError(f"image '{source}' does not exist (looked for {path})")
+        try:
+            Image.open(path).close()
+        except (UnidentifiedImageError, OSError) as error:
+            raise ImageError(f"image '{source}' cannot be decoded: {error}") from None
         resolved.append(str(path))
     return resolved
 

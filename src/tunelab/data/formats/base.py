@@ -30,7 +30,7 @@ PROMPTS_DIFFER = "prompts differ"
 BAD_LABEL = "bad label"
 MALFORMED = "malformed value"
 IMAGE_COUNT = "images do not match their placeholders"
-IMAGE_MISSING = "image not found"
+IMAGE_MISSING = "image not found or not an image"
 UNKNOWN_FORMAT = "unknown format"
 INVALID_RECORD = "invalid record"
 # These three are about the dataset's settings, not one record: skipping records cannot fix them.
