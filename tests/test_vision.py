@@ -61,6 +61,9 @@ def test_each_image_becomes_the_pad_tokens_the_processor_says(predictor: Any) ->
     sized = predictor.request([{"role": "user", "content": [
         {"type": "image", "image": COFFEE, "resized_height": 56, "resized_width": 84}, {"type": "text", "text": "?"}]}])
     assert engine.prompt_ids(sized).count(engine.vision.pad_id) == (56 // 28) * (84 // 28)
+    small = predictor.request([{"role": "user", "content": [
+        {"type": "image", "image": COFFEE, "max_pixels": 56 * 56}, {"type": "text", "text": "?"}]}])
+    assert engine.prompt_ids(small).count(engine.vision.pad_id) <= 4 < per_image[0]  # at most 2 x 2 merged patches
 
 
 def test_bad_images_and_text_only_models_are_one_line(predictor: Any) -> None:

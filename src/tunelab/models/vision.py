@@ -47,15 +47,16 @@ class ImageTokens:
 
         values, grids = [], []
         for image, ref in zip(images, refs, strict=True):
-            settings: dict[str, int] = {}
-            if ref.resized_height and ref.resized_width:  # a fixed size: rounded to the patch grid, kept as is
+            low, high = ref.min_pixels, ref.max_pixels
+            if ref.resized_height and ref.resized_width:  # a fixed size: rounded to whole merged patches, kept
                 height, width = (max(self.factor, round(side / self.factor) * self.factor)
                                  for side in (ref.resized_height, ref.resized_width))
                 image = image.resize((width, height))
-                settings = {"min_pixels": height * width, "max_pixels": height * width}
-            else:
-                settings = {key: value for key, value in (("min_pixels", ref.min_pixels),
-                                                          ("max_pixels", ref.max_pixels)) if value}
+                low = high = height * width
+            settings = {}
+            if low or high:  # the pixel bounds of this image, the processor's own where a part sets none
+                settings = {"size": {"shortest_edge": low or self._size("shortest_edge"),
+                                     "longest_edge": high or self._size("longest_edge")}}
             try:
                 out = self.processor(images=[image], return_tensors="pt", **settings)
             except (ValueError, TypeError) as error:
@@ -63,6 +64,10 @@ class ImageTokens:
             values.append(out["pixel_values"])
             grids.append(out["image_grid_thw"])
         return torch.cat(values), torch.cat(grids)
+
+    def _size(self, edge: str) -> int:
+        size = self.processor.size
+        return int(size[edge] if isinstance(size, dict) else getattr(size, edge))
 
     def tokens_per_image(self, grids: Any) -> list[int]:
         return [int(grid.prod()) // (self.merge ** 2) for grid in grids]
