@@ -57,7 +57,11 @@ def model_name(model: str | None) -> str:
     if model is None:
         return DEFAULT_MODEL
     folder = embedder_folder(model, RETRIEVAL)
-    return DEFAULT_MODEL if folder == default_model_folder(RETRIEVAL).resolve() else str(folder)
+    try:
+        bundled = default_model_folder(RETRIEVAL).resolve()
+    except ConfigError:  # the bundled model is not installed: a folder given is never it
+        return str(folder)
+    return DEFAULT_MODEL if folder == bundled else str(folder)
 
 
 def open_for_writing(db: Path, collection: str, model: str | None) -> Any:
