@@ -54,6 +54,7 @@ def test_each_image_becomes_the_pad_tokens_the_processor_says(predictor: Any) ->
     ids = engine.prompt_ids(request)
     _, grids = engine.images(image_refs(request.messages))
     per_image = [int(grid.prod()) // 4 for grid in grids]  # merge size 2: four patches a token
+    assert engine.vision.counts(image_refs(request.messages)) == per_image  # from the sizes alone, as encoding does
     assert ids.count(engine.vision.pad_id) == sum(per_image) and all(count > 0 for count in per_image)
     start = ids.index(engine.vision.pad_id)  # the first image's pads run unbroken, between its delimiters
     assert ids[start:start + per_image[0]] == [engine.vision.pad_id] * per_image[0]

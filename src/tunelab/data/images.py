@@ -147,11 +147,8 @@ def resolve_images(images: list[str], base: Path) -> list[str]:
     return resolved
 
 
-def load_image(source: str) -> Any:
-    """The image as an RGB PIL image: a path, ``file://`` or a ``data:`` URL. An http(s) URL is refused: tunelab
-    does not download (send a data URL, or a local file)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _opened(source: str) -> Any:
+    """A path, ``file://`` or ``data:`` URL as something PIL opens; a remote URL or a missing file is an error."""
     name = shown(source)
     if source.startswith("data:"):
         header, _, payload = source.partition(",")
@@ -160,17 +157,35 @@ def load_image(source: str) -> Any:
                 unquote(payload).encode("latin-1")
         except (binascii.Error, ValueError):
             raise ImageError(f"image '{name}': the data URL is not valid base64") from None
-        opened: Any = io.BytesIO(data)
-    elif source.startswith(("http://", "https://")):
+        return io.BytesIO(data)
+    if source.startswith(("http://", "https://")):
         raise ImageError(f"image '{name}': remote URLs are not fetched (tunelab works offline); send the image as a "
                          "data URL (data:image/png;base64,...) or a local file path")
-    else:
-        path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
-        if not path.is_file():
-            raise ImageError(f"image '{name}' does not exist")
-        opened = path
+    path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
+    if not path.is_file():
+        raise ImageError(f"image '{name}' does not exist")
+    return path
+
+
+def load_image(source: str) -> Any:
+    """The image as an RGB PIL image: a path, ``file://`` or a ``data:`` URL. An http(s) URL is refused: tunelab
+    does not download (send a data URL, or a local file)."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(opened) as image:
+        with Image.open(_opened(source)) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        raise ImageError(f"image '{name}' cannot be decoded: {error}") from None
+        raise ImageError(f"image '{shown(source)}' cannot be decoded: {error}") from None
+
+
+def image_size(source: str) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(_opened(source)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageError(f"image '{shown(source)}' cannot be decoded: {error}") from None
+    return height, width

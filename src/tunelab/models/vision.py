@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.data.images import ImageError, ImageRef, load_image
+from tunelab.data.images import ImageError, ImageRef, image_size, load_image
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -47,16 +47,9 @@ class ImageTokens:
 
         values, grids = [], []
         for image, ref in zip(images, refs, strict=True):
-            low, high = ref.min_pixels, ref.max_pixels
-            if ref.resized_height and ref.resized_width:  # a fixed size: rounded to whole merged patches, kept
-                height, width = (max(self.factor, round(side / self.factor) * self.factor)
-                                 for side in (ref.resized_height, ref.resized_width))
-                image = image.resize((width, height))
-                low = high = height * width
-            settings = {}
-            if low or high:  # the pixel bounds of this image, the processor's own where a part sets none
-                settings = {"size": {"shortest_edge": low or self._size("shortest_edge"),
-                                     "longest_edge": high or self._size("longest_edge")}}
+            fixed, settings = self._settings(ref)
+            if fixed:
+                image = image.resize((fixed[1], fixed[0]))
             try:
                 out = self.processor(images=[image], return_tensors="pt", **settings)
             except (ValueError, TypeError) as error:
@@ -64,6 +57,18 @@ class ImageTokens:
             values.append(out["pixel_values"])
             grids.append(out["image_grid_thw"])
         return torch.cat(values), torch.cat(grids)
+
+    def _settings(self, ref: ImageRef) -> tuple[tuple[int, int] | None, dict[str, Any]]:
+        """(the fixed (height, width) a part asks for, or None; the processor's size settings for the image)."""
+        low, high, fixed = ref.min_pixels, ref.max_pixels, None
+        if ref.resized_height and ref.resized_width:  # a fixed size: rounded to whole merged patches, kept
+            fixed = (max(self.factor, round(ref.resized_height / self.factor) * self.factor),
+                     max(self.factor, round(ref.resized_width / self.factor) * self.factor))
+            low = high = fixed[0] * fixed[1]
+        if not (low or high):
+            return fixed, {}
+        return fixed, {"size": {"shortest_edge": low or self._size("shortest_edge"),
+                                "longest_edge": high or self._size("longest_edge")}}
 
     def _size(self, edge: str) -> int:
         size = self.processor.size
@@ -77,8 +82,20 @@ class ImageTokens:
         return self.pixels([load_image(ref.source) for ref in refs], refs)
 
     def counts(self, refs: list[ImageRef]) -> list[int]:
-        """Tokens each image becomes, as the model will read it."""
-        return self.tokens_per_image(self.load(refs)[1]) if refs else []
+        """Tokens each image becomes, as the model will read it: from its size alone (the processor's own count,
+        as vLLM uses it) where the processor offers one, so encoding data decodes no pixels."""
+        patches = getattr(self.processor, "get_number_of_image_patches", None)
+        if patches is None:
+            return self.tokens_per_image(self.load(refs)[1]) if refs else []
+        counts = []
+        for ref in refs:
+            fixed, settings = self._settings(ref)
+            height, width = fixed or image_size(ref.source)
+            try:
+                counts.append(patches(height, width, settings) // (self.merge ** 2))
+            except (ValueError, TypeError) as error:
+                raise ImageError(f"image '{ref.shown()}': {error}") from None
+        return counts
 
     def expand(self, ids: list[int], grids: Any) -> list[int]:
         """Each image's single pad repeated as the model expects; the count of pads must be the count of images."""

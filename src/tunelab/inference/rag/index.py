@@ -8,7 +8,7 @@ being read; a file gone from an indexed folder loses its chunks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,9 @@ def index_documents(paths: list[str], db: str, *, collection: str = DEFAULT_COLL
         report.chunk_size = size
         plans = [_plan(source, fingerprint, existing, documents, embedder.tokenizer, size, overlap)
                  for source, fingerprint, existing, documents in to_read]
-    gone = [source for source in known if _inside_folders(source, paths) and not Path(source).exists()]
+    folders = [Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_dir()]
+    gone = [source for source in known
+            if any(Path(source).is_relative_to(folder) for folder in folders) and not Path(source).exists()]
     plans += [_Plan(remove=list(known[source])) for source in gone]
     report.gone = len(gone)
     _apply(store, embedder, plans, report, progress)
@@ -140,11 +142,6 @@ def _known_chunks(store: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return known
 
 
-def _inside_folders(source: str, paths: list[str]) -> bool:
-    folders = [Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_dir()]
-    return any(Path(source).is_relative_to(folder) for folder in folders)
-
-
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -162,7 +159,7 @@ def _apply(store: Any, embedder: Any, plans: list[_Plan], report: IndexReport, p
     additions = [item for plan in plans for item in plan.add]
     if not additions:
         return
-    with (progress or _silent)("embedding chunks", len(additions)) as advance:
+    with (progress or _no_progress)("embedding chunks", len(additions)) as advance:
         for batch in _batches(additions, WRITE_BATCH):
             vectors = embedder.embed([text for _, text, _ in batch]).numpy()
             store.add(ids=[ident for ident, _, _ in batch], documents=[text for _, text, _ in batch],
@@ -172,12 +169,5 @@ def _apply(store: Any, embedder: Any, plans: list[_Plan], report: IndexReport, p
     report.cjk_share = cjk_share([text for _, text, _ in additions])
 
 
-class _silent(AbstractContextManager):
-    def __init__(self, _label: str, _total: int) -> None:
-        pass
-
-    def __enter__(self) -> Callable[[int], None]:
-        return lambda _count: None
-
-    def __exit__(self, *_: Any) -> None:
-        return None
+def _no_progress(_label: str, _total: int) -> AbstractContextManager[Callable[[int], None]]:
+    return nullcontext(lambda _count: None)
