@@ -43,8 +43,13 @@ def build(target: Path, arch: str = "qwen2_vl") -> Path:
     """``arch`` qwen2_vl, or qwen2_5_vl (windowed vision attention, a gated vision MLP)."""
     import warnings
 
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, Qwen2_5_VLConfig, \
-        Qwen2VLConfig
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2VLConfig,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "tests" / "fixtures" / "tokenizers" / "minimind")
     tokenizer.chat_template = CHAT_TEMPLATE

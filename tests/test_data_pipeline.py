@@ -260,3 +260,34 @@ def test_hub_dataset_without_network_says_what_to_do(tmp_path, monkeypatch):
         load_dataset_rows("tatsu-lab/alpaca", tmp_path, "sft")
     message = str(error.value)
     assert "could not load 'tatsu-lab/alpaca' from the Hugging Face hub" in message and "local copy" in message
+
+
+@pytest.mark.parametrize(("kind", "entry"), [("sft", "lf_alpaca"), ("preference", "lf_dpo"), ("pt", "lf_c4")])
+def test_rows_tokenized_in_batches_equal_one_by_one_in_order(monkeypatch, registry_dir, minimind_tokenizer, kind: str,
+                                                            entry: str):
+    """The pipeline hands rows to the tokenizer in batches (on a thread, several at once): every sample is the one
+    that encoding its row alone gives, in the rows' order."""
+    from tunelab.data import pipeline
+    from tunelab.data.row_kinds import row_kind
+
+    monkeypatch.setattr(pipeline, "ENCODE_BATCH_ROWS", 7)
+    tokenizer = minimind_tokenizer
+    rows = load_dataset_rows(entry, registry_dir, kind, max_samples=40).rows
+    samples = tokenize_rows(rows, tokenizer, DataSettings(cutoff_len=4096), kind, DataReport(), "train")
+    rules = row_kind(kind)
+    alone = [rules.inputs(encodings, row)
+             for row in rows for encodings in rules.encode(row, tokenizer, "assistant", 4096)]
+    assert samples == alone and len(samples) >= len(rows)
+
+
+def test_a_row_that_cannot_be_masked_is_named_from_its_batch(monkeypatch):
+    from tunelab.data import pipeline
+
+    monkeypatch.setattr(pipeline, "ENCODE_BATCH_ROWS", 4)
+    tokenizer = load_tokenizer("stories260K", "default")
+    tokenizer.chat_template = tokenizer.chat_template.replace("Assistant: {{ m.content }}", "Assistant: (hidden)")
+    rows = load_dataset_rows("alpaca_en_demo", DATA / "llamafactory", "sft", max_samples=12).rows
+    rows = [{**row, "messages": row["messages"][:1]} if index != 9 else row for index, row in enumerate(rows)]
+    with pytest.raises(DataError, match=r"^train sample 10: the chat template does not render assistant turn 1"):
+        tokenize_rows(rows, tokenizer, DataSettings(cutoff_len=256), "sft", DataReport(), "train")
+

@@ -451,9 +451,17 @@ def _real_conversations(llamafactory_dir: Path, conversation: list[dict]) -> lis
     return [conversation] + [row["messages"] for row in rows]
 
 
+def _two_render_spans(tokenizer: Any, messages: list[dict], policy: str = "assistant") -> tuple[str, list]:
+    """``trained_char_spans`` with every turn located by rendering its prompt (no single-render shortcut)."""
+    from unittest import mock
+
+    with mock.patch("tunelab.data.masking._sole_final_reply", return_value=None):
+        return trained_char_spans(tokenizer, messages, None, policy)
+
+
 def _reference_labels(tokenizer: Any, messages: list[dict]) -> list[int]:
     """Labels from every token's character offsets against the trained spans, rendered by apply_chat_template."""
-    text, spans = trained_char_spans(tokenizer, messages, None)
+    text, spans = _two_render_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = np.asarray(encoded["offset_mapping"]).reshape(-1, 2)
     starts, ends = offsets[:, 0], offsets[:, 1]
@@ -513,9 +521,107 @@ def test_span_labels_equal_offset_overlap_for_any_span(load_tokenizer, llamafact
     texts = [row["messages"][-1]["content"] for name in ("alpaca_en_demo", "alpaca_zh_demo")
              for row in load_dataset_rows(name, str(llamafactory_dir), "sft", max_samples=15).rows]
     for text in texts:
-        ids, encoding = _tokenize(tokenizer, text)
+        [(ids, encoding)] = _tokenize(tokenizer, [text])
         offsets = np.asarray(encoding.offsets).reshape(-1, 2)
         for _ in range(20):
             spans = sorted(tuple(sorted(generator.sample(range(len(text) + 1), 2))) for _ in range(2))
             expected = np.where(_token_flags(offsets, spans), ids, IGNORE_INDEX).tolist()
             assert _labels(encoding, ids, spans) == expected, (text, spans)
+
+
+# Replies that a search could find in the wrong place: template words, the question itself, the system prompt.
+_AMBIGUOUS_REPLIES = ["assistant", "user", "system", "end", "im", "think", "Human", "Response", "###", "\n",
+                      "<|im_end|>", "You are a helpful assistant.", "QUESTION", "QUESTION and more", "more", "A"]
+
+
+def _ambiguous_conversations(llamafactory_dir: Path) -> list[list[dict]]:
+    rows = load_dataset_rows("alpaca_en_demo", str(llamafactory_dir), "sft", max_samples=3).rows
+    conversations = []
+    for row in rows:
+        question = row["messages"][0]["content"]
+        for reply in _AMBIGUOUS_REPLIES:
+            reply = reply.replace("QUESTION", question)
+            conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": reply}])
+            conversations.append([{"role": "system", "content": "You are a helpful assistant."},
+                                  {"role": "user", "content": question + " A more"},
+                                  {"role": "assistant", "content": reply}])
+    return conversations
+
+
+def _same_spans_with_one_render(tokenizer: Any, messages: list[dict]) -> bool:
+    """Whether the shortcut and the two-render path agree (both failing counts as agreeing); False if it did not
+    apply (the caller counts how often it does)."""
+    try:
+        expected = _two_render_spans(tokenizer, messages)
+    except MaskingError:
+        expected = None
+    try:
+        got = trained_char_spans(tokenizer, messages, None)
+    except MaskingError:
+        got = None
+    assert got == expected, messages
+    from tunelab.data.masking import _sole_final_reply
+
+    content = messages[-1]["content"].strip()
+    return expected is not None and _sole_final_reply(expected[0], messages, content, 0) is not None
+
+
+@pytest.mark.parametrize(("tokenizer_name", "template", "marker"),
+                         [entry[1:] for entry in REAL_TEMPLATES], ids=[entry[0] for entry in REAL_TEMPLATES])
+def test_final_reply_found_with_one_render_is_where_two_renders_find_it(load_tokenizer, shared_dir, llamafactory_dir,
+                                                                        conversation, tokenizer_name: str,
+                                                                        template: str | None, marker: str | None):
+    """Single-turn data renders once: the reply's place comes from the text alone when the reply occurs there once,
+    after the question. Replies that are template words, the question, or part of it fall back, and every case
+    gives the spans that rendering the prompt gives."""
+    tokenizer, _ = setup_template(load_tokenizer, shared_dir, tokenizer_name, template, marker)
+    conversations = _real_conversations(llamafactory_dir, conversation) + _ambiguous_conversations(llamafactory_dir)
+    shortcut = sum(_same_spans_with_one_render(tokenizer, messages) for messages in conversations)
+    assert shortcut >= 80  # the real rows take the shortcut
+
+
+def test_final_reply_with_one_render_on_every_hf_template(load_tokenizer, templates_dir, llamafactory_dir) -> None:
+    entries = json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer("llama3")
+    conversations = _ambiguous_conversations(llamafactory_dir)[:40]
+    for entry in entries:
+        tokenizer.chat_template = entry["template"]
+        for messages in conversations:
+            try:
+                tokenizer.apply_chat_template(messages, tokenize=False)
+            except Exception:  # templates that reject a system role, or strict alternation
+                continue
+            _same_spans_with_one_render(tokenizer, messages)
+
+
+_HOSTILE_TEMPLATES = [
+    "{{ messages[0].__class__.__mro__ }}",
+    "{{ messages[0].content.__class__.__base__.__subclasses__() }}",
+    "{{ messages[0].items.__self__ }}",
+    "{{ messages[0].content.format_map(messages[0]) }}",
+    "{{ messages[0].content.format.__globals__ }}",
+    "{{ messages.append(1) }}{{ messages[0].update({'role': 'x'}) }}",
+    "{{ messages[0]._private }}{{ messages[0].missing }}{{ messages[0].get('role') }}{{ messages[0].keys()|list }}",
+    "{% for m in messages %}{{ m.role | upper }}{{ m.content.split(' ')[0].strip() }}{{ m['content'] }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", _HOSTILE_TEMPLATES)
+def test_the_quicker_sandbox_renders_and_refuses_as_transformers_does(minimind_tokenizer, template: str) -> None:
+    """``render`` runs transformers' compiled template in a subclass of its sandbox that answers dict keys and str
+    methods at once; the text, or the refusal, is what ``apply_chat_template`` gives."""
+    import copy
+
+    tokenizer = copy.copy(minimind_tokenizer)
+    tokenizer.chat_template = template
+    messages = [{"role": "user", "content": "Hello {role} there"}]
+
+    def outcome(call: Callable[[], str]) -> str:
+        try:
+            return call()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+
+    expected = outcome(lambda: tokenizer.apply_chat_template(messages, tokenize=False))
+    assert outcome(lambda: render(tokenizer, messages)) == expected
+    assert "__" not in expected or "Error" in expected

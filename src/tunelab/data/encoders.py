@@ -8,41 +8,72 @@ end marker carries loss (the prompt is context).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from tunelab.data.masking import IGNORE_INDEX, Encoded, encode_conversation, encode_text
+from tunelab.data.masking import IGNORE_INDEX, Conversation, Encoded, encode_conversations, encode_texts
 from tunelab.data.templates import render
+
+# Each encoder takes many rows: their texts go to the tokenizer together (the hot path of preparing data).
+
+
+def _in_order(rows: list[dict], text_rows: Callable[[list[dict]], list], image_row: Callable[[dict], Any]) -> list:
+    """Per row, in order: rows without images encoded together, each row with images on its own."""
+    encoded = iter(text_rows([row for row in rows if not row.get("images")]))
+    return [image_row(row) if row.get("images") else next(encoded) for row in rows]
+
+
+def encode_sft_rows(rows: list[dict], tokenizer: Any, policy: str = "assistant",
+               cutoff_len: int | None = None) -> list[list[Encoded]]:
+    """Per row its samples (one conversation)."""
+    from tunelab.data.image_samples import encode_with_images
+
+    def text_rows(plain: list[dict]) -> list[list[Encoded]]:
+        conversations = [Conversation(row["messages"], row.get("tools"), policy) for row in plain]
+        return [[encoded] for encoded in encode_conversations(tokenizer, conversations, cutoff_len)]
+
+    return _in_order(rows, text_rows, lambda row: [encode_with_images(tokenizer, row, policy, cutoff_len)])
+
+
+def encode_pt_rows(rows: list[dict], tokenizer: Any, cutoff_len: int | None = None) -> list[list[Encoded]]:
+    """Per row its chunks of at most cutoff_len tokens."""
+    return encode_texts(tokenizer, [row["text"] for row in rows], cutoff_len or 10**9)
+
+
+def encode_pair_rows(rows: list[dict], tokenizer: Any, cutoff_len: int | None = None) -> list[tuple[Encoded, Encoded]]:
+    """Per row (chosen, rejected), each the prompt plus that answer, trained only on the answer."""
+    from tunelab.data.image_samples import encode_image_pair
+
+    def text_rows(plain: list[dict]) -> list[tuple[Encoded, Encoded]]:
+        conversations = [Conversation(row["prompt"] + row[side], row.get("tools"), train_from=len(row["prompt"]))
+                         for row in plain for side in ("chosen", "rejected")]
+        encoded = iter(encode_conversations(tokenizer, conversations, cutoff_len))
+        return list(zip(encoded, encoded, strict=True))
+
+    return _in_order(rows, text_rows, lambda row: encode_image_pair(tokenizer, row, cutoff_len))
+
+
+def encode_kto_rows(rows: list[dict], tokenizer: Any, cutoff_len: int | None = None) -> list[Encoded]:
+    """Per row the prompt plus its labelled answer, trained only on the answer."""
+    conversations = [Conversation(row["prompt"] + row["completion"], row.get("tools"), train_from=len(row["prompt"]))
+                     for row in rows]
+    return encode_conversations(tokenizer, conversations, cutoff_len)
 
 
 def encode_sft(row: dict, tokenizer: Any, policy: str = "assistant", cutoff_len: int | None = None) -> list[Encoded]:
-    if row.get("images"):
-        from tunelab.data.image_samples import encode_with_images
-
-        return [encode_with_images(tokenizer, row, policy, cutoff_len)]
-    return [encode_conversation(tokenizer, row["messages"], row.get("tools"), policy, cutoff_len)]
+    return encode_sft_rows([row], tokenizer, policy, cutoff_len)[0]
 
 
 def encode_pt(row: dict, tokenizer: Any, cutoff_len: int | None = None) -> list[Encoded]:
-    return encode_text(tokenizer, row["text"], cutoff_len or 10**9)
+    return encode_pt_rows([row], tokenizer, cutoff_len)[0]
 
 
 def encode_pair(row: dict, tokenizer: Any, cutoff_len: int | None = None) -> tuple[Encoded, Encoded]:
-    """(chosen, rejected), each the prompt plus that answer, trained only on the answer."""
-    if row.get("images"):
-        from tunelab.data.image_samples import encode_image_pair
-
-        return encode_image_pair(tokenizer, row, cutoff_len)
-    prompt, tools = row["prompt"], row.get("tools")
-    return (encode_conversation(tokenizer, prompt + row["chosen"], tools, cutoff_len=cutoff_len,
-                                train_from=len(prompt)),
-            encode_conversation(tokenizer, prompt + row["rejected"], tools, cutoff_len=cutoff_len,
-                                train_from=len(prompt)))
+    return encode_pair_rows([row], tokenizer, cutoff_len)[0]
 
 
 def encode_kto(row: dict, tokenizer: Any, cutoff_len: int | None = None) -> Encoded:
-    prompt = row["prompt"]
-    return encode_conversation(tokenizer, prompt + row["completion"], row.get("tools"), cutoff_len=cutoff_len,
-                               train_from=len(prompt))
+    return encode_kto_rows([row], tokenizer, cutoff_len)[0]
 
 
 def encode_prompt(row: dict, tokenizer: Any) -> Encoded:

@@ -2,9 +2,10 @@
 
 Works for any chat template, with or without ``{% generation %}`` markers: each assistant turn is
 located in the rendered text by rendering the conversation up to it (with and without the
-generation prompt), the trained characters are the turn's content plus the template's end marker
-(e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``), and tokens are mapped to characters through the
-tokenizer's offsets. Tokenization is therefore identical to what the model sees at inference.
+generation prompt; a final reply that occurs once in the text needs neither), the trained characters
+are the turn's content plus the template's end marker (e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``),
+and tokens are mapped to characters through the tokenizer's offsets. Tokenization is therefore
+identical to what the model sees at inference.
 
 Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn only), ``all``.
 """
@@ -107,11 +108,16 @@ def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index
     history, e.g. Qwen3 dropping earlier reasoning, where the text and that prompt stop agreeing);
     within the turn, training starts at the content. The end marker is what rendering the
     conversation up to this turn writes after the content, as far as the full text agrees with it
-    (a template that appends eos only after the final message must not hide earlier markers).
+    (a template that appends eos only after the final message must not hide earlier markers). For
+    the final turn that is the rest of the text, so it needs no render when ``_sole_final_reply`` finds it.
     """
+    content = (messages[index].get("content") or "").strip()
+    if index == len(messages) - 1 and (start := _sole_final_reply(text, messages, content, cursor)) is not None:
+        content_end = start + len(content)
+        marker = _end_marker(text[content_end:], text, content_end)
+        return start, content_end + len(marker), bool(marker)
     prompt = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
     upto = text if index == len(messages) - 1 else render(tokenizer, messages[: index + 1], tools)
-    content = (messages[index].get("content") or "").strip()
     turn_start = max(cursor, len(prompt) if text.startswith(prompt) else _common_prefix_length(text, prompt))
     if content:
         start = text.find(content, turn_start)
@@ -127,6 +133,19 @@ def _locate_turn(tokenizer: Any, messages: list[dict], tools: list | None, index
         raise MaskingError(f"cannot locate assistant turn {index} (no text content) in the rendered template")
     marker = _end_marker(after, text, content_end)
     return start, content_end + len(marker), bool(marker)
+
+
+def _sole_final_reply(text: str, messages: list[dict], content: str, cursor: int) -> int | None:
+    """Where the final reply's content starts, found without rendering the prompt: when it occurs in ``text``
+    (after ``cursor``) exactly once, after the previous message's content, it is where the prompt's render would
+    have located it. None otherwise (then the prompt is rendered). This halves the renders of single-turn data."""
+    start = text.find(content, cursor) if content else -1
+    if start < 0 or text.find(content, start + 1) >= 0 or len(messages) < 2:
+        return None
+    before = messages[-2].get("content")
+    if not isinstance(before, str) or not before.strip() or text.rfind(before.strip(), 0, start) < 0:
+        return None
+    return start
 
 
 def _end_marker(after: str, text: str, position: int) -> str:
@@ -204,44 +223,76 @@ class _SlowEncoding:
         return self.offsets[token]
 
 
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], Any]:
-    """Ids and the encoding that maps tokens to characters; straight from the Rust tokenizer when there is one
-    (the hot path)."""
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], Any]]:
+    """Ids and the encoding that maps tokens to characters, per text. With a Rust tokenizer (the hot path) the texts
+    go in one ``encode_batch``: the same tokens as one by one, computed on every core, outside the GIL."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        encoding = backend.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), _SlowEncoding(encoded["offset_mapping"])
+    if backend is None:
+        encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
+        return [(list(item["input_ids"]), _SlowEncoding(item["offset_mapping"])) for item in encoded]
+    if len(texts) == 1:
+        encoding = backend.encode(texts[0], add_special_tokens=False)
+        return [(encoding.ids, encoding)]
+    return [(encoding.ids, encoding) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def _offsets_reader(encoding: Any, first: int, count: int) -> Callable[[], np.ndarray]:
     return lambda: _offset_array(encoding.offsets[first:first + count])
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """What ``encode_conversations`` encodes: messages, tools, the loss policy and the first trained turn."""
+
+    messages: list[dict]
+    tools: list | None = None
+    policy: str = "assistant"
+    train_from: int = 0
+
+
 def encode_conversation(tokenizer: Any, messages: list[dict], tools: list | None = None,
                         policy: str = "assistant", cutoff_len: int | None = None, train_from: int = 0) -> Encoded:
     """Token ids and labels (``-100`` where no loss) for one conversation, truncated to ``cutoff_len``."""
-    text, spans = trained_char_spans(tokenizer, messages, tools, policy, train_from)
-    input_ids, encoding = _tokenize(tokenizer, text)
-    labels = _labels(encoding, input_ids, spans)
-    full_length = len(input_ids)
+    return encode_conversations(tokenizer, [Conversation(messages, tools, policy, train_from)], cutoff_len)[0]
+
+
+def encode_conversations(tokenizer: Any, conversations: list[Conversation],
+                         cutoff_len: int | None = None) -> list[Encoded]:
+    """``encode_conversation`` for many: rendered one by one, tokenized together."""
+    planned = [trained_char_spans(tokenizer, item.messages, item.tools, item.policy, item.train_from)
+               for item in conversations]
+    tokenized = _tokenize(tokenizer, [text for text, _spans in planned])
+    return [_encoded(text, ids, _labels(encoding, ids, spans), encoding, cutoff_len)
+            for (text, spans), (ids, encoding) in zip(planned, tokenized, strict=True)]
+
+
+def _encoded(text: str, ids: list[int], labels: list[int], encoding: Any, cutoff_len: int | None) -> Encoded:
+    full_length = len(ids)
     truncated = cutoff_len is not None and full_length > cutoff_len
     if truncated:
-        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
-    return Encoded(input_ids, labels, text, truncated, full_length, _offsets_reader(encoding, 0, len(input_ids)))
+        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+    return Encoded(ids, labels, text, truncated, full_length, _offsets_reader(encoding, 0, len(ids)))
 
 
 def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:
     """Pretraining text: bos + text + eos, every token trained, cut into cutoff_len chunks (nothing lost)."""
+    return encode_texts(tokenizer, [text], cutoff_len)[0]
+
+
+def encode_texts(tokenizer: Any, texts: list[str], cutoff_len: int) -> list[list[Encoded]]:
+    """``encode_text`` for many, tokenized together."""
     bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer.bos_token != tokenizer.eos_token else ""
-    full = f"{bos}{text}{tokenizer.eos_token or ''}"
-    input_ids, encoding = _tokenize(tokenizer, full)
+    full = [f"{bos}{text}{tokenizer.eos_token or ''}" for text in texts]
+    return [_text_chunks(text, ids, encoding, cutoff_len)
+            for text, (ids, encoding) in zip(full, _tokenize(tokenizer, full), strict=True)]
+
+
+def _text_chunks(text: str, ids: list[int], encoding: Any, cutoff_len: int) -> list[Encoded]:
     chunks = []
-    for start in range(0, len(input_ids), cutoff_len):
-        ids = input_ids[start:start + cutoff_len]
-        if len(ids) > 1:
-            chunks.append(Encoded(ids, list(ids), full, offsets_of=_offsets_reader(encoding, start, len(ids))))
+    for start in range(0, len(ids), cutoff_len):
+        chunk = ids[start:start + cutoff_len]
+        if len(chunk) > 1:
+            chunks.append(Encoded(chunk, list(chunk), text, offsets_of=_offsets_reader(encoding, start, len(chunk))))
     return chunks
 
 

@@ -6,7 +6,9 @@ each row is encoded by its kind's entry in ``row_kinds``."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,7 @@ from tunelab.config.concerns import DataSettings
 from tunelab.data.masking import MaskingError
 from tunelab.data.mixing import mix_rows, split_rows
 from tunelab.data.registry import Skipped, load_dataset_rows
-from tunelab.data.row_kinds import RowKind, row_kind
+from tunelab.data.row_kinds import RowKind, Sample, row_kind
 from tunelab.errors import ConfigError, DataError, shorten
 
 
@@ -93,11 +95,7 @@ def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: Row
     if kind.inputs is None:
         raise ConfigError(f"{kind.name} rows train online on their prompts; they have no token samples")
     kept = 0
-    for index, row in enumerate(rows):
-        try:
-            samples = kind.encode(row, tokenizer, data.loss_policy, data.cutoff_len)
-        except MaskingError as error:
-            raise DataError(f"{split} sample {index + 1}: {error}") from None
+    for index, samples in enumerate(_encoded_rows(rows, tokenizer, data, kind, split)):
         for encodings in samples:
             dropped = next((item.dropped for item in encodings if item.dropped), None)
             if dropped:  # it cannot be truncated either (an image's tokens)
@@ -116,9 +114,41 @@ def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: Row
             report.truncated += truncated
             report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
             kept += 1
-            yield kind.inputs(encodings, row)
+            yield kind.inputs(encodings, rows[index])
     if not kept and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {data.cutoff_len})")
+
+
+ENCODE_BATCH_ROWS = 512  # rows whose texts go to the Rust tokenizer in one call (it spreads them over the cores)
+ENCODE_THREADS = 1  # a thread that encodes the next batch while the caller takes this one
+
+
+def _encoded_rows(rows: list[dict], tokenizer: Any, data: DataSettings, kind: RowKind,
+                  split: str) -> Iterator[list[Sample]]:
+    """Per row its samples, in order. Rows are encoded in batches on a thread, one batch ahead of the caller; a row
+    whose conversation cannot be masked is named."""
+    def encode(start: int) -> list[list[Sample]]:
+        return kind.encode_rows(rows[start:start + ENCODE_BATCH_ROWS], tokenizer, data.loss_policy, data.cutoff_len)
+
+    def finished(start: int, batch: Future) -> list[list[Sample]]:
+        try:
+            return batch.result()
+        except MaskingError:
+            for index, row in enumerate(rows[start:start + ENCODE_BATCH_ROWS], start + 1):  # row by row, to find it
+                try:
+                    kind.encode(row, tokenizer, data.loss_policy, data.cutoff_len)
+                except MaskingError as error:
+                    raise DataError(f"{split} sample {index}: {error}") from None
+            raise
+
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        for start in range(0, len(rows), ENCODE_BATCH_ROWS):
+            pending.append((start, pool.submit(encode, start)))
+            if len(pending) > ENCODE_THREADS:
+                yield from finished(*pending.popleft())
+        while pending:
+            yield from finished(*pending.popleft())
 
 
 def with_system_prompt(prompt: list[dict], system_prompt: str | None) -> list[dict]:

@@ -33,8 +33,9 @@ class RowKind:
     name: str
     title: str  # how messages name its data: "these records look like {title} data"
     fields: str  # the canonical row (TRL's standard dataset types)
-    # row, tokenizer, loss policy, cutoff_len (None: no cut) -> its training samples
-    encode: Callable[[Row, Any, str, int | None], list[Sample]]
+    # rows, tokenizer, loss policy, cutoff_len (None: no cut) -> per row its training samples (the rows' texts are
+    # tokenized together)
+    encode_rows: Callable[[list[Row], Any, str, int | None], list[list[Sample]]]
     # a sample's encodings and its row -> the model inputs the trainer reads (None: trains online on prompts)
     inputs: Callable[[Sample, Row], dict[str, Any]] | None
     view: Callable[[Sample, Row], dict[str, Any]]  # what `data inspect` shows of a sample beyond its tokens
@@ -53,39 +54,43 @@ class RowKind:
         module, name = self.collator.split(":")
         return getattr(importlib.import_module(module), name)
 
+    def encode(self, row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+        """One row's training samples."""
+        return self.encode_rows([row], tokenizer, policy, cutoff_len)[0]
+
     def lengths(self, sample: Sample) -> int:
         """Tokens of the sample's sequence: a pair is as long as its longer side."""
         return max(len(item.input_ids) for item in sample)
 
 
-def _sft(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
-    from tunelab.data.encoders import encode_sft
+def _sft(rows: list[Row], tokenizer: Any, policy: str, cutoff_len: int | None) -> list[list[Sample]]:
+    from tunelab.data.encoders import encode_sft_rows
 
-    return [(item,) for item in encode_sft(row, tokenizer, policy, cutoff_len)]
-
-
-def _pt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
-    from tunelab.data.encoders import encode_pt
-
-    return [(chunk,) for chunk in encode_pt(row, tokenizer, cutoff_len)]
+    return [[(item,) for item in encoded] for encoded in encode_sft_rows(rows, tokenizer, policy, cutoff_len)]
 
 
-def _pair(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
-    from tunelab.data.encoders import encode_pair
+def _pt(rows: list[Row], tokenizer: Any, policy: str, cutoff_len: int | None) -> list[list[Sample]]:
+    from tunelab.data.encoders import encode_pt_rows
 
-    return [encode_pair(row, tokenizer, cutoff_len)]
-
-
-def _labelled(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
-    from tunelab.data.encoders import encode_kto
-
-    return [(encode_kto(row, tokenizer, cutoff_len),)]
+    return [[(chunk,) for chunk in chunks] for chunks in encode_pt_rows(rows, tokenizer, cutoff_len)]
 
 
-def _prompt(row: Row, tokenizer: Any, policy: str, cutoff_len: int | None) -> list[Sample]:
+def _pair(rows: list[Row], tokenizer: Any, policy: str, cutoff_len: int | None) -> list[list[Sample]]:
+    from tunelab.data.encoders import encode_pair_rows
+
+    return [[pair] for pair in encode_pair_rows(rows, tokenizer, cutoff_len)]
+
+
+def _labelled(rows: list[Row], tokenizer: Any, policy: str, cutoff_len: int | None) -> list[list[Sample]]:
+    from tunelab.data.encoders import encode_kto_rows
+
+    return [[(encoded,)] for encoded in encode_kto_rows(rows, tokenizer, cutoff_len)]
+
+
+def _prompt(rows: list[Row], tokenizer: Any, policy: str, cutoff_len: int | None) -> list[list[Sample]]:
     from tunelab.data.encoders import encode_prompt
 
-    return [(encode_prompt(row, tokenizer),)]
+    return [[(encode_prompt(row, tokenizer),)] for row in rows]
 
 
 def _token_inputs(sample: Sample, row: Row) -> dict[str, Any]:
