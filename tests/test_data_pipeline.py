@@ -265,7 +265,7 @@ def test_hub_dataset_without_network_says_what_to_do(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("kind", "entry"), [("sft", "lf_alpaca"), ("preference", "lf_dpo"), ("pt", "lf_c4")])
 def test_rows_tokenized_in_batches_equal_one_by_one_in_order(monkeypatch, registry_dir, minimind_tokenizer, kind: str,
                                                             entry: str):
-    """The pipeline hands rows to the tokenizer in batches (on a thread, several at once): every sample is the one
+    """The pipeline hands rows to the tokenizer in batches: every sample is the one
     that encoding its row alone gives, in the rows' order."""
     from tunelab.data import pipeline
     from tunelab.data.row_kinds import row_kind

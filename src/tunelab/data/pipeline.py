@@ -6,9 +6,7 @@ each row is encoded by its kind's entry in ``row_kinds``."""
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,35 +118,24 @@ def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: Row
 
 
 ENCODE_BATCH_ROWS = 512  # rows whose texts go to the Rust tokenizer in one call (it spreads them over the cores)
-ENCODE_THREADS = 1  # a thread that encodes the next batch while the caller takes this one
 
 
 def _encoded_rows(rows: list[dict], tokenizer: Any, data: DataSettings, kind: RowKind,
                   split: str) -> Iterator[list[Sample]]:
-    """Per row its samples, in order. Rows are encoded in batches on a thread, one batch ahead of the caller; a row
-    whose conversation cannot be masked is named."""
-    def encode(start: int) -> list[list[Sample]]:
-        return kind.encode_rows(rows[start:start + ENCODE_BATCH_ROWS], tokenizer, data.loss_policy, data.cutoff_len)
-
-    def finished(start: int, batch: Future) -> list[list[Sample]]:
+    """Per row its samples, in order, the rows encoded in batches; a row whose conversation cannot be masked is
+    named."""
+    for start in range(0, len(rows), ENCODE_BATCH_ROWS):
+        batch = rows[start:start + ENCODE_BATCH_ROWS]
         try:
-            return batch.result()
+            encoded = kind.encode_rows(batch, tokenizer, data.loss_policy, data.cutoff_len)
         except MaskingError:
-            for index, row in enumerate(rows[start:start + ENCODE_BATCH_ROWS], start + 1):  # row by row, to find it
+            for index, row in enumerate(batch, start + 1):  # row by row, to find it
                 try:
                     kind.encode(row, tokenizer, data.loss_policy, data.cutoff_len)
                 except MaskingError as error:
                     raise DataError(f"{split} sample {index}: {error}") from None
             raise
-
-    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        for start in range(0, len(rows), ENCODE_BATCH_ROWS):
-            pending.append((start, pool.submit(encode, start)))
-            if len(pending) > ENCODE_THREADS:
-                yield from finished(*pending.popleft())
-        while pending:
-            yield from finished(*pending.popleft())
+        yield from encoded
 
 
 def with_system_prompt(prompt: list[dict], system_prompt: str | None) -> list[dict]:
