@@ -45,11 +45,13 @@ import importlib.metadata
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,6 +383,8 @@ def _last(lines: list[LogLine], needle: str) -> LogLine | None:
 
 def run_llamafactory(venv: Path, data: Path, workdir: Path, tokenizer: TokenizerSpec) -> LfResult:
     """Launch the CLI, timestamp its log, stop it once the tokenized dataset is on disk, count what it saved."""
+    for previous in ("lf_tokenized", "hf_cache", "lf_out"):  # a fresh start: LF would load a saved dataset instead
+        shutil.rmtree(workdir / previous, ignore_errors=True)
     yaml_path, yaml_text = lf_yaml(data, workdir, tokenizer)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", HF_DATASETS_CACHE=str(workdir / "hf_cache"))
     started = time.perf_counter()
@@ -534,6 +538,8 @@ def render_lf(lf: LfResult, cmp: dict[str, Any] | None, data_name: str, lf_templ
              f"others' cpu {lf.preprocess_others_cpu_seconds:.2f} s)"]
     for phase, seconds in lf.phases.items():
         lines.append(f"      {phase:<32} {seconds:6.2f} s")
+    if lf.note:
+        lines.append(f"  ({lf.note})")
     if cmp:
         lines += [
             f"  rows tokenized: tunelab {cmp['tunelab_rows']:,}, LLaMA-Factory {cmp['lf_rows']:,}; tokens: tunelab "
@@ -585,6 +591,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-llamafactory", action="store_true", help="skip the LLaMA-Factory comparison")
     parser.add_argument("--workdir", type=Path, help="keep the generated files and LF's log here (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the tokenize stage and LLaMA-Factory this many times, alternating, and report each "
+                             "side's median (default: %(default)s)")
     parser.add_argument("--tokenizer", default="stories260K",
                         help="tokenizer for the tokenize stage: stories260K (embedded) or a tokenizer folder, e.g. "
                              "../shared/tokenizers/llama3 (default: %(default)s)")
@@ -619,6 +628,8 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
         else:
             print(f"  LLaMA-Factory on {data.name} ...", file=sys.stderr, flush=True)
             lf = run_llamafactory(venv, data, workdir, tokenizer)
+            if args.repeats > 1:
+                lf = _repeat_tokenize(args, venv, data, workdir, tokenizer, results, lf)
     report: dict[str, Any] = {"machine": machine_info(), "data": data.name, "tokenize_limit": args.tokenize_limit,
                               "tokenizer": asdict(tokenizer),
                               "stages": [dict(asdict(r), rows_per_s=r.rows_per_s, rows_per_cpu_s=r.rows_per_cpu_s)
@@ -629,6 +640,35 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], li
     report["llamafactory"] = lf_dict
     report["comparison"] = comparison(results, lf, data.name) if lf.available else None
     return report, results, lf
+
+
+def _median(runs: list[Any], seconds: Callable[[Any], float]) -> Any:
+    return sorted(runs, key=seconds)[len(runs) // 2]
+
+
+def _repeat_tokenize(args: argparse.Namespace, venv: Path, data: Path, workdir: Path, tokenizer: TokenizerSpec,
+                     results: list[StageResult], lf: LfResult) -> LfResult:
+    """--repeats: tunelab's tokenize stage and LLaMA-Factory again, alternating which goes first; each side's run of
+    median tokenize time replaces its first one in ``results`` and is returned for LLaMA-Factory."""
+    position = next(i for i, r in enumerate(results) if r.stage == "tokenize" and r.file == data.name)
+    ours, theirs = [results[position]], [lf]
+    for repeat in range(1, args.repeats):
+        print(f"  repeat {repeat + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
+        for side in (("lf", "tunelab") if repeat % 2 else ("tunelab", "lf")):
+            if side == "lf":
+                theirs.append(run_llamafactory(venv, data, workdir, tokenizer))
+            else:
+                ours.append(run_stage("tokenize", data, args.tokenize_limit, workdir, tokenizer))
+    results[position] = _median(ours, lambda r: r.seconds)
+    results[position].notes += f"; median of {len(ours)} runs ({', '.join(f'{r.seconds:.2f}' for r in ours)} s)"
+    chosen = _median(theirs, _lf_tokenize_seconds)
+    chosen.note = (f"median of {len(theirs)} runs by tokenize map "
+                   f"({', '.join(f'{_lf_tokenize_seconds(r):.2f}' for r in theirs)} s)")
+    return chosen
+
+
+def _lf_tokenize_seconds(lf: LfResult) -> float:
+    return lf.phases.get("tokenize map", 0.0)
 
 
 def main(argv: list[str] | None = None) -> None:
