@@ -34,12 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (the shared harness, a sibling module)
     FIXTURES,
+    LF_TOOL,
     MIB,
     Comparison,
     SideResult,
     SideSpec,
     compare,
     fmt_ratio,
+    lf_template_for,
+    llamafactory_python,
     make_step_clock,
     matmul_peak_flops,
     median_of,
@@ -63,6 +66,7 @@ class Spec(SideSpec):
     cutoff_len: int
     lora_rank: int
     beta: float
+    lf_template: str = "qwen"
 
 
 def run_tunelab(spec: Spec, started: float, run_dir: Path) -> SideResult:
@@ -126,6 +130,35 @@ def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
     return summarize("trl", clock, spec.warmup, "everything after the prompt (TRL)")
 
 
+def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
+    """LLaMA-Factory's own DPO recipe (run_exp) on the same model, pairs and settings, in its environment; with LoRA
+    and no reference model given it uses the base with the adapter disabled, as the other two sides do."""
+    from llamafactory.train.tuner import run_exp
+
+    data_dir = run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"file_name": spec.data, "ranking": True, "formatting": "sharegpt",
+             "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": entry}))
+    args = {
+        "model_name_or_path": spec.model, "stage": "dpo", "do_train": True, "finetuning_type": "lora",
+        "lora_rank": spec.lora_rank, "lora_alpha": 2 * spec.lora_rank, "lora_target": "all",
+        "pref_beta": spec.beta, "pref_loss": "sigmoid", "dataset": "bench", "dataset_dir": str(data_dir),
+        "template": spec.lf_template, "cutoff_len": spec.cutoff_len, "max_samples": spec.rows,
+        "overwrite_cache": True, "output_dir": str(run_dir / "out"), "overwrite_output_dir": True,
+        "per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
+        "learning_rate": spec.learning_rate, "max_steps": spec.steps, "seed": spec.seed, "logging_steps": 1,
+        "save_steps": max(spec.steps, 500), "bf16": spec.bf16, "gradient_checkpointing": spec.gradient_checkpointing,
+        "report_to": "none", "plot_loss": False, "include_num_input_tokens_seen": "non_padding",
+        "use_cpu": spec.device == "cpu",
+        # it turns checkpointing on by itself unless told not to; the sides must match
+        "disable_gradient_checkpointing": not spec.gradient_checkpointing,
+    }
+    clock = make_step_clock(started)
+    run_exp(args, callbacks=[clock])
+    return summarize("llamafactory", clock, spec.warmup, "answers (LLaMA-Factory)")
+
+
 def report(run: Comparison) -> str:
     info, model, spec = run.info, run.model, run.spec
 
@@ -139,6 +172,9 @@ def report(run: Comparison) -> str:
     body = [[side, f"{row['pairs/s']:.2f}", f"{row['tokens/s']:.0f}", f"{row['peak MiB']:.1f}",
              f"{row['final loss'] or 0:.4f}", f"{row['trainable']:,}"] for side, row in rows.items()]
     body.append(["ratio", *(fmt_ratio(ratio(t[key], p[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
+    if "llamafactory" in rows:
+        lf = rows["llamafactory"]
+        body.append(["vs LF", *(fmt_ratio(ratio(t[key], lf[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
     lines = [f"DPO throughput, {info['date']}: {info['cpu']}" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}",
              f"model: {model['name']} ({model['params']:,} parameters); {spec.rows} dpo_en_demo pairs, LoRA r"
@@ -148,7 +184,9 @@ def report(run: Comparison) -> str:
              "(medians)", "",
              *table(["", "pairs/s", "tokens/s", "peak MiB", "final loss", "trainable"], body,
                     widths=[10, 10, 11, 10, 12, 11], gap="")]
-    lines[-1] += "   (tunelab / TRL)"
+    lines[-1 - ("llamafactory" in rows)] += "   (tunelab / TRL)"
+    if "llamafactory" in rows:
+        lines[-1] += "   (tunelab / LLaMA-Factory 0.9.5, its own tokenization and template " + spec.lf_template + ")"
     peak, fraction = info.get("matmul_peak_flops"), run.results["tunelab"][-1].labelled_fraction
     if peak and fraction and "body_params" in model:
         mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction) / peak for side, row in rows.items()}
@@ -160,16 +198,27 @@ def report(run: Comparison) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = side_by_side_parser(__doc__, data=DEFAULT_DATA, tokenizer=DEFAULT_TOKENIZER, rows=64, steps=12,
-                                 batch_size=2, lr=5e-6)
+                                 batch_size=2, lr=5e-6, peers=("llamafactory",))
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory 0.9.5 (built by "
+                        "../shared/tools/llamafactory-venv) on the same model, pairs and settings")
+    parser.add_argument("--lf-template", default=None, help="LLaMA-Factory's template name matching the "
+                        "tokenizer's own (default: llama3 for a Llama-3 tokenizer, else qwen)")
     args = parser.parse_args(argv)
     if args.worker:
-        side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl}, args)
+        side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl, "llamafactory": run_llamafactory}, args)
         return 0
+    peers = {}
+    if args.llamafactory:
+        python = llamafactory_python()
+        if python is None:
+            raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
+        peers["llamafactory"] = python
     run = compare(__file__, args, "DPO", lambda **shared: Spec(
-        **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta))
+        **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta,
+        lf_template=args.lf_template or lf_template_for(args.tokenizer)), peers)
     run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
     print(to_json({"machine": run.info, "model": run.model, "spec": run.spec, "results": run.results})
           if args.json else report(run))

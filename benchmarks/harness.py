@@ -502,6 +502,23 @@ def side_worker(spec_type: Callable[..., Any], runs: Mapping[str, Runner], args:
     result_path.write_text(to_json(result))
 
 
+LF_TOOL = REPO_ROOT.parent / "shared" / "tools" / "llamafactory-venv"
+
+
+def lf_template_for(tokenizer: str | Path) -> str:
+    """LLaMA-Factory's template name matching a tokenizer's own chat template."""
+    return "llama3" if "llama3" in str(tokenizer) else "qwen"
+
+
+def llamafactory_python() -> str | None:
+    """The LLaMA-Factory environment's interpreter, built by the shared tool on first use; None if unavailable."""
+    if not LF_TOOL.is_file():
+        return None
+    done = subprocess.run([str(LF_TOOL)], capture_output=True, text=True, timeout=1800)
+    venv = Path(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else None
+    return str(venv / "bin" / "python") if venv and (venv / "bin" / "llamafactory-cli").is_file() else None
+
+
 @dataclass
 class Comparison:
     """One tunelab-vs-TRL run, as a benchmark's report sees it."""

@@ -47,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (the shared harness, a sibling module)
+    LF_TOOL,
     MIB,
     REPO_ROOT,
     SIDES,
@@ -57,6 +58,8 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     differing_settings,
     fastest_step_seconds,
     fmt_ratio,
+    lf_template_for,
+    llamafactory_python,
     machine_lines,
     make_step_clock,
     matmul_peak_flops,
@@ -169,20 +172,6 @@ def tunelab_samples(spec: Spec) -> Any:
                         max_samples=spec.rows)
     train, _, _ = build_datasets(data, "sft", load_tokenizer(spec.model, None), spec.seed)
     return train
-
-
-LF_TOOL = REPO_ROOT.parent / "shared" / "tools" / "llamafactory-venv"
-
-
-def llamafactory_python() -> str | None:
-    """The LLaMA-Factory environment's interpreter, built by the shared tool on first use; None if unavailable."""
-    import subprocess
-
-    if not LF_TOOL.is_file():
-        return None
-    done = subprocess.run([str(LF_TOOL)], capture_output=True, text=True, timeout=1800)
-    venv = Path(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else None
-    return str(venv / "bin" / "python") if venv and (venv / "bin" / "llamafactory-cli").is_file() else None
 
 
 def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
@@ -446,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         if python is None:
             raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
         peers["llamafactory"] = python
-    lf_template = args.lf_template or ("llama3" if "llama3" in str(args.tokenizer) else "qwen")
+    lf_template = args.lf_template or lf_template_for(args.tokenizer)
     run = compare(__file__, args, "training", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, full=args.full, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
