@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -146,25 +147,59 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def heap_in_use_bytes() -> int:
+    """Bytes glibc's malloc holds for the program now (``mallinfo2``: in-use chunks of every arena plus mmapped
+    blocks), freed memory it keeps for reuse left out; 0 without glibc. The resident set also counts what the
+    allocator kept: how much that is depends on the order of allocations more than on the framework."""
+    info = _mallinfo2()
+    return info.uordblks + info.hblkhd if info is not None else 0
+
+
+@functools.cache
+def _glibc() -> Any:
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _mallinfo2() -> Any:
+    libc = _glibc()
+    return libc.mallinfo2() if libc is not None else None
+
+
 class RssSampler:
-    """A thread keeping the highest resident set seen between ``start`` and ``stop``. torch's CPU allocations
-    are invisible to tracemalloc and ``ru_maxrss`` cannot be reset, so sampling is how to get a per-phase peak."""
+    """A thread keeping the highest resident set (and malloc's in-use bytes) seen between ``start`` and ``stop``.
+    torch's CPU allocations are invisible to tracemalloc and ``ru_maxrss`` cannot be reset, so sampling is how to
+    get a per-phase peak."""
 
     def __init__(self, anonymous: bool = False, interval: float = 0.005) -> None:
         self.anonymous = anonymous
         self.interval = interval
         self.peak = 0
+        self.heap_peak = 0
+        self.heap_base = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes(self.anonymous))
+            self.heap_peak = max(self.heap_peak, heap_in_use_bytes())
             self._stop.wait(self.interval)
 
     def start(self) -> int:
         """Start sampling; returns the resident set now (the baseline)."""
         self.peak = rss_bytes(self.anonymous)
+        self.heap_base = self.heap_peak = heap_in_use_bytes()
         self._thread.start()
         return self.peak
 
@@ -209,6 +244,7 @@ class SideResult:
     settings: dict[str, Any] = field(default_factory=dict)
     metrics_jsonl_tokens: int | None = None
     labelled_fraction: float | None = None  # tokens that carry loss / tokens seen, over the run's data
+    heap_peak_bytes: int = 0  # CPU: growth of malloc's in-use bytes during training (the RSS also counts its reserve)
 
 
 def plain(value: Any) -> Any:
@@ -239,6 +275,7 @@ def make_step_clock(started: float, extra_args: Sequence[str] = ()) -> Any:
             self.trainable_params = 0
             self.memory_base = 0
             self.memory_peak = 0
+            self.heap_peak = 0
             self.setup_seconds = 0.0
             self.cuda = torch.cuda.is_available()
             self._sampler: RssSampler | None = None
@@ -292,6 +329,7 @@ def make_step_clock(started: float, extra_args: Sequence[str] = ()) -> Any:
                 self.memory_peak = torch.cuda.max_memory_allocated()
             elif self._sampler is not None:
                 self.memory_peak = self._sampler.stop() - self.memory_base
+                self.heap_peak = self._sampler.heap_peak - self._sampler.heap_base
 
     return StepClock()
 
@@ -331,6 +369,7 @@ def summarize(side: str, clock: Any, warmup: int, loss_tokens: str) -> SideResul
         loss_tokens=loss_tokens,
         setup_seconds=clock.setup_seconds,
         settings=clock.settings,
+        heap_peak_bytes=int(clock.heap_peak),
     )
 
 

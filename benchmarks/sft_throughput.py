@@ -225,6 +225,7 @@ class Summary:
     per_repeat: list[float]
     other_cpu_cores: list[float]
     peak_memory_bytes: float
+    heap_peak_bytes: float
     median_step_seconds: float
     final_loss: float | None
     window_tokens: int
@@ -249,6 +250,7 @@ def summarize_side(runs: list[SideResult], warmup: int) -> Summary:
         per_repeat=[r.tokens_per_second for r in runs],
         other_cpu_cores=[r.other_cpu_cores for r in runs],
         peak_memory_bytes=median_of(runs, "peak_memory_bytes"),
+        heap_peak_bytes=median_of(runs, "heap_peak_bytes"),
         median_step_seconds=statistics.median(s for r in runs for s in r.step_seconds[start:]),
         final_loss=first.final_loss,
         window_tokens=first.window_tokens,
@@ -299,6 +301,8 @@ def format_report(run: Comparison, repeats: int) -> str:
         _row(f"  undisturbed steps only ({tl.quiet_steps} vs {tr.quiet_steps} steps)",
              tl.quiet_tokens_per_second, tr.quiet_tokens_per_second),
         _row(f"peak memory, MiB ({first_tl.memory_kind})", tl.peak_memory_bytes / MIB, tr.peak_memory_bytes / MIB),
+        *([_row("  of it in use by malloc, MiB (glibc's in-use bytes)", tl.heap_peak_bytes / MIB,
+                tr.heap_peak_bytes / MIB)] if tl.heap_peak_bytes else []),
         ["final logged loss", _loss(tl.final_loss), _loss(tr.final_loss), loss_ratio],
         _row("median step time, s", tl.median_step_seconds, tr.median_step_seconds, lambda v: f"{v:.3f}"),
         ["tokens / steps in the timed window", f"{tl.window_tokens:,} / {tl.window_steps}",
@@ -364,6 +368,8 @@ def format_report(run: Comparison, repeats: int) -> str:
                       _row("trained (non-padding) tokens/s", tl.tokens_per_second, lf.tokens_per_second),
                       _row(f"peak memory, MiB ({first_tl.memory_kind})", tl.peak_memory_bytes / MIB,
                            lf.peak_memory_bytes / MIB),
+                      *([_row("  of it in use by malloc, MiB", tl.heap_peak_bytes / MIB, lf.heap_peak_bytes / MIB)]
+                        if tl.heap_peak_bytes else []),
                       ["final logged loss", _loss(tl.final_loss), _loss(lf.final_loss), "n/a"],
                       _row("median step time, s", tl.median_step_seconds, lf.median_step_seconds,
                            lambda v: f"{v:.3f}"),
@@ -387,6 +393,7 @@ def json_report(run: Comparison) -> dict[str, Any]:
         "ratio": {
             "tokens_per_second": tl.tokens_per_second / tr.tokens_per_second,
             "peak_memory": ratio(tl.peak_memory_bytes, tr.peak_memory_bytes),
+            "heap_peak": ratio(tl.heap_peak_bytes, tr.heap_peak_bytes),
             "cpu_tokens_per_second": tl.cpu_tokens_per_second / tr.cpu_tokens_per_second,
             "quiet_tokens_per_second": ratio(tl.quiet_tokens_per_second, tr.quiet_tokens_per_second),
             "best_tokens_per_second": ratio(tl.best_tokens_per_second, tr.best_tokens_per_second),
@@ -403,6 +410,7 @@ def json_report(run: Comparison) -> dict[str, Any]:
         report["summary"]["llamafactory"] = lf
         report["ratio"]["llamafactory_tokens_per_second"] = ratio(tl.tokens_per_second, lf.tokens_per_second)
         report["ratio"]["llamafactory_peak_memory"] = ratio(tl.peak_memory_bytes, lf.peak_memory_bytes)
+        report["ratio"]["llamafactory_heap_peak"] = ratio(tl.heap_peak_bytes, lf.heap_peak_bytes)
     return report
 
 

@@ -157,3 +157,24 @@ def test_rss_sampler_reports_a_peak_no_lower_than_its_baseline() -> None:
     assert peak >= base and sampler.stop() == peak
     if Path("/proc/self/statm").is_file():
         assert base > 0 and harness.rss_bytes(anonymous=True) <= harness.rss_bytes()
+
+
+def test_heap_sampler_sees_an_allocation_that_the_resident_set_may_hide() -> None:
+    """malloc's in-use bytes rise by an allocation held during sampling and fall when it is freed, whatever the
+    allocator keeps in reserve (which the resident set counts)."""
+    import time
+
+    import torch
+
+    if not harness.heap_in_use_bytes():
+        pytest.skip("not glibc")
+    sampler = harness.RssSampler(interval=0.001)
+    sampler.start()
+    held = torch.ones(8 << 20)  # 32 MiB, filled: every page touched
+    time.sleep(0.05)
+    size = held.numel() * held.element_size()
+    during = harness.heap_in_use_bytes()
+    del held
+    sampler.stop()
+    assert sampler.heap_peak - sampler.heap_base >= size
+    assert harness.heap_in_use_bytes() <= during - size + (1 << 20)

@@ -247,3 +247,68 @@ def test_trl_fused_head_scores_only_labelled_positions_with_the_same_results(mon
     assert _close(labelled, every, 1e-5)
     for name, grad in every_grads.items():
         assert _close(labelled_grads[name], grad, 1e-4), name
+
+
+def _saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, torch.Tensor]:
+    """Bytes of the distinct tensors autograd keeps for the backward of one forward, and its loss."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = _ours(model, batch)
+    return sum(storages.values()), loss
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_mlps_give_the_same_loss_and_gradients_and_keep_less(method, arch):
+    """The SwiGLU MLP that keeps gate and up only: the same loss and gradients as transformers' own MLP, and exactly
+    one intermediate-wide tensor per token and layer less kept for the backward."""
+    from tunelab.training.lean_mlp import use_lean_mlps
+
+    batch = _flat(_alpaca_samples(4))
+    results = []
+    for lean in (False, True):
+        model = _model(arch)
+        if lean:
+            assert use_lean_mlps(model) == model.config.num_hidden_layers
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        saved, loss = _saved_bytes(model, batch)
+        loss.backward()
+        results.append((saved, loss.item(), _grads(model)))
+    (stock_saved, stock_loss, stock_grads), (lean_saved, lean_loss, lean_grads) = results
+    tokens, config = batch["input_ids"].numel(), model.config
+    assert stock_saved - lean_saved == tokens * config.intermediate_size * 4 * config.num_hidden_layers
+    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
+    assert lean_grads.keys() == stock_grads.keys() and stock_grads
+    for name in stock_grads:
+        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+
+
+def test_only_mlps_that_compute_exactly_swiglu_are_changed():
+    from torch import nn
+
+    from tunelab.training.lean_mlp import use_lean_mlps
+
+    class GeluMLP(nn.Module):  # the attribute names of a SwiGLU MLP, another computation
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
+            self.act_fn = nn.SiLU()
+
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) + self.up_proj(x))
+
+    model = nn.Sequential(GeluMLP())
+    assert use_lean_mlps(model) == 0 and "forward" not in vars(model[0])
+    gelu = _model("llama")
+    for layer in gelu.model.layers:
+        layer.mlp.act_fn = nn.GELU()
+    assert use_lean_mlps(gelu) == 0

@@ -128,6 +128,9 @@ def load_trainable_model(cfg: TrainConfig, tokenizer: Any, run: RunDir, head: st
                        flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code,
                        revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head,
                        quantization=quantization_config(cfg))
+    from tunelab.training.lean_mlp import use_lean_mlps
+
+    use_lean_mlps(model)  # the same gradients, one intermediate-wide tensor per token and layer less kept
     return attach_method(model, cfg) if attach else model
 
 

@@ -1,0 +1,72 @@
+"""SwiGLU MLPs that keep two tensors per token for the backward instead of three: less activation memory, same maths.
+
+transformers writes the MLP of Llama, Qwen, Mistral and most of their kin as ``down(silu(gate(x)) * up(x))``. Autograd
+keeps ``gate(x)`` for the SiLU's backward and both ``silu(gate(x))`` and ``up(x)`` for the product's: three tensors of
+the intermediate width (2.7x the hidden size) per token and layer, the largest share of a small model's activations.
+``SiluMul`` keeps ``gate(x)`` and ``up(x)`` and recomputes ``silu`` in the backward, with the kernel of autograd's own
+SiLU backward; the gradients are autograd's (``tests/test_token_loss.py``).
+
+Only MLP classes whose forward is exactly that line are changed, on the model's instances, for training only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import textwrap
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+# The bodies (statements joined by a space) of the forwards that compute down(act(gate(x)) * up(x)) and nothing else.
+_STANDARD_BODIES = frozenset((
+    "down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)) return down_proj",
+    "return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))",
+))
+
+
+class SiluMul(torch.autograd.Function):
+    """``silu(gate) * up``, saving only its two inputs."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, up = ctx.saved_tensors
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)  # the kernel autograd's SiLU backward runs
+        return grad_gate, grad * nn.functional.silu(gate)
+
+
+def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+@functools.cache
+def _standard_swiglu(cls: type) -> bool:
+    """Whether ``cls.forward`` computes ``down(act(gate(x)) * up(x))`` and nothing else (read from its source)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls.forward))
+    except (OSError, TypeError):
+        return False
+    lines = [line.strip() for line in source.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
+    return source.startswith("def forward(self, x)") and " ".join(lines) in _STANDARD_BODIES
+
+
+def _is_silu(module: Any) -> bool:
+    return isinstance(module, nn.SiLU) or type(module).__name__ == "SiLUActivation"
+
+
+def use_lean_mlps(model: nn.Module) -> int:
+    """Give every standard SwiGLU MLP of ``model`` the lean forward; returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if (all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+                and _is_silu(module.act_fn) and _standard_swiglu(type(module))):
+            module.forward = types.MethodType(_lean_forward, module)
+            changed += 1
+    return changed
