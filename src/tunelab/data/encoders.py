@@ -24,7 +24,7 @@ def _in_order(rows: list[dict], text_rows: Callable[[list[dict]], list], image_r
 
 
 def encode_sft_rows(rows: list[dict], tokenizer: Any, policy: str = "assistant",
-               cutoff_len: int | None = None) -> list[list[Encoded]]:
+                    cutoff_len: int | None = None) -> list[list[Encoded]]:
     """Per row its samples (one conversation)."""
     from tunelab.data.image_samples import encode_with_images
 
