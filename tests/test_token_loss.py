@@ -312,3 +312,47 @@ def test_only_mlps_that_compute_exactly_swiglu_are_changed():
     for layer in gelu.model.layers:
         layer.mlp.act_fn = nn.GELU()
     assert use_lean_mlps(gelu) == 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_preference_batches_run_padding_free_with_the_same_log_probs_and_gradients(method, attention):
+    """DPO's padded batch of chosen and rejected answers (tunelab's real encoded pairs) through TRL's fused head, as
+    it is and padding-free: the same per-token log-probabilities in the padded layout, the same gradients."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.config import DataSettings
+    from tunelab.data.pipeline import DataReport, tokenize_rows
+    from tunelab.data.registry import load_dataset_rows
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.training.collate import PairCollator
+    from tunelab.training.packed_attention import use_per_sample_attention
+    from tunelab.training.padding_free import pack_fused_forward
+
+    tokenizer = load_tokenizer(str(FIXTURES / "tokenizers" / "minimind"), "chatml")
+    rows = load_dataset_rows("dpo_en_demo", str(FIXTURES / "data" / "llamafactory"), "preference", max_samples=3).rows
+    pairs = tokenize_rows(rows, tokenizer, DataSettings(cutoff_len=1024), "preference", DataReport(), "train")
+    batch = PairCollator(0)(pairs)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    assert (batch["attention_mask"] == 0).any()  # there is padding to leave out
+    results = []
+    for packed in (False, True):
+        model = _model("qwen2", attention)
+        add_fused_lm_head(model)
+        if packed:
+            use_per_sample_attention(model)
+            pack_fused_forward(model)
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                        fused_lm_head=True, use_cache=False)
+        (outputs.log_probs.sum(1) * torch.tensor([1.0, 0.5, -1.0, 2.0, 0.3, -0.7])).sum().backward()
+        results.append((outputs.log_probs.detach(), _grads(model)))
+    (plain, plain_grads), (packed, packed_grads) = results
+    assert packed.shape == plain.shape == (6, batch["input_ids"].shape[1] - 1)
+    assert _close(packed, plain, 1e-5)
+    assert packed_grads.keys() == plain_grads.keys() and plain_grads
+    for name in plain_grads:
+        assert _close(packed_grads[name], plain_grads[name], 1e-4), name

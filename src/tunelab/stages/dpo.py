@@ -32,7 +32,20 @@ def _trainer_class() -> type:
     from trl import DPOTrainer
 
     class EncodedPairsDPOTrainer(DPOTrainer):
-        """DPOTrainer on pairs tunelab already encoded and masked (``prompt_ids``, ``chosen_ids``/``_mask``, ...)."""
+        """DPOTrainer on pairs tunelab already encoded and masked (``prompt_ids``, ``chosen_ids``/``_mask``, ...);
+        with ``padding_free`` its batches of chosen and rejected answers run as one row without padding."""
+
+        def __init__(self, *args: Any, padding_free: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if padding_free:
+                from tunelab.training.packed_attention import use_per_sample_attention
+                from tunelab.training.padding_free import pack_fused_forward
+                from tunelab.training.token_loss import causal_lm
+
+                for model in (self.model, self.ref_model):  # TRL put its fused head on each
+                    if model is not None:
+                        use_per_sample_attention(causal_lm(model))
+                        pack_fused_forward(causal_lm(model))
 
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset
@@ -80,7 +93,11 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     # copy). Continuing an adapter (adapter_name_or_path, e.g. the SFT one), TRL keeps a frozen copy of that
     # adapter as the reference: the SFT model, as DPO intends, at the cost of one adapter.
     model, peft_config = model_for_trainer(cfg, tokenizer, run)
+    from tunelab.training.token_loss import supports_padding_free
+
     trainer = _trainer_class()(
+        padding_free=supports_padding_free(model, cfg, sequences_per_sample=2)
+        and getattr(tokenizer, "image_tokens", None) is None,
         model=model,
         peft_config=peft_config,
         ref_model=reference_model(cfg, tokenizer),

@@ -1,0 +1,39 @@
+"""Padded batches run padding-free through TRL's fused LM head: the preference and RL trainers' forwards.
+
+TRL's DPO trainer pads chosen and rejected answers to one length and runs them as one batch; its padding-free
+option is disabled in this version. Wrapped here, the fused forward (``add_fused_lm_head``, which returns per-token
+log-probabilities) takes such a batch, runs its tokens as one row with position ids restarting at each sample
+(transformers' attention, or ``packed_attention.per_sample_sdpa``, keeps the samples apart), scores each position
+against its own sample's next token, and puts the per-token results back in the padded layout the trainer reads.
+No padding is computed; the results are the same (``tests/test_token_loss.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def pack_fused_forward(model: Any) -> None:
+    """Wrap the fused forward TRL installed on ``model``. Calls without ``fused_lm_head`` (generation, evaluation
+    with logits) or with anything but ids, mask and labels as tensors (images, embeddings) go through unchanged."""
+    fused = model.forward
+
+    def forward(*args: Any, fused_lm_head: bool = False, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        unchanged = (not fused_lm_head or args or input_ids is None or attention_mask is None or labels is None
+                     or input_ids.shape[0] < 2 or any(isinstance(value, torch.Tensor) for value in kwargs.values()))
+        if unchanged:
+            return fused(*args, fused_lm_head=fused_lm_head, input_ids=input_ids, attention_mask=attention_mask,
+                         labels=labels, **kwargs)
+        keep = attention_mask.bool()
+        next_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # what each position predicts
+        outputs = fused(input_ids=input_ids[keep][None], position_ids=(attention_mask.long().cumsum(1) - 1)[keep][None],
+                        shift_labels=next_labels[keep][None], fused_lm_head=True, **kwargs)
+        for name, value in list(outputs.items()):
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == int(keep.sum()):
+                outputs[name] = value.new_zeros(keep.shape).masked_scatter(keep, value[0])[:, :-1]
+        return outputs
+
+    model.forward = forward
