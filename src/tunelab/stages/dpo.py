@@ -38,14 +38,9 @@ def _trainer_class() -> type:
         def __init__(self, *args: Any, padding_free: bool = False, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             if padding_free:
-                from tunelab.training.packed_attention import use_per_sample_attention
-                from tunelab.training.padding_free import pack_fused_forward
-                from tunelab.training.token_loss import causal_lm
+                from tunelab.training.padding_free import pack_trainer_forwards
 
-                for model in (self.model, self.ref_model):  # TRL put its fused head on each
-                    if model is not None:
-                        use_per_sample_attention(causal_lm(model))
-                        pack_fused_forward(causal_lm(model))
+                pack_trainer_forwards(self)
 
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset

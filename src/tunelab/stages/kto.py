@@ -58,9 +58,10 @@ def _trainer_class() -> type:
     from trl import KTOTrainer
 
     class EncodedKTOTrainer(KTOTrainer):
-        """KTOTrainer on rows tunelab already encoded, masked and paired for KL."""
+        """KTOTrainer on rows tunelab already encoded, masked and paired for KL; with ``padding_free`` its batches
+        run as one row without padding."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, padding_free: bool = False, **kwargs: Any) -> None:
             # TRL refuses batch size 1 because its own pairing rotates within a batch; tunelab's pairs come from
             # across the dataset (with_kl_completions), so its check is passed over for that case alone.
             settings = kwargs["args"]
@@ -71,6 +72,10 @@ def _trainer_class() -> type:
             finally:
                 settings.per_device_train_batch_size = batch
             self._train_batch_size = settings.train_batch_size
+            if padding_free:
+                from tunelab.training.padding_free import pack_trainer_forwards
+
+                pack_trainer_forwards(self)
 
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset
@@ -96,7 +101,10 @@ def run_kto(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     settings = {"beta": cfg.pref_beta, "desirable_weight": cfg.kto_chosen_weight,
                 "undesirable_weight": cfg.kto_rejected_weight, "max_length": None, "remove_unused_columns": False,
                 "train_sampling_strategy": "sequential"}
+    from tunelab.training.token_loss import supports_padding_free
+
     trainer = _trainer_class()(
+        padding_free=supports_padding_free(model, cfg),
         model=model,
         ref_model=reference_model(cfg, tokenizer),
         args=training_arguments(cfg, KTOConfig, **settings),

@@ -1,11 +1,12 @@
-"""Padded batches run padding-free through TRL's fused LM head: the preference and RL trainers' forwards.
+"""Padded batches run padding-free through TRL's fused LM head: the DPO and KTO trainers' forwards.
 
-TRL's DPO trainer pads chosen and rejected answers to one length and runs them as one batch; its padding-free
-option is disabled in this version. Wrapped here, the fused forward (``add_fused_lm_head``, which returns per-token
-log-probabilities) takes such a batch, runs its tokens as one row with position ids restarting at each sample
-(transformers' attention, or ``packed_attention.per_sample_sdpa``, keeps the samples apart), scores each position
-against its own sample's next token, and puts the per-token results back in the padded layout the trainer reads.
-No padding is computed; the results are the same (``tests/test_token_loss.py``).
+TRL's DPO trainer pads chosen and rejected answers to one length and runs them as one batch (its padding-free
+option is disabled in this version); KTO pads its completions alike. Wrapped here, the fused forward
+(``add_fused_lm_head``, which returns per-token log-probabilities) takes such a batch, runs its tokens as one row
+with position ids restarting at each sample (transformers' attention, or ``packed_attention.per_sample_sdpa``,
+keeps the samples apart), scores each position against its own sample's next token, and puts the per-token results
+back in the padded layout the trainer reads. No padding is computed; the results are the same
+(``tests/test_token_loss.py``).
 """
 
 from __future__ import annotations
@@ -37,3 +38,15 @@ def pack_fused_forward(model: Any) -> None:
         return outputs
 
     model.forward = forward
+
+
+def pack_trainer_forwards(trainer: Any) -> None:
+    """Padding-free fused forwards, with per-sample attention, for a TRL trainer's policy and reference model (TRL
+    put its fused head on each)."""
+    from tunelab.training.packed_attention import use_per_sample_attention
+    from tunelab.training.token_loss import causal_lm
+
+    for model in (trainer.model, getattr(trainer, "ref_model", None)):
+        if model is not None:
+            use_per_sample_attention(causal_lm(model))
+            pack_fused_forward(causal_lm(model))
