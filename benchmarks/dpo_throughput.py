@@ -34,15 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (the shared harness, a sibling module)
     FIXTURES,
-    LF_TOOL,
     MIB,
     Comparison,
     SideResult,
     SideSpec,
+    add_llamafactory_args,
     compare,
     fmt_ratio,
     lf_template_for,
-    llamafactory_python,
+    llamafactory_peers,
     make_step_clock,
     matmul_peak_flops,
     median_of,
@@ -202,20 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory 0.9.5 (built by "
-                        "../shared/tools/llamafactory-venv) on the same model, pairs and settings")
-    parser.add_argument("--lf-template", default=None, help="LLaMA-Factory's template name matching the "
-                        "tokenizer's own (default: llama3 for a Llama-3 tokenizer, else qwen)")
+    add_llamafactory_args(parser, "pairs")
     args = parser.parse_args(argv)
     if args.worker:
         side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl, "llamafactory": run_llamafactory}, args)
         return 0
-    peers = {}
-    if args.llamafactory:
-        python = llamafactory_python()
-        if python is None:
-            raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
-        peers["llamafactory"] = python
+    peers = llamafactory_peers(args)
     run = compare(__file__, args, "DPO", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta,
         lf_template=args.lf_template or lf_template_for(args.tokenizer)), peers)

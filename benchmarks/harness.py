@@ -549,6 +549,24 @@ def lf_template_for(tokenizer: str | Path) -> str:
     return "llama3" if "llama3" in str(tokenizer) else "qwen"
 
 
+def add_llamafactory_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--llamafactory and --lf-template, for a benchmark that can run LLaMA-Factory as a third side."""
+    parser.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory 0.9.5 (built by "
+                        f"../shared/tools/llamafactory-venv) on the same model, {what} and settings")
+    parser.add_argument("--lf-template", default=None, help="LLaMA-Factory's template name matching the "
+                        "tokenizer's own (default: llama3 for a Llama-3 tokenizer, else qwen)")
+
+
+def llamafactory_peers(args: argparse.Namespace) -> dict[str, str]:
+    """``compare``'s peers for --llamafactory: its interpreter, or a clear stop when it cannot be built."""
+    if not args.llamafactory:
+        return {}
+    python = llamafactory_python()
+    if python is None:
+        raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
+    return {"llamafactory": python}
+
+
 def llamafactory_python() -> str | None:
     """The LLaMA-Factory environment's interpreter, built by the shared tool on first use; None if unavailable."""
     if not LF_TOOL.is_file():

@@ -47,19 +47,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (the shared harness, a sibling module)
-    LF_TOOL,
     MIB,
     REPO_ROOT,
     SIDES,
     Comparison,
     SideResult,
     SideSpec,
+    add_llamafactory_args,
     compare,
     differing_settings,
     fastest_step_seconds,
     fmt_ratio,
     lf_template_for,
-    llamafactory_python,
+    llamafactory_peers,
     machine_lines,
     make_step_clock,
     matmul_peak_flops,
@@ -429,20 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logging-steps", type=int, default=5)
     parser.add_argument("--trl-data", choices=("tokenized", "messages"), default="tokenized",
                         help="TRL trains tunelab's encoded samples (same loss), or the conversations (its default)")
-    parser.add_argument("--llamafactory", action="store_true", help="also run LLaMA-Factory 0.9.5 (built by "
-                        "../shared/tools/llamafactory-venv) on the same model, rows and settings")
-    parser.add_argument("--lf-template", default=None, help="LLaMA-Factory's template name matching the "
-                        "tokenizer's own (default: llama3 for a Llama-3 tokenizer, else qwen)")
+    add_llamafactory_args(parser, "rows")
     args = parser.parse_args(argv)
     if args.worker:
         side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl, "llamafactory": run_llamafactory}, args)
         return 0
-    peers = {}
-    if args.llamafactory:
-        python = llamafactory_python()
-        if python is None:
-            raise SystemExit(f"LLaMA-Factory is not available ({LF_TOOL} could not build its environment)")
-        peers["llamafactory"] = python
+    peers = llamafactory_peers(args)
     lf_template = args.lf_template or lf_template_for(args.tokenizer)
     run = compare(__file__, args, "training", lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, full=args.full, lora_rank=args.lora_rank,
