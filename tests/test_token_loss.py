@@ -356,3 +356,20 @@ def test_preference_batches_run_padding_free_with_the_same_log_probs_and_gradien
     assert packed_grads.keys() == plain_grads.keys() and plain_grads
     for name in plain_grads:
         assert _close(packed_grads[name], plain_grads[name], 1e-4), name
+
+
+def test_the_padding_free_forward_keeps_the_signature_and_generation():
+    """Generation checks its keyword arguments against the forward's signature, and runs the plain forward."""
+    import inspect
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.training.padding_free import pack_fused_forward
+
+    model = _model("qwen2")
+    add_fused_lm_head(model)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    signature, expected = inspect.signature(model.forward), model.generate(prompt, max_new_tokens=4, do_sample=False)
+    pack_fused_forward(model)
+    assert inspect.signature(model.forward) == signature
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), expected)

@@ -11,6 +11,7 @@ back in the padded layout the trainer reads. No padding is computed; the results
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ def pack_fused_forward(model: Any) -> None:
     with logits) or with anything but ids, mask and labels as tensors (images, embeddings) go through unchanged."""
     fused = model.forward
 
+    @functools.wraps(fused)  # the model's own signature, which generate checks its keyword arguments against
     def forward(*args: Any, fused_lm_head: bool = False, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
         unchanged = (not fused_lm_head or args or input_ids is None or attention_mask is None or labels is None
