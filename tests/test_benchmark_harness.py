@@ -171,9 +171,12 @@ def test_heap_sampler_sees_an_allocation_that_the_resident_set_may_hide() -> Non
     sampler = harness.RssSampler(interval=0.001)
     sampler.start()
     held = torch.ones(8 << 20)  # 32 MiB, filled: every page touched
-    time.sleep(0.05)
     size = held.numel() * held.element_size()
     during = harness.heap_in_use_bytes()
+    waited = 0
+    while sampler.heap_peak - sampler.heap_base < size and waited < 3000:  # until the thread has sampled it
+        time.sleep(0.01)
+        waited += 1
     del held
     sampler.stop()
     assert sampler.heap_peak - sampler.heap_base >= size
