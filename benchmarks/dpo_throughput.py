@@ -171,10 +171,9 @@ def report(run: Comparison) -> str:
     t, p = rows["tunelab"], rows["trl"]
     body = [[side, f"{row['pairs/s']:.2f}", f"{row['tokens/s']:.0f}", f"{row['peak MiB']:.1f}",
              f"{row['final loss'] or 0:.4f}", f"{row['trainable']:,}"] for side, row in rows.items()]
-    body.append(["ratio", *(fmt_ratio(ratio(t[key], p[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
-    if "llamafactory" in rows:
-        lf = rows["llamafactory"]
-        body.append(["vs LF", *(fmt_ratio(ratio(t[key], lf[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
+    for name, other in (("vs TRL", p), ("vs LF", rows.get("llamafactory"))):
+        if other is not None:
+            body.append([name, *(fmt_ratio(ratio(t[key], other[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
     lines = [f"DPO throughput, {info['date']}: {info['cpu']}" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
              f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}",
              f"model: {model['name']} ({model['params']:,} parameters); {spec.rows} dpo_en_demo pairs, LoRA r"
@@ -184,9 +183,8 @@ def report(run: Comparison) -> str:
              "(medians)", "",
              *table(["", "pairs/s", "tokens/s", "peak MiB", "final loss", "trainable"], body,
                     widths=[10, 10, 11, 10, 12, 11], gap="")]
-    lines[-1 - ("llamafactory" in rows)] += "   (tunelab / TRL)"
-    if "llamafactory" in rows:
-        lines[-1] += "   (tunelab / LLaMA-Factory 0.9.5, its own tokenization and template " + spec.lf_template + ")"
+    lines.append("ratios: tunelab / the other side" + (
+        f"; LLaMA-Factory 0.9.5 tokenizes with its own template {spec.lf_template}" if "llamafactory" in rows else ""))
     peak, fraction = info.get("matmul_peak_flops"), run.results["tunelab"][-1].labelled_fraction
     if peak and fraction and "body_params" in model:
         mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction) / peak for side, row in rows.items()}

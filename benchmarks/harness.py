@@ -151,8 +151,11 @@ def heap_in_use_bytes() -> int:
     """Bytes glibc's malloc holds for the program now (``mallinfo2``: in-use chunks of every arena plus mmapped
     blocks), freed memory it keeps for reuse left out; 0 without glibc. The resident set also counts what the
     allocator kept: how much that is depends on the order of allocations more than on the framework."""
-    info = _mallinfo2()
-    return info.uordblks + info.hblkhd if info is not None else 0
+    libc = _glibc()
+    if libc is None:
+        return 0
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 @functools.cache
@@ -169,11 +172,6 @@ def _glibc() -> Any:
     except (OSError, AttributeError):
         return None
     return libc
-
-
-def _mallinfo2() -> Any:
-    libc = _glibc()
-    return libc.mallinfo2() if libc is not None else None
 
 
 class RssSampler:
@@ -209,6 +207,7 @@ class RssSampler:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, rss_bytes(self.anonymous))
+            self.heap_peak = max(self.heap_peak, heap_in_use_bytes())
         return self.peak
 
 
