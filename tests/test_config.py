@@ -218,6 +218,7 @@ def test_wrong_type_names_key_and_value(tmp_path: Path, key: str, value: object,
         ({"eval_strategy": "steps", "eval_steps": 10}, "nothing to evaluate"),
         ({"eval_strategy": "steps", "val_size": 0.1}, "eval_steps is not set"),
         ({"save_only_model": True, "resume_from_checkpoint": "last"}, "cannot be resumed"),
+        ({"stage": "kto", "group_by_length": True}, "stage kto keeps TRL's own sampling"),
     ],
 )
 def test_contradictions_are_config_errors(values: dict, expected: str) -> None:

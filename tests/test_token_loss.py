@@ -265,28 +265,53 @@ def _saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_lean_mlps_give_the_same_loss_and_gradients_and_keep_less(method, arch):
-    """The SwiGLU MLP that keeps gate and up only: the same loss and gradients as transformers' own MLP, and exactly
-    one intermediate-wide tensor per token and layer less kept for the backward."""
-    from tunelab.training.lean_mlp import use_lean_mlps
+def test_lean_mlps_give_the_same_loss_and_gradients_and_keep_less(method, arch, monkeypatch):
+    """The SwiGLU MLP that keeps gate and up only: the same loss and gradients as transformers' own MLP.
+
+    Counted under a saved-tensor hook (which turns the product's recomputation off, as checkpointing does), exactly
+    one intermediate-wide tensor per token and layer less is kept. Without one, the down projection's input (the
+    product) is not kept at all: its storage is freed when the forward ends, and the backward recomputes it."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from tunelab.training import lean_mlp
 
     batch = _flat(_alpaca_samples(4))
-    results = []
-    for lean in (False, True):
+    products: list[StorageWeakRef] = []
+    real_apply = lean_mlp.SiluMul.apply
+
+    def recording(gate, up):
+        product = real_apply(gate, up)
+        products.append(StorageWeakRef(product.untyped_storage()))
+        return product
+
+    monkeypatch.setattr(lean_mlp.SiluMul, "apply", recording)
+
+    def build(lean: bool):
         model = _model(arch)
         if lean:
-            assert use_lean_mlps(model) == model.config.num_hidden_layers
+            assert lean_mlp.use_lean_mlps(model) == model.config.num_hidden_layers
         if method == "lora":
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-        saved, loss = _saved_bytes(model, batch)
-        loss.backward()
-        results.append((saved, loss.item(), _grads(model)))
-    (stock_saved, stock_loss, stock_grads), (lean_saved, lean_loss, lean_grads) = results
-    tokens, config = batch["input_ids"].numel(), model.config
+        return model
+
+    stock = build(lean=False)
+    stock_saved, stock_loss = _saved_bytes(stock, batch)
+    stock_loss.backward()
+    stock_grads = _grads(stock)
+    lean = build(lean=True)
+    lean_saved, _ = _saved_bytes(lean, batch)
+    tokens, config = batch["input_ids"].numel(), lean.config
     assert stock_saved - lean_saved == tokens * config.intermediate_size * 4 * config.num_hidden_layers
-    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
+
+    lean.zero_grad()
+    products.clear()
+    loss = _ours(lean, batch)
+    assert len(products) == config.num_hidden_layers and all(product.expired() for product in products)
+    loss.backward()
+    assert abs(loss.item() - stock_loss.item()) <= 1e-6 * abs(stock_loss.item())
+    lean_grads = _grads(lean)
     assert lean_grads.keys() == stock_grads.keys() and stock_grads
     for name in stock_grads:
         assert _close(lean_grads[name], stock_grads[name], 1e-5), name
@@ -373,3 +398,24 @@ def test_the_padding_free_forward_keeps_the_signature_and_generation():
     pack_fused_forward(model)
     assert inspect.signature(model.forward) == signature
     assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), expected)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_lean_mlps_under_gradient_checkpointing_give_the_same_gradients(reentrant):
+    """Checkpointing decides what is kept through its own saved-tensor hooks (or a no-grad first forward); the lean
+    MLP's recomputation steps aside there, and the gradients stay transformers' own."""
+    from tunelab.training.lean_mlp import use_lean_mlps
+
+    batch = _flat(_alpaca_samples(4))
+    grads = []
+    for lean in (False, True):
+        model = _model("qwen2")
+        if lean:
+            use_lean_mlps(model)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.train()
+        _ours(model, batch).backward()
+        grads.append(_grads(model))
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert _close(grads[1][name], grads[0][name], 1e-5), name

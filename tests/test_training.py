@@ -80,6 +80,18 @@ def test_resume_continues_the_same_loss_curve(tmp_path, stop_after):
     assert _losses(tmp_path / "resumed") == pytest.approx(reference, rel=1e-4)
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+def test_group_by_length_batches_samples_of_similar_length(tmp_path, grouped):
+    """``group_by_length``: transformers' length-grouped sampler takes a random quarter of the 64 rows, sorts it
+    longest first and cuts it into batches, so the first 4 steps train on fewer tokens each (batches of 4); without
+    it the order is random (with this seed, not sorted)."""
+    settings = ("max_steps=4", "per_device_train_batch_size=4", f"group_by_length={str(grouped).lower()}")
+    result = run_sft(_config(tmp_path, *settings))
+    seen = [record["tokens_seen"] for record in read_metrics(result.output_dir) if "loss" in record]
+    per_step = [after - before for before, after in zip([0, *seen], seen, strict=False)]
+    assert len(per_step) == 4 and (per_step == sorted(per_step, reverse=True)) == grouped, per_step
+
+
 def test_full_and_freeze_tuning_train_the_right_parameters(tmp_path):
     original = AutoModelForCausalLM.from_pretrained(resolve_model_path("stories260K")).state_dict()
     full = run_sft(_config(tmp_path, "finetuning_type=full", "learning_rate=1e-3", "max_steps=10",

@@ -204,6 +204,9 @@ class TrainingSettings(Concern):
     bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
     fp16: bool = Field(False, description="Train in float16 mixed precision.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    group_by_length: bool = Field(
+        False, description="Batch samples of similar length together: less padding where batches are padded, but a "
+                           "different batch composition (so a different loss curve).")
     seed: int = Field(42, description="Random seed (data split, shuffling, init).")
     dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
     ddp_timeout: int = Field(1800, description="Seconds before a distributed collective times out.")

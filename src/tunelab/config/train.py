@@ -70,6 +70,10 @@ class TrainConfig(EvalSettings, TrainingSettings, OutputSettings, DataSettings, 
         if self.eval_strategy != "no" and not self.val_size and not self.eval_dataset:
             problems.append(f"eval_strategy is '{self.eval_strategy}' but there is nothing to evaluate "
                             "on; set val_size or eval_dataset")
+        if self.group_by_length and self.stage not in ("sft", "pt"):
+            problems.append(f"group_by_length orders the one-sequence rows of stages sft and pt by length; stage "
+                            f"{self.stage} keeps TRL's own sampling (its rows are pairs, prompts or KL-matched "
+                            "examples)")
         if self.save_only_model and self.resume_from_checkpoint:
             problems.append("save_only_model checkpoints hold no optimizer state; they cannot be resumed")
         problems += self._method_problems()

@@ -33,6 +33,8 @@ def training_arguments(cfg: TrainConfig, config_class: Any, **stage_settings: An
     kwargs["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = (
         cfg.gradient_checkpointing
     )
+    if cfg.group_by_length:  # transformers 5 replaced the group_by_length flag with a sampler choice
+        kwargs["train_sampling_strategy"] = "group_by_length"
     if cfg.fsdp:
         kwargs["fsdp"] = cfg.fsdp
         kwargs["fsdp_config"] = cfg.fsdp_config

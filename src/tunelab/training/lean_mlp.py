@@ -1,12 +1,18 @@
-"""SwiGLU MLPs that keep two tensors per token for the backward instead of three: less activation memory, same maths.
+"""SwiGLU MLPs that keep two tensors per token for the backward instead of four: less activation memory, same maths.
 
 transformers writes the MLP of Llama, Qwen, Mistral and most of their kin as ``down(silu(gate(x)) * up(x))``. Autograd
-keeps ``gate(x)`` for the SiLU's backward and both ``silu(gate(x))`` and ``up(x)`` for the product's: three tensors of
-the intermediate width (2.7x the hidden size) per token and layer, the largest share of a small model's activations.
-``SiluMul`` keeps ``gate(x)`` and ``up(x)`` and recomputes ``silu`` in the backward, with the kernel of autograd's own
-SiLU backward; the gradients are autograd's (``tests/test_token_loss.py``).
+keeps ``gate(x)`` for the SiLU's backward, both ``silu(gate(x))`` and ``up(x)`` for the product's, and the product
+itself for the down projection's weight (or its LoRA A): four tensors of the intermediate width (2.7x the hidden
+size) per token and layer, the largest share of a small model's activations.
 
-Only MLP classes whose forward is exactly that line are changed, on the model's instances, for training only.
+- ``SiluMul`` keeps ``gate(x)`` and ``up(x)`` and recomputes ``silu`` in the backward, with the kernel of autograd's
+  own SiLU backward.
+- The product is not kept either: a saved-tensor hook stores it as those two factors, and the backward multiplies
+  them again (an element-wise product, no matrix product recomputed). Under gradient checkpointing, whose own hooks
+  decide what is kept, it steps aside.
+
+The gradients are autograd's (``tests/test_token_loss.py``). Only MLP classes whose forward is exactly that line are
+changed, on the model's instances, for training only.
 """
 
 from __future__ import annotations
@@ -42,8 +48,36 @@ class SiluMul(torch.autograd.Function):
         return grad_gate, grad * nn.functional.silu(gate)
 
 
+def _recompute_product(packed: Any) -> torch.Tensor:
+    """Unpack hook: the down projection's input again from the two factors ``SiluMul`` keeps anyway."""
+    if isinstance(packed, torch.Tensor):
+        return packed
+    gate, up, shape = packed
+    return (nn.functional.silu(gate) * up).view(shape)
+
+
+def _product_packer(product: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> Any:
+    """Pack hook for the down projection: any tensor that is ``product`` (or a contiguous view of all of it) is kept
+    as its factors. Holds no reference to ``product``, or the hook itself would keep it alive."""
+    address, numel, dtype = product.data_ptr(), product.numel(), product.dtype
+    gate, up = gate.detach(), up.detach()
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if (tensor.data_ptr() == address and tensor.numel() == numel and tensor.dtype == dtype
+                and tensor.is_contiguous()):
+            return gate, up, tensor.shape
+        return tensor.detach()
+
+    return pack
+
+
 def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    product = SiluMul.apply(gate, up)
+    if not product.requires_grad or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+        return self.down_proj(product)  # no backward, or someone else's hooks (checkpointing) decide what is kept
+    with torch.autograd.graph.saved_tensors_hooks(_product_packer(product, gate, up), _recompute_product):
+        return self.down_proj(product)
 
 
 @functools.cache
