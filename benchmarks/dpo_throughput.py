@@ -1,8 +1,10 @@
-"""DPO throughput: tunelab's ``dpo`` stage against a plain TRL ``DPOTrainer``, same model, pairs and settings.
+"""DPO and KTO throughput: tunelab's ``dpo`` (or ``kto``) stage against a plain TRL ``DPOTrainer`` (``KTOTrainer``),
+same model, examples and settings.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/dpo_throughput.py                 # random small Qwen2 + real tokenizer
+    .venv/bin/python benchmarks/dpo_throughput.py --stage kto     # kto_en_demo: one answer per row, labelled good/bad
     .venv/bin/python benchmarks/dpo_throughput.py --device cuda --model /path/to/model --steps 50 --bf16
 
 What is compared, and why it is fair (how both sides are run, timed and measured is ``harness.py``'s):
@@ -12,7 +14,8 @@ What is compared, and why it is fair (how both sides are run, timed and measured
   Both use LoRA with the same rank, alpha and targets (the reference is the base with the adapter
   disabled on both sides), the same beta, batch, accumulation, learning rate, steps, seed and precision.
 * Both read the first ``--rows`` pairs of LLaMA-Factory's ``dpo_en_demo`` (ShareGPT prompt + chosen /
-  rejected turns) and load the same saved weights; each side runs in its own fresh process, the order
+  rejected turns), or with ``--stage kto`` of ``kto_en_demo`` (messages + a good/bad label; TRL gets them as
+  prompt / completion / label), and load the same saved weights; each side runs in its own fresh process, the order
   alternating over ``--repeats``.
 * TRL's ``DPOConfig`` turns gradient checkpointing on by default; tunelab leaves it to the
   ``gradient_checkpointing`` key (off by default). The benchmark sets it alike on both sides
@@ -56,7 +59,8 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     window_start,
 )
 
-DEFAULT_DATA = FIXTURES / "data" / "llamafactory" / "dpo_en_demo.json"
+DEFAULT_DATA = {"dpo": FIXTURES / "data" / "llamafactory" / "dpo_en_demo.json",
+                "kto": FIXTURES / "data" / "llamafactory" / "kto_en_demo.json"}
 DEFAULT_TOKENIZER = FIXTURES / "tokenizers" / "minimind"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -67,20 +71,22 @@ class Spec(SideSpec):
     lora_rank: int
     beta: float
     lf_template: str = "qwen"
+    stage: str = "dpo"
 
 
 def run_tunelab(spec: Spec, started: float, run_dir: Path) -> SideResult:
     from tunelab.config import TrainConfig
     from tunelab.stages.dpo import run_dpo
+    from tunelab.stages.kto import run_kto
 
-    cfg = TrainConfig(**spec.training_args(run_dir), stage="dpo", model_name_or_path=spec.model, dataset=spec.data,
+    cfg = TrainConfig(**spec.training_args(run_dir), stage=spec.stage, model_name_or_path=spec.model, dataset=spec.data,
                       dataset_dir=str(Path(spec.data).parent), cutoff_len=spec.cutoff_len, max_samples=spec.rows,
                       overwrite_output_dir=True, logging_steps=1, lora_rank=spec.lora_rank, lora_target="all",
                       report_to="none", plot_loss=False, pref_beta=spec.beta)
     clock = make_step_clock(started)
-    run_dpo(cfg, callbacks=[clock])
+    (run_kto if spec.stage == "kto" else run_dpo)(cfg, callbacks=[clock])
     result = summarize("tunelab", clock, spec.warmup, "answer content + end marker (tunelab masks)")
-    result.labelled_fraction = _answer_fraction(cfg)
+    result.labelled_fraction = _answer_fraction(cfg) if spec.stage == "dpo" else None
     return result
 
 
@@ -114,18 +120,28 @@ def _pairs(path: str, rows: int) -> list[dict]:
              "rejected": [turn(r["rejected"])]} for r in records]
 
 
+def _labelled_answers(path: str, rows: int) -> list[dict]:
+    """kto_en_demo's rows in TRL's unpaired format: the conversation before the last message, the last one, its
+    label."""
+    records = json.loads(Path(path).read_text(encoding="utf-8"))[:rows]
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:], "label": r["label"]} for r in records]
+
+
 def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model)
-    # trl_args sets gradient checkpointing as on tunelab's side (DPOConfig turns it on by default)
-    args = DPOConfig(**spec.trl_args(run_dir), logging_steps=1, beta=spec.beta, max_length=spec.cutoff_len,
-                     report_to="none")
+    kto = spec.stage == "kto"
+    # trl_args sets gradient checkpointing as on tunelab's side (both configs turn it on by default)
+    args = (KTOConfig if kto else DPOConfig)(**spec.trl_args(run_dir), logging_steps=1, beta=spec.beta,
+                                             max_length=spec.cutoff_len, report_to="none")
+    rows = (_labelled_answers if kto else _pairs)(spec.data, spec.rows)
     clock = make_step_clock(started)
-    trainer = DPOTrainer(model=spec.model, args=args, train_dataset=Dataset.from_list(_pairs(spec.data, spec.rows)),
-                         processing_class=tokenizer, peft_config=trl_lora(spec.lora_rank), callbacks=[clock])
+    trainer = (KTOTrainer if kto else DPOTrainer)(
+        model=spec.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        peft_config=trl_lora(spec.lora_rank), callbacks=[clock])
     trainer.train()
     return summarize("trl", clock, spec.warmup, "everything after the prompt (TRL)")
 
@@ -139,9 +155,14 @@ def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
     data_dir.mkdir(parents=True, exist_ok=True)
     entry = {"file_name": spec.data, "ranking": True, "formatting": "sharegpt",
              "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
+    if spec.stage == "kto":
+        entry = {"file_name": spec.data, "formatting": "sharegpt",
+                 "columns": {"messages": "messages", "kto_tag": "label"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                          "assistant_tag": "assistant"}}
     (data_dir / "dataset_info.json").write_text(json.dumps({"bench": entry}))
     args = {
-        "model_name_or_path": spec.model, "stage": "dpo", "do_train": True, "finetuning_type": "lora",
+        "model_name_or_path": spec.model, "stage": spec.stage, "do_train": True, "finetuning_type": "lora",
         "lora_rank": spec.lora_rank, "lora_alpha": 2 * spec.lora_rank, "lora_target": "all",
         "pref_beta": spec.beta, "pref_loss": "sigmoid", "dataset": "bench", "dataset_dir": str(data_dir),
         "template": spec.lf_template, "cutoff_len": spec.cutoff_len, "max_samples": spec.rows,
@@ -162,26 +183,30 @@ def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
 def report(run: Comparison) -> str:
     info, model, spec = run.info, run.model, run.spec
 
-    def pairs_per_second(r: SideResult) -> float:
+    unit = "pairs/s" if spec.stage == "dpo" else "examples/s"
+
+    def examples_per_second(r: SideResult) -> float:
         return (r.steps - window_start(spec.warmup, r.steps)) * spec.batch_size * spec.grad_accum / r.window_seconds
 
-    rows = {side: {"pairs/s": median_of(runs, pairs_per_second), "tokens/s": median_of(runs, "tokens_per_second"),
+    rows = {side: {unit: median_of(runs, examples_per_second), "tokens/s": median_of(runs, "tokens_per_second"),
                    "peak MiB": median_of(runs, "peak_memory_bytes") / MIB, "final loss": runs[-1].final_loss,
                    "trainable": runs[-1].trainable_params} for side, runs in run.results.items()}
     t, p = rows["tunelab"], rows["trl"]
-    body = [[side, f"{row['pairs/s']:.2f}", f"{row['tokens/s']:.0f}", f"{row['peak MiB']:.1f}",
+    body = [[side, f"{row[unit]:.2f}", f"{row['tokens/s']:.0f}", f"{row['peak MiB']:.1f}",
              f"{row['final loss'] or 0:.4f}", f"{row['trainable']:,}"] for side, row in rows.items()]
     for name, other in (("vs TRL", p), ("vs LF", rows.get("llamafactory"))):
         if other is not None:
-            body.append([name, *(fmt_ratio(ratio(t[key], other[key])) for key in ("pairs/s", "tokens/s", "peak MiB"))])
-    lines = [f"DPO throughput, {info['date']}: {info['cpu']}" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
+            body.append([name, *(fmt_ratio(ratio(t[key], other[key])) for key in (unit, "tokens/s", "peak MiB"))])
+    data = f"{spec.rows} {Path(spec.data).stem} {'pairs' if spec.stage == 'dpo' else 'labelled answers'}"
+    gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
+    lines = [f"{spec.stage.upper()} throughput, {info['date']}: {info['cpu']}{gpu}",
              f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}",
-             f"model: {model['name']} ({model['params']:,} parameters); {spec.rows} dpo_en_demo pairs, LoRA r"
+             f"model: {model['name']} ({model['params']:,} parameters); {data}, LoRA r"
              f"{spec.lora_rank}, batch {spec.batch_size} x {spec.grad_accum}, {spec.steps} steps (first {spec.warmup} "
              f"left out), cutoff {spec.cutoff_len}, beta {spec.beta}, gradient checkpointing "
              f"{'on' if spec.gradient_checkpointing else 'off'} (both), {len(run.results['trl'])} runs per side "
              "(medians)", "",
-             *table(["", "pairs/s", "tokens/s", "peak MiB", "final loss", "trainable"], body,
+             *table(["", unit, "tokens/s", "peak MiB", "final loss", "trainable"], body,
                     widths=[10, 10, 11, 10, 12, 11], gap="")]
     lines.append("ratios: tunelab / the other side" + (
         f"; LLaMA-Factory 0.9.5 tokenizes with its own template {spec.lf_template}" if "llamafactory" in rows else ""))
@@ -195,19 +220,23 @@ def report(run: Comparison) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = side_by_side_parser(__doc__, data=DEFAULT_DATA, tokenizer=DEFAULT_TOKENIZER, rows=64, steps=12,
+    parser = side_by_side_parser(__doc__, data=DEFAULT_DATA["dpo"], tokenizer=DEFAULT_TOKENIZER, rows=64, steps=12,
                                  batch_size=2, lr=5e-6, peers=("llamafactory",))
+    parser.add_argument("--stage", choices=tuple(DEFAULT_DATA), default="dpo",
+                        help="dpo (pairs) or kto (labelled answers; --data defaults to kto_en_demo)")
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora-rank", type=int, default=8)
     add_llamafactory_args(parser, "pairs")
     args = parser.parse_args(argv)
+    if args.stage != "dpo" and args.data == str(DEFAULT_DATA["dpo"]):
+        args.data = str(DEFAULT_DATA[args.stage])
     if args.worker:
         side_worker(Spec, {"tunelab": run_tunelab, "trl": run_trl, "llamafactory": run_llamafactory}, args)
         return 0
     peers = llamafactory_peers(args)
-    run = compare(__file__, args, "DPO", lambda **shared: Spec(
-        **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta,
+    run = compare(__file__, args, args.stage.upper(), lambda **shared: Spec(
+        **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta, stage=args.stage,
         lf_template=args.lf_template or lf_template_for(args.tokenizer)), peers)
     run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
     print(to_json({"machine": run.info, "model": run.model, "spec": run.spec, "results": run.results})

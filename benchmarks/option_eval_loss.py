@@ -105,7 +105,7 @@ def format_report(results: dict[str, dict[str, Any]], model: dict[str, Any], mac
     for name, result in results.items():
         last = result["eval_losses"][-1]
         rows.append([name, *(f"{loss:.4f}" for loss in result["eval_losses"]),
-                     f"{last - default['eval_losses'][-1]:+.4f}", f"{result['tokens']:,}",
+                     f"{last - default['eval_losses'][-1]:+.5f}", f"{result['tokens']:,}",
                      f"{result['tokens_per_second']:.0f}", f"{result['final_loss']:.4f}"])
     same = len({result["tokens"] for result in results.values()}) == 1
     lines = [

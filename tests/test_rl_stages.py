@@ -89,6 +89,18 @@ def test_group_rl_raises_the_reward_and_logs_what_it_does(tmp_path, stage, capsy
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_full_fine_tuning_grpo_scores_a_reference_copy(tmp_path):
+    """Full fine-tuning has no adapter to switch off: the KL term's reference is tunelab's frozen copy of the base,
+    with the same per-token log-probability head TRL gives its own reference. After one step the policy has moved
+    away from it."""
+    out = tmp_path / "full"
+    result = _train(_cfg("grpo", out, "finetuning_type=full", "max_steps=2", "per_device_train_batch_size=8",
+                         "num_generations=4", "learning_rate=1e-3", "beta=0.04"))
+    assert result.global_step == 2
+    kl = [r["kl"] for r in read_metrics(out) if "kl" in r]
+    assert kl[0] == 0.0 and kl[-1] > 0.0
+
+
 def test_ppo_with_a_reward_function_raises_the_reward_and_reloads(tmp_path, one_thread):
     from peft import PeftModel
     from safetensors.torch import load_file

@@ -383,6 +383,62 @@ def test_preference_batches_run_padding_free_with_the_same_log_probs_and_gradien
         assert _close(packed_grads[name], plain_grads[name], 1e-4), name
 
 
+def _group_rl_batch(tokenizer) -> tuple[dict[str, torch.Tensor], int]:
+    """A GRPO/RLOO training batch as TRL builds it: real GSM8K questions in the chat template, left-padded, then
+    their answers' first lines as completions, right-padded; labels only on the completions."""
+    import json
+
+    records = [json.loads(line) for line in (FIXTURES / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:4]]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=True,
+                                             add_generation_prompt=True, return_dict=False) for r in records]
+    completions = [tokenizer(r["answer"].split("\n")[0], add_special_tokens=False)["input_ids"] for r in records]
+    width, keep = max(map(len, prompts)), max(map(len, completions))
+    rows, masks = [], []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        left, right = width - len(prompt), keep - len(completion)
+        rows.append([0] * left + prompt + completion + [0] * right)
+        masks.append([0] * left + [1] * (len(prompt) + len(completion)) + [0] * right)
+    input_ids, attention_mask = torch.tensor(rows), torch.tensor(masks)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :-keep] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, keep
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_group_rl_batches_run_padding_free_with_the_same_log_probs_and_gradients(method):
+    """GRPO's and RLOO's batch (left-padded prompts, right-padded completions) through TRL's fused head, as it is and
+    padding-free: the same completion log-probabilities and gradients. TRL's own forward counts the left padding in
+    the positions; rotary attention depends only on the distance between positions, so the results agree."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.training.packed_attention import use_per_sample_attention
+    from tunelab.training.padding_free import pack_fused_forward
+
+    batch, keep = _group_rl_batch(load_tokenizer(str(FIXTURES / "tokenizers" / "minimind"), "chatml"))
+    assert (batch["attention_mask"][:, 0] == 0).any() and (batch["attention_mask"][:, -1] == 0).any()
+    results = []
+    for packed in (False, True):
+        model = _model("qwen2")
+        add_fused_lm_head(model)
+        if packed:
+            use_per_sample_attention(model)
+            pack_fused_forward(model)
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        log_probs = model(**batch, fused_lm_head=True, use_cache=False).log_probs[:, -keep:]  # what TRL reads
+        completion_mask = batch["attention_mask"][:, -keep:]
+        (log_probs * completion_mask * torch.tensor([[1.0], [-0.5], [2.0], [0.3]])).sum().backward()
+        results.append(((log_probs * completion_mask).detach(), _grads(model)))
+    (plain, plain_grads), (packed, packed_grads) = results
+    assert _close(packed, plain, 1e-5)
+    assert packed_grads.keys() == plain_grads.keys() and plain_grads
+    for name in plain_grads:
+        assert _close(packed_grads[name], plain_grads[name], 1e-4), name
+
+
 def test_the_padding_free_forward_keeps_the_signature_and_generation():
     """Generation checks its keyword arguments against the forward's signature, and runs the plain forward."""
     import inspect

@@ -168,10 +168,22 @@ def run_group(cfg: TrainConfig, trainer_class: type, config_class: type, extra: 
     if peft_config is None and getattr(trainer, "ref_model", None) is not None:
         # TRL loads its own reference from the model's path, without tunelab's resized embeddings (a template's
         # added tokens), revision or cache folder: the reference is tunelab's frozen copy instead
+        from trl.trainer.utils import add_fused_lm_head
+
         from tunelab.training.preference import reference_model
 
+        reference = reference_model(cfg, tokenizer)
+        # the per-token log-probabilities head TRL put on its own reference
+        add_fused_lm_head(reference, temperature=trainer.temperature,
+                          cast_lm_head_to_fp32=getattr(trainer.args, "cast_lm_head_to_fp32", False))
         trainer.ref_model = None
-        trainer.ref_model = trainer.accelerator.prepare_model(reference_model(cfg, tokenizer), evaluation_mode=True)
+        trainer.ref_model = trainer.accelerator.prepare_model(reference, evaluation_mode=True)
+    from tunelab.training.token_loss import supports_padding_free
+
+    if supports_padding_free(model, cfg):  # prompts and completions without their padding, one row per batch
+        from tunelab.training.padding_free import pack_trainer_forwards
+
+        pack_trainer_forwards(trainer)
     return train_and_save(trainer, cfg, run, tokenizer, report, command)
 
 

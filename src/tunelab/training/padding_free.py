@@ -1,12 +1,12 @@
-"""Padded batches run padding-free through TRL's fused LM head: the DPO and KTO trainers' forwards.
+"""Padded batches run padding-free through TRL's fused LM head: the DPO, KTO, GRPO and RLOO trainers' forwards.
 
 TRL's DPO trainer pads chosen and rejected answers to one length and runs them as one batch (its padding-free
-option is disabled in this version); KTO pads its completions alike. Wrapped here, the fused forward
-(``add_fused_lm_head``, which returns per-token log-probabilities) takes such a batch, runs its tokens as one row
-with position ids restarting at each sample (transformers' attention, or ``packed_attention.per_sample_sdpa``,
-keeps the samples apart), scores each position against its own sample's next token, and puts the per-token results
-back in the padded layout the trainer reads. No padding is computed; the results are the same
-(``tests/test_token_loss.py``).
+option is disabled in this version); KTO pads its completions alike; GRPO and RLOO pad their prompts on the left and
+their completions on the right. Wrapped here, the fused forward (``add_fused_lm_head``, which returns per-token
+log-probabilities) takes such a batch, runs its tokens as one row with position ids restarting at each sample
+(transformers' attention, or ``packed_attention.per_sample_sdpa``, keeps the samples apart), scores each position
+against its own sample's next token, and puts the per-token results back in the padded layout the trainer reads.
+No padding is computed; the results are the same (``tests/test_token_loss.py``).
 """
 
 from __future__ import annotations

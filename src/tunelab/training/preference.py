@@ -49,11 +49,12 @@ def reference_model(cfg: TrainConfig, tokenizer: Any) -> Any:
     """None for a PEFT method (TRL disables the adapter for the reference pass); else a frozen model."""
     from tunelab.method_registry import method
 
-    if method(cfg.finetuning_type).is_peft and not cfg.ref_model:
+    own = getattr(cfg, "ref_model", None)  # a key of the stages that take another reference (dpo, kto, ppo)
+    if method(cfg.finetuning_type).is_peft and not own:
         return None
     from tunelab.models.loading import load_model, training_dtype
 
-    model = load_model(cfg.ref_model or cfg.model_name_or_path, tokenizer,
+    model = load_model(own or cfg.model_name_or_path, tokenizer,
                        dtype=training_dtype(cfg.bf16, cfg.fp16, False), flash_attn=cfg.flash_attn,
                        trust_remote_code=cfg.trust_remote_code, revision=cfg.model_revision, cache_dir=cfg.cache_dir)
     return model.eval().requires_grad_(False)
