@@ -616,12 +616,91 @@ def test_the_quicker_sandbox_renders_and_refuses_as_transformers_does(minimind_t
     tokenizer.chat_template = template
     messages = [{"role": "user", "content": "Hello {role} there"}]
 
-    def outcome(call: Callable[[], str]) -> str:
-        try:
-            return call()
-        except Exception as error:
-            return f"{type(error).__name__}: {error}"
-
-    expected = outcome(lambda: tokenizer.apply_chat_template(messages, tokenize=False))
-    assert outcome(lambda: render(tokenizer, messages)) == expected
+    rendered, expected = _both_renders(tokenizer, messages, False)
+    assert rendered == expected
     assert "__" not in expected or "Error" in expected
+
+
+# Contents that trip the questions chat templates ask of a content (its ends, reasoning and tool tags, emptiness,
+# quotes and backslashes a JSON copy escapes, template syntax, its own role words and markers, other scripts).
+_TRICKY_CONTENTS = ["plain words", "  spaced ends  ", "\nnewline first", "newline last\n", "", "</think>after",
+                    "<think>why</think>\n\nanswer", "<tool_response>x</tool_response>", 'a "quote" and \\ slash',
+                    "{{ messages }} {% if x %}", "assistant", "<|im_end|>", "<|eot_id|>", "UPPER lower", "中文内容",
+                    "tab\tin", "x", "Mk", "\ue000"]
+
+
+def _tricky_conversations() -> list[tuple[list[dict], bool]]:
+    shapes = [["user", "assistant"], ["system", "user", "assistant"], ["user", "assistant", "user", "assistant"]]
+    conversations = []
+    for offset, content in enumerate(_TRICKY_CONTENTS):
+        for roles in shapes:
+            messages = [{"role": role, "content": content if i == len(roles) - 1 - offset % len(roles) else
+                         f"{role} says {i}"} for i, role in enumerate(roles)]
+            conversations += [(messages, False), (messages[:-1], True)]
+    return conversations
+
+
+def _outcome(call: Callable[..., str], *args: Any, **kwargs: Any) -> str:
+    try:
+        return call(*args, **kwargs)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def _both_renders(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> tuple[str, str]:
+    """``render``'s text (or error) and ``apply_chat_template``'s."""
+    return (_outcome(render, tokenizer, messages, add_generation_prompt=generation_prompt),
+            _outcome(tokenizer.apply_chat_template, messages, tokenize=False, add_generation_prompt=generation_prompt))
+
+
+def test_the_skeleton_render_is_the_templates_own_on_every_template(load_tokenizer, shared_dir,
+                                                                    templates_dir) -> None:
+    """A plain conversation renders from its shape's skeleton with the contents filled in (``data/skeleton.py``),
+    or as usual where a content answers one of the template's questions differently. Either way the text, or the
+    refusal, is ``apply_chat_template``'s: on every real and Hugging Face template, with contents chosen to trip
+    each question. Most plain conversations do take the skeleton."""
+    from tunelab.data import skeleton
+    from tunelab.data.templates import _plain_template_source
+
+    cases = [setup_template(load_tokenizer, shared_dir, name, template, marker)[0]
+             for _, name, template, marker in REAL_TEMPLATES]
+    for entry in json.loads((templates_dir / "hf_chat_templates.json").read_text(encoding="utf-8")):
+        tokenizer = load_tokenizer("llama3")
+        tokenizer.chat_template = entry["template"]
+        cases.append(tokenizer)
+    filled = fallbacks = 0
+    for tokenizer in cases:
+        for messages, generation_prompt in _tricky_conversations():
+            rendered, expected = _both_renders(tokenizer, messages, generation_prompt)
+            assert rendered == expected, (tokenizer.chat_template[:80], messages)
+            source = _plain_template_source(tokenizer, messages)
+            if source is not None and "Error: " not in expected:
+                used = skeleton.render_by_skeleton(source, messages, generation_prompt,
+                                                   dict(tokenizer.special_tokens_map)) is not None
+                filled, fallbacks = filled + used, fallbacks + (not used)
+    assert filled > 3 * fallbacks, (filled, fallbacks)
+
+
+# Templates that work on text made from a content (joined, a macro's output, a set block, a filter's result) or read
+# it where no question is recorded (a word count, a test of its case).
+_DERIVED_TEXT_TEMPLATES = [
+    "{% for m in messages %}{% set x = m.content ~ '' %}{{ x | trim }}|{{ x.startswith('<tool_response>') }}"
+    "{% endfor %}",
+    "{% macro show(c) %}{{ c }}{% endmacro %}{% for m in messages %}{{ show(m.content) | trim }}"
+    "{% if '</think>' in show(m.content) %}R{% endif %}{% endfor %}",
+    "{% for m in messages %}{% set block %}[{{ m.content }}]{% endset %}{{ block.strip('[] ') }}{% endfor %}",
+    "{{ messages | map(attribute='content') | join('\\n') | trim }}",
+    "{% for m in messages %}{{ m.content | wordcount }}{{ m.content is lower }}{{ m.content | indent(2) }}{% endfor %}",
+    "{% for m in messages %}{{ m.content | replace('\\n', ' ') | trim }}{{ (m.content + '!') | length }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", _DERIVED_TEXT_TEMPLATES)
+def test_the_skeleton_traces_text_made_from_a_content(minimind_tokenizer, template: str) -> None:
+    import copy
+
+    tokenizer = copy.copy(minimind_tokenizer)
+    tokenizer.chat_template = template
+    for messages, generation_prompt in _tricky_conversations():
+        rendered, expected = _both_renders(tokenizer, messages, generation_prompt)
+        assert rendered == expected, messages

@@ -158,11 +158,14 @@ def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None
     template reads (``enable_thinking``, ...)."""
     if tools is not None and not isinstance(tools, list):
         tools = json.loads(tools)
-    compiled = None if tools else _compiled_template(tokenizer, messages)
-    if compiled is not None:
-        return compiled.render(messages=messages, tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt,
-                               **{**tokenizer.special_tokens_map, **template_kwargs})
+    source = None if tools else _plain_template_source(tokenizer, messages)
+    if source is not None:
+        from tunelab.data.skeleton import render_by_skeleton
+
+        variables = {**tokenizer.special_tokens_map, **template_kwargs}
+        text = render_by_skeleton(source, messages, add_generation_prompt, variables)
+        return text if text is not None else _quick_template(source).render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables)
     return tokenizer.apply_chat_template(
         messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt,
         **template_kwargs
@@ -178,14 +181,16 @@ def _plain_messages(messages: list[dict]) -> bool:
 _PLAIN_KEYS = frozenset(("role", "content"))
 
 
-def _compiled_template(tokenizer: Any, messages: list[dict]) -> Any:
-    """transformers' own compiled template for plain messages, in a quicker copy of its sandbox, or None (then
-    ``apply_chat_template`` renders). It renders the same text without per-call conversion of the messages, which
-    is half of a render's cost and a large part of tokenizing a dataset."""
+def _plain_template_source(tokenizer: Any, messages: list[dict]) -> str | None:
+    """The chat template to render plain messages with directly (transformers' compiled template, in a quicker copy
+    of its sandbox), or None (then ``apply_chat_template`` renders). The text is the same, without per-call
+    conversion of the messages, which is half of a render's cost and a large part of tokenizing a dataset."""
     if not messages or not _plain_messages(messages):
         return None
     try:
-        return _quick_template(tokenizer.get_chat_template())
+        source = tokenizer.get_chat_template()
+        _quick_template(source)
+        return source
     except Exception:  # no template (apply_chat_template says so) or a transformers without this helper
         return None
 
