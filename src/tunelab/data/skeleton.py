@@ -120,7 +120,7 @@ class Skeleton:
     """One shape's rendered text, cut at the markers, and the questions the template asked of the contents."""
 
     def __init__(self, text: str, questions: list[Question]):
-        pieces = _MARKER.split(text)
+        pieces = _MARKER.split(str.__str__(text))
         self.literals = pieces[0::3]
         self.slots = [int(index) for index in pieces[2::3]]
         self.questions = questions
@@ -157,23 +157,24 @@ def _partial(value: Any) -> bool:
 
 
 _shapes: dict[tuple, Skeleton | None] = {}
+_UNBUILT = object()
 
 
 def render_by_skeleton(source: str, messages: list[dict], add_generation_prompt: bool,
                        variables: dict[str, Any]) -> str | None:
     """The chat template ``source`` rendered for these plain role/content messages, from the shape's skeleton; None
     where the skeleton cannot stand for this conversation (the caller renders)."""
+    roles = tuple(message["role"] for message in messages)
+    key = (source, roles, add_generation_prompt, tuple(variables.items()))
     try:
-        key = (source, tuple(message["role"] for message in messages), add_generation_prompt,
-               tuple(sorted((name, _frozen(value)) for name, value in variables.items())))
-        hash(key)
-    except TypeError:  # a variable that cannot be a key
-        return None
-    if key not in _shapes:
+        skeleton = _shapes.get(key, _UNBUILT)
+    except TypeError:  # a list among the variables (additional special tokens)
+        key = (source, roles, add_generation_prompt, _frozen(variables))
+        skeleton = _shapes.get(key, _UNBUILT)
+    if skeleton is _UNBUILT:
         if len(_shapes) >= _MAX_SHAPES:
             _shapes.clear()
-        _shapes[key] = _skeleton(source, messages, add_generation_prompt, variables)
-    skeleton = _shapes[key]
+        skeleton = _shapes[key] = _skeleton(source, messages, add_generation_prompt, variables)
     return None if skeleton is None else skeleton.fill([message["content"] for message in messages])
 
 
@@ -219,7 +220,7 @@ _SAFE_TESTS = frozenset(("string", "defined", "undefined", "none", "mapping", "i
 
 def _holds_marker(value: Any) -> bool:
     if isinstance(value, str):
-        return _OPEN in value
+        return str.__contains__(value, _OPEN)  # not ``in``: a traced string would record this as a question
     return type(value) in (list, tuple) and any(_holds_marker(item) for item in value)
 
 
@@ -229,7 +230,7 @@ def _tracing(name: str, function: Any, safe: frozenset[str]) -> Any:
         if name not in safe and any(map(_holds_marker, (*args, *kwargs.values()))):
             raise _Opaque(name)
         result = function(*args, **kwargs)
-        return _Traced(result) if isinstance(result, str) and _OPEN in result else result
+        return _Traced(result) if isinstance(result, str) and str.__contains__(result, _OPEN) else result
 
     return traced
 
