@@ -339,20 +339,36 @@ def test_only_mlps_that_compute_exactly_swiglu_are_changed():
     assert use_lean_mlps(gelu) == 0
 
 
+def _fused_head_model(method: str, packed: bool, attention: str = "sdpa") -> torch.nn.Module:
+    """The test Qwen2 with TRL's fused head, as TRL's trainers use it, or padding-free as tunelab runs it; LoRA or
+    full."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.training.packed_attention import use_per_sample_attention
+    from tunelab.training.padding_free import pack_fused_forward
+
+    model = _model("qwen2", attention)
+    add_fused_lm_head(model)
+    if packed:
+        use_per_sample_attention(model)
+        pack_fused_forward(model)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    return model
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_preference_batches_run_padding_free_with_the_same_log_probs_and_gradients(method, attention):
     """DPO's padded batch of chosen and rejected answers (tunelab's real encoded pairs) through TRL's fused head, as
     it is and padding-free: the same per-token log-probabilities in the padded layout, the same gradients."""
-    from trl.trainer.utils import add_fused_lm_head
-
     from tunelab.config import DataSettings
     from tunelab.data.pipeline import DataReport, tokenize_rows
     from tunelab.data.registry import load_dataset_rows
     from tunelab.models.loading import load_tokenizer
     from tunelab.training.collate import PairCollator
-    from tunelab.training.packed_attention import use_per_sample_attention
-    from tunelab.training.padding_free import pack_fused_forward
 
     tokenizer = load_tokenizer(str(FIXTURES / "tokenizers" / "minimind"), "chatml")
     rows = load_dataset_rows("dpo_en_demo", str(FIXTURES / "data" / "llamafactory"), "preference", max_samples=3).rows
@@ -362,15 +378,7 @@ def test_preference_batches_run_padding_free_with_the_same_log_probs_and_gradien
     assert (batch["attention_mask"] == 0).any()  # there is padding to leave out
     results = []
     for packed in (False, True):
-        model = _model("qwen2", attention)
-        add_fused_lm_head(model)
-        if packed:
-            use_per_sample_attention(model)
-            pack_fused_forward(model)
-        if method == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        model = _fused_head_model(method, packed, attention)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                         fused_lm_head=True, use_cache=False)
         (outputs.log_probs.sum(1) * torch.tensor([1.0, 0.5, -1.0, 2.0, 0.3, -0.7])).sum().backward()
@@ -409,25 +417,13 @@ def test_group_rl_batches_run_padding_free_with_the_same_log_probs_and_gradients
     """GRPO's and RLOO's batch (left-padded prompts, right-padded completions) through TRL's fused head, as it is and
     padding-free: the same completion log-probabilities and gradients. TRL's own forward counts the left padding in
     the positions; rotary attention depends only on the distance between positions, so the results agree."""
-    from trl.trainer.utils import add_fused_lm_head
-
     from tunelab.models.loading import load_tokenizer
-    from tunelab.training.packed_attention import use_per_sample_attention
-    from tunelab.training.padding_free import pack_fused_forward
 
     batch, keep = _group_rl_batch(load_tokenizer(str(FIXTURES / "tokenizers" / "minimind"), "chatml"))
     assert (batch["attention_mask"][:, 0] == 0).any() and (batch["attention_mask"][:, -1] == 0).any()
     results = []
     for packed in (False, True):
-        model = _model("qwen2")
-        add_fused_lm_head(model)
-        if packed:
-            use_per_sample_attention(model)
-            pack_fused_forward(model)
-        if method == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        model = _fused_head_model(method, packed)
         log_probs = model(**batch, fused_lm_head=True, use_cache=False).log_probs[:, -keep:]  # what TRL reads
         completion_mask = batch["attention_mask"][:, -keep:]
         (log_probs * completion_mask * torch.tensor([[1.0], [-0.5], [2.0], [0.3]])).sum().backward()
