@@ -610,13 +610,8 @@ _HOSTILE_TEMPLATES = [
 def test_the_quicker_sandbox_renders_and_refuses_as_transformers_does(minimind_tokenizer, template: str) -> None:
     """``render`` runs transformers' compiled template in a subclass of its sandbox that answers dict keys and str
     methods at once; the text, or the refusal, is what ``apply_chat_template`` gives."""
-    import copy
-
-    tokenizer = copy.copy(minimind_tokenizer)
-    tokenizer.chat_template = template
     messages = [{"role": "user", "content": "Hello {role} there"}]
-
-    rendered, expected = _both_renders(tokenizer, messages, False)
+    rendered, expected = _both_renders(_with_template(minimind_tokenizer, template), messages, False)
     assert rendered == expected
     assert "__" not in expected or "Error" in expected
 
@@ -645,6 +640,15 @@ def _outcome(call: Callable[..., str], *args: Any, **kwargs: Any) -> str:
         return call(*args, **kwargs)
     except Exception as error:
         return f"{type(error).__name__}: {error}"
+
+
+def _with_template(tokenizer: Any, template: str) -> Any:
+    """A copy of ``tokenizer`` with this chat template (the fixture stays as it is)."""
+    import copy
+
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.chat_template = template
+    return tokenizer
 
 
 def _both_renders(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> tuple[str, str]:
@@ -700,10 +704,7 @@ _DERIVED_TEXT_TEMPLATES = [
 
 @pytest.mark.parametrize("template", _DERIVED_TEXT_TEMPLATES)
 def test_the_skeleton_traces_text_made_from_a_content(minimind_tokenizer, template: str) -> None:
-    import copy
-
-    tokenizer = copy.copy(minimind_tokenizer)
-    tokenizer.chat_template = template
+    tokenizer = _with_template(minimind_tokenizer, template)
     for messages, generation_prompt in _tricky_conversations():
         rendered, expected = _both_renders(tokenizer, messages, generation_prompt)
         assert rendered == expected, messages

@@ -471,3 +471,19 @@ def test_lean_mlps_under_gradient_checkpointing_give_the_same_gradients(reentran
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert _close(grads[1][name], grads[0][name], 1e-5), name
+
+
+def test_vision_language_models_keep_padded_batches():
+    """Image tokens take positions of their own (Qwen2-VL's multimodal rotary positions): a vision-language model's
+    batches stay padded, in every stage; the same batch settings on a text model go padding-free."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForImageTextToText
+
+    from tunelab.training.token_loss import supports_padding_free
+
+    cfg = SimpleNamespace(per_device_train_batch_size=4, packing=False, finetuning_type="lora")
+    vision = AutoModelForImageTextToText.from_pretrained(str(FIXTURES / "models" / "tiny-qwen2-vl"),
+                                                         attn_implementation="sdpa")
+    assert not supports_padding_free(vision, cfg)
+    assert supports_padding_free(_model("qwen2"), cfg)

@@ -91,8 +91,7 @@ def run_dpo(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     from tunelab.training.token_loss import supports_padding_free
 
     trainer = _trainer_class()(
-        padding_free=supports_padding_free(model, cfg, sequences_per_sample=2)
-        and getattr(tokenizer, "image_tokens", None) is None,
+        padding_free=supports_padding_free(model, cfg, sequences_per_sample=2),
         model=model,
         peft_config=peft_config,
         ref_model=reference_model(cfg, tokenizer),

@@ -39,7 +39,7 @@ def run_sft(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str |
     begin(run, report)
     model = load_trainable_model(cfg, tokenizer, run)
     image_tokens = getattr(tokenizer, "image_tokens", None)  # a vision-language model (models/vision.py)
-    padding_free = supports_padding_free(model, cfg) and image_tokens is None
+    padding_free = supports_padding_free(model, cfg)
     if padding_free:
         use_per_sample_attention(causal_lm(model))  # each sample attends within itself, no row-squared mask
     images: dict[str, Any] = {}

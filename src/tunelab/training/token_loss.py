@@ -148,14 +148,16 @@ _PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 def supports_padding_free(model: Any, cfg: Any, sequences_per_sample: int = 1) -> bool:
     """Batches as one row of concatenated samples (no padding computed): for transformers' own architectures with an
-    attention that isolates the samples, batches of more than one sequence (a preference pair is two), and methods
-    without virtual tokens (which every packed sample would share)."""
+    attention that isolates the samples, batches of more than one sequence (a preference pair is two), methods
+    without virtual tokens (which every packed sample would share), and models without a vision tower (their image
+    tokens take positions of their own)."""
     from tunelab.method_registry import method
 
     base = causal_lm(model)
     return (cfg.per_device_train_batch_size * sequences_per_sample > 1 and not cfg.packing
             and not method(cfg.finetuning_type).is_prompt_learning
             and type(base).__module__.startswith("transformers.models.")
+            and getattr(base.config, "vision_config", None) is None
             and getattr(base.config, "_attn_implementation", None) in _PACKED_ATTENTION)
 
 
