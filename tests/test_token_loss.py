@@ -132,14 +132,16 @@ def test_prompt_tuning_virtual_tokens_are_skipped():
         model, batch).item()
 
 
-def test_no_tokens_by_vocabulary_tensor_is_allocated(monkeypatch):
-    """Only chunks of at most LOGITS_BUDGET // vocab rows ever have the vocabulary as their last dimension."""
+@pytest.mark.parametrize("limit", ["LOGITS_BUDGET", "MAX_CHUNK_ROWS"])
+def test_no_tokens_by_vocabulary_tensor_is_allocated(monkeypatch, limit):
+    """Only chunks of at most min(LOGITS_BUDGET // vocab, MAX_CHUNK_ROWS) rows ever have the vocabulary as their last
+    dimension."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from tunelab.training import token_loss
 
     vocab = 6400
-    monkeypatch.setattr(token_loss, "LOGITS_BUDGET", vocab * 8)  # chunks of 8 rows
+    monkeypatch.setattr(token_loss, limit, vocab * 8 if limit == "LOGITS_BUDGET" else 8)  # chunks of 8 rows
     model = _model(vocab=vocab)
     batch = _padded(_alpaca_samples())
     labelled = int((batch["labels"][:, 1:] != -100).sum())
@@ -453,10 +455,11 @@ def test_the_padding_free_forward_keeps_the_signature_and_generation():
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_lean_mlps_under_gradient_checkpointing_give_the_same_gradients(reentrant):
+def test_lean_layers_under_gradient_checkpointing_give_the_same_gradients(reentrant):
     """Checkpointing decides what is kept through its own saved-tensor hooks (or a no-grad first forward); the lean
-    MLP's recomputation steps aside there, and the gradients stay transformers' own."""
+    MLP's and norms' recomputations step aside there, and the gradients stay transformers' own."""
     from tunelab.training.lean_mlp import use_lean_mlps
+    from tunelab.training.lean_norms import use_lean_norms
 
     batch = _flat(_alpaca_samples(4))
     grads = []
@@ -464,6 +467,7 @@ def test_lean_mlps_under_gradient_checkpointing_give_the_same_gradients(reentran
         model = _model("qwen2")
         if lean:
             use_lean_mlps(model)
+            use_lean_norms(model)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model.train()
         _ours(model, batch).backward()
@@ -471,6 +475,75 @@ def test_lean_mlps_under_gradient_checkpointing_give_the_same_gradients(reentran
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert _close(grads[1][name], grads[0][name], 1e-5), name
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(method, arch, tmp_path):
+    """The attention and the MLP keep their norms' inputs, not the norms' outputs: the norm outputs' storages are freed
+    when the forward ends, and the loss and gradients are those of the stock model (lean MLPs on both sides).
+
+    The model comes from ``from_pretrained``, as in training: with the ``kernels`` package installed, transformers
+    then re-kernelizes its norms on ``model.train()``, which resets any ``forward`` set on them."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.training.lean_mlp import use_lean_mlps
+    from tunelab.training.lean_norms import use_lean_norms
+
+    batch = _flat(_alpaca_samples(4))
+    _model(arch).save_pretrained(tmp_path)
+    results = []
+    for lean in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+        use_lean_mlps(model)
+        if lean:
+            assert use_lean_norms(model) == 2 * model.config.num_hidden_layers
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(0)
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        model.train()  # as the Trainer does
+        outputs: list[StorageWeakRef] = []
+        for name, module in model.named_modules():
+            if name.endswith(("input_layernorm", "post_attention_layernorm")):
+                module.register_forward_hook(
+                    lambda _module, _args, output, kept=outputs: kept.append(StorageWeakRef(output.untyped_storage())))
+        loss = _ours(model, batch)
+        assert len(outputs) == 2 * model.config.num_hidden_layers
+        # with LoRA the first norm's input (the frozen embedding's output) needs no gradient: its norm keeps nothing,
+        # so its output is kept as before; the stock layers keep every one
+        freed = [lean and not (method == "lora" and index == 0) for index in range(len(outputs))]
+        assert [output.expired() for output in outputs] == freed
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (stock_loss, stock_grads), (lean_loss, lean_grads) = results
+    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
+    assert lean_grads.keys() == stock_grads.keys() and stock_grads
+    for name in stock_grads:
+        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+
+
+def test_lean_norms_survive_a_deep_copy_and_leave_the_state_dict_alone():
+    """A reference model is a deep copy: its layers must run their own norms, and no norm appears twice in a state
+    dict."""
+    import copy
+
+    from tunelab.training.lean_norms import use_lean_norms
+
+    stock, lean = _model("qwen2"), _model("qwen2")
+    use_lean_norms(lean)
+    assert lean.state_dict().keys() == stock.state_dict().keys()
+    twin = copy.deepcopy(lean)
+    layer, twin_layer = lean.model.layers[0], twin.model.layers[0]
+    assert twin_layer.self_attn._tunelab_fed_by is twin_layer.input_layernorm
+    assert twin_layer.mlp._tunelab_inner_forward.__self__ is twin_layer.mlp
+    with torch.no_grad():
+        twin_layer.input_layernorm.weight.mul_(2.0)
+    batch = _flat(_alpaca_samples(2))
+    assert not torch.equal(_ours(twin, batch), _ours(lean, batch))
+    assert layer.input_layernorm.weight.eq(1.0).all()
 
 
 def test_vision_language_models_keep_padded_batches():

@@ -56,6 +56,19 @@ def _recompute_product(packed: Any) -> torch.Tensor:
     return (nn.functional.silu(gate) * up).view(shape)
 
 
+def ours(pack: Any) -> Any:
+    """Mark a pack hook as one of tunelab's recomputations, which nest (see ``others_decide_saving``)."""
+    pack.tunelab_recomputes = True
+    return pack
+
+
+def others_decide_saving() -> bool:
+    """Whether saved-tensor hooks other than tunelab's recomputations are active (gradient checkpointing's): those
+    decide what is kept, and a recomputation steps aside."""
+    top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return top is not None and not getattr(top[0], "tunelab_recomputes", False)
+
+
 def _product_packer(product: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> Any:
     """Pack hook for the down projection: any tensor that is ``product`` (or a contiguous view of all of it) is kept
     as its factors. Holds no reference to ``product``, or the hook itself would keep it alive."""
@@ -68,13 +81,13 @@ def _product_packer(product: torch.Tensor, gate: torch.Tensor, up: torch.Tensor)
             return gate, up, tensor.shape
         return tensor.detach()
 
-    return pack
+    return ours(pack)
 
 
 def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
     product = SiluMul.apply(gate, up)
-    if not product.requires_grad or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+    if not product.requires_grad or others_decide_saving():
         return self.down_proj(product)  # no backward, or someone else's hooks (checkpointing) decide what is kept
     with torch.autograd.graph.saved_tensors_hooks(_product_packer(product, gate, up), _recompute_product):
         return self.down_proj(product)

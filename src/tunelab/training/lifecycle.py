@@ -129,8 +129,10 @@ def load_trainable_model(cfg: TrainConfig, tokenizer: Any, run: RunDir, head: st
                        revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head,
                        quantization=quantization_config(cfg))
     from tunelab.training.lean_mlp import use_lean_mlps
+    from tunelab.training.lean_norms import use_lean_norms
 
-    use_lean_mlps(model)  # the same gradients, one intermediate-wide tensor per token and layer less kept
+    use_lean_mlps(model)  # the same gradients, two intermediate-wide tensors per token and layer less kept
+    use_lean_norms(model)  # and two hidden-wide ones
     return attach_method(model, cfg) if attach else model
 
 

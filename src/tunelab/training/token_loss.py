@@ -25,6 +25,9 @@ from torch import nn
 
 IGNORE_INDEX = -100
 LOGITS_BUDGET = 1 << 24  # elements of one chunk's logits: 64 MiB in fp32, two such buffers at a time
+# At most this many rows per chunk: at a small vocabulary the budget would take a whole batch at once, holding tens
+# of MiB more at the step's peak for no speed (256-row chunks were 10 % faster than one 1,200-row chunk at 6.4k)
+MAX_CHUNK_ROWS = 256
 # Config attributes that rescale or cap the logits after the output layer: such models keep TRL's path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
@@ -180,7 +183,7 @@ def project(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> Tok
     """Loss of ``hidden`` rows [N, H] against ``targets`` [N] through ``head``: chunked and fused for a plain linear
     layer, the module itself otherwise (an adapter on the output layer)."""
     if type(head) is nn.Linear or (isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward):
-        rows = max(1, LOGITS_BUDGET // head.weight.shape[0])
+        rows = min(MAX_CHUNK_ROWS, max(1, LOGITS_BUDGET // head.weight.shape[0]))
         loss, entropy, correct = LabelledCrossEntropy.apply(hidden, head.weight, head.bias, targets, rows)
         return TokenLoss(loss, len(targets), float(entropy), int(correct))
     logits = head(hidden).float()
