@@ -526,8 +526,8 @@ def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(met
 
 
 def test_lean_norms_survive_a_deep_copy_and_leave_the_state_dict_alone():
-    """A reference model is a deep copy: its layers must run their own norms, and no norm appears twice in a state
-    dict."""
+    """A reference model is a deep copy: its backward must run its own norms again, and no norm appears twice in a
+    state dict."""
     import copy
 
     from tunelab.training.lean_norms import use_lean_norms
@@ -536,14 +536,22 @@ def test_lean_norms_survive_a_deep_copy_and_leave_the_state_dict_alone():
     use_lean_norms(lean)
     assert lean.state_dict().keys() == stock.state_dict().keys()
     twin = copy.deepcopy(lean)
-    layer, twin_layer = lean.model.layers[0], twin.model.layers[0]
+    twin_layer = twin.model.layers[0]
     assert twin_layer.self_attn._tunelab_fed_by is twin_layer.input_layernorm
     assert twin_layer.mlp._tunelab_inner_forward.__self__ is twin_layer.mlp
-    with torch.no_grad():
-        twin_layer.input_layernorm.weight.mul_(2.0)
     batch = _flat(_alpaca_samples(2))
-    assert not torch.equal(_ours(twin, batch), _ours(lean, batch))
-    assert layer.input_layernorm.weight.eq(1.0).all()
+    grads = []
+    for model in (stock, twin):
+        with torch.no_grad():  # the copy's norms differ from the original's from here on
+            for layer in model.model.layers:
+                layer.input_layernorm.weight.mul_(2.0)
+                layer.post_attention_layernorm.weight.add_(0.5)
+        _ours(model, batch).backward()
+        grads.append(_grads(model))
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert _close(grads[1][name], grads[0][name], 1e-5), name
+    assert lean.model.layers[0].input_layernorm.weight.eq(1.0).all()
 
 
 def test_vision_language_models_keep_padded_batches():
