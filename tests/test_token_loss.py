@@ -525,6 +525,38 @@ def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(met
         assert _close(lean_grads[name], stock_grads[name], 1e-5), name
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text", "phi3", "mixtral", "olmo2"])
+def test_lean_norms_keep_the_gradients_of_other_decoder_layers(arch, tmp_path):
+    """Other layouts: norms inside the attention (Qwen3), a pre-feed-forward norm (Gemma 3), a fused gate/up (Phi-3),
+    experts (Mixtral), norms after the attention and the MLP (OLMo 2, where no MLP input is a norm's output and
+    nothing is recomputed). The loss and gradients stay the stock model's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.training.lean_mlp import use_lean_mlps
+    from tunelab.training.lean_norms import use_lean_norms
+
+    config = AutoConfig.for_model(arch, vocab_size=6400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").save_pretrained(tmp_path)
+    batch = _flat(_alpaca_samples(3))
+    results = []
+    for lean in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+        use_lean_mlps(model)
+        if lean:
+            assert use_lean_norms(model) > 0
+        model.train()
+        loss = _ours(model, batch)
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (stock_loss, stock_grads), (lean_loss, lean_grads) = results
+    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
+    assert lean_grads.keys() == stock_grads.keys() and stock_grads
+    for name in stock_grads:
+        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+
+
 def test_lean_norms_survive_a_deep_copy_and_leave_the_state_dict_alone():
     """A reference model is a deep copy: its backward must run its own norms again, and no norm appears twice in a
     state dict."""
