@@ -477,6 +477,15 @@ def test_lean_layers_under_gradient_checkpointing_give_the_same_gradients(reentr
         assert _close(grads[1][name], grads[0][name], 1e-5), name
 
 
+def _assert_same_loss_and_gradients(stock: tuple[float, dict], lean: tuple[float, dict]) -> None:
+    """(loss, gradients) of a lean model against the stock one's: loss within 1e-6, gradients within 1e-5."""
+    (stock_loss, stock_grads), (lean_loss, lean_grads) = stock, lean
+    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
+    assert lean_grads.keys() == stock_grads.keys() and stock_grads
+    for name in stock_grads:
+        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(method, arch, tmp_path):
@@ -518,11 +527,7 @@ def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(met
         assert [output.expired() for output in outputs] == freed
         loss.backward()
         results.append((loss.item(), _grads(model)))
-    (stock_loss, stock_grads), (lean_loss, lean_grads) = results
-    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
-    assert lean_grads.keys() == stock_grads.keys() and stock_grads
-    for name in stock_grads:
-        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+    _assert_same_loss_and_gradients(*results)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "gemma3_text", "phi3", "mixtral", "olmo2"])
@@ -550,11 +555,7 @@ def test_lean_norms_keep_the_gradients_of_other_decoder_layers(arch, tmp_path):
         loss = _ours(model, batch)
         loss.backward()
         results.append((loss.item(), _grads(model)))
-    (stock_loss, stock_grads), (lean_loss, lean_grads) = results
-    assert abs(lean_loss - stock_loss) <= 1e-6 * abs(stock_loss)
-    assert lean_grads.keys() == stock_grads.keys() and stock_grads
-    for name in stock_grads:
-        assert _close(lean_grads[name], stock_grads[name], 1e-5), name
+    _assert_same_loss_and_gradients(*results)
 
 
 def test_lean_norms_survive_a_deep_copy_and_leave_the_state_dict_alone():
