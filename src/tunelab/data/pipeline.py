@@ -5,8 +5,10 @@ each row is encoded by its kind's entry in ``row_kinds``."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,28 +95,40 @@ def iter_samples(rows: list[dict], tokenizer: Any, data: DataSettings, kind: Row
     if kind.inputs is None:
         raise ConfigError(f"{kind.name} rows train online on their prompts; they have no token samples")
     kept = 0
-    for index, samples in enumerate(_encoded_rows(rows, tokenizer, data, kind, split)):
-        for encodings in samples:
-            dropped = next((item.dropped for item in encodings if item.dropped), None)
-            if dropped:  # it cannot be truncated either (an image's tokens)
-                report.skipped.add(dropped.split(" (")[0], f"{split} sample {index + 1}: {dropped}")
-                continue
-            truncated = any(item.truncated for item in encodings)
-            if truncated and data.cutoff_policy == "drop":
-                length = max(item.full_length for item in encodings)
-                report.skipped.add(f"longer than cutoff_len {data.cutoff_len} (cutoff_policy: drop)",
-                                   f"{split} sample {index + 1}: {length} tokens")
-                continue
-            if any(item.num_trained == 0 for item in encodings):
-                report.skipped.add(f"no trained token left after truncation to cutoff_len {data.cutoff_len}",
-                                   f"{split} sample {index + 1}")
-                continue
-            report.truncated += truncated
-            report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
-            kept += 1
-            yield kind.inputs(encodings, rows[index])
+    with _old_objects_left_alone():
+        for index, samples in enumerate(_encoded_rows(rows, tokenizer, data, kind, split)):
+            for encodings in samples:
+                dropped = next((item.dropped for item in encodings if item.dropped), None)
+                if dropped:  # it cannot be truncated either (an image's tokens)
+                    report.skipped.add(dropped.split(" (")[0], f"{split} sample {index + 1}: {dropped}")
+                    continue
+                truncated = any(item.truncated for item in encodings)
+                if truncated and data.cutoff_policy == "drop":
+                    length = max(item.full_length for item in encodings)
+                    report.skipped.add(f"longer than cutoff_len {data.cutoff_len} (cutoff_policy: drop)",
+                                       f"{split} sample {index + 1}: {length} tokens")
+                    continue
+                if any(item.num_trained == 0 for item in encodings):
+                    report.skipped.add(f"no trained token left after truncation to cutoff_len {data.cutoff_len}",
+                                       f"{split} sample {index + 1}")
+                    continue
+                report.truncated += truncated
+                report.trained_tokens += sum(item.num_trained for item in encodings) if split == "train" else 0
+                kept += 1
+                yield kind.inputs(encodings, rows[index])
     if not kept and rows:
         raise DataError(f"every {split} sample was dropped; raise cutoff_len (now {data.cutoff_len})")
+
+
+@contextmanager
+def _old_objects_left_alone() -> Iterator[None]:
+    """Keeps Python's cycle collector to the objects made while tokenizing. A full collection walks every object
+    of the process (the loaded libraries, the rows): one took 0.11 s of a 0.9 s tokenization of 5,000 rows."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 ENCODE_BATCH_ROWS = 512  # rows whose texts go to the Rust tokenizer in one call (it spreads them over the cores)
