@@ -4,8 +4,8 @@ Works for any chat template, with or without ``{% generation %}`` markers: each 
 located in the rendered text by rendering the conversation up to it (with and without the
 generation prompt; a final reply that occurs once in the text needs neither), the trained characters
 are the turn's content plus the template's end marker (e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``),
-and tokens are mapped to characters through the tokenizer's offsets. Tokenization is therefore
-identical to what the model sees at inference.
+and tokens are mapped to characters through their bytes (byte-level tokenizers, ``token_bytes.py``) or the
+tokenizer's offsets. Tokenization is therefore identical to what the model sees at inference.
 
 Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn only), ``all``.
 """
@@ -13,13 +13,16 @@ Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn on
 from __future__ import annotations
 
 import os
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from tunelab.data.templates import render
+from tunelab.data.token_bytes import TokenBytes, token_bytes
 
 IGNORE_INDEX = -100
 POLICIES = ("assistant", "last", "all")
@@ -195,9 +198,38 @@ def _span_tokens(encoding: Any, start: int, end: int) -> tuple[int, int] | None:
     return first, last + 1
 
 
-def _labels(encoding: Any, ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
-    """Ids where trained, ``IGNORE_INDEX`` elsewhere. Offsets of a tokenization only grow along the text, so each
-    span's tokens are one run, found without building per-token offsets (the hot path of tokenizing a dataset)."""
+def _labels(text: str, ids: list[int], spans: list[tuple[int, int]], encoding_of: Callable[[], Any],
+            table: TokenBytes | None) -> list[int]:
+    """Ids where trained, ``IGNORE_INDEX`` elsewhere: from the tokens' bytes where they decide, else from the
+    encoding's character offsets."""
+    labels = _byte_labels(text, ids, spans, table) if table is not None else None
+    return labels if labels is not None else _offset_labels(encoding_of(), ids, spans)
+
+
+def _byte_labels(text: str, ids: list[int], spans: list[tuple[int, int]], table: TokenBytes) -> list[int] | None:
+    """``_offset_labels`` from the tokens' byte lengths; None where they do not tile the text's bytes, or where a
+    span starts or ends on whitespace (a byte-level tokenizer's offsets leave a token's edge spaces out, so only the
+    offsets tell whether such a token overlaps). Trained spans start at a reply's text and end at its end marker."""
+    bounds = table.bounds(ids)
+    plain = text.isascii()
+    if bounds is None or bounds[-1] != (len(text) if plain else len(text.encode("utf-8"))):
+        return None
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        if start >= end:
+            continue
+        if text[start].isspace() or text[end - 1].isspace():
+            return None
+        if not plain:
+            start, end = len(text[:start].encode("utf-8")), len(text[:end].encode("utf-8"))
+        first, last = bisect_right(bounds, start) - 1, bisect_left(bounds, end)
+        labels[first:last] = ids[first:last]
+    return labels
+
+
+def _offset_labels(encoding: Any, ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels from the encoding's character offsets. Offsets of a tokenization only grow along the text, so each
+    span's tokens are one run, found without building per-token offsets."""
     labels = [IGNORE_INDEX] * len(ids)
     for start, end in spans:
         run = _span_tokens(encoding, start, end) if start < end else (0, 0)
@@ -223,21 +255,33 @@ class _SlowEncoding:
         return self.offsets[token]
 
 
-def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], Any]]:
-    """Ids and the encoding that maps tokens to characters, per text. With a Rust tokenizer (the hot path) the texts
-    go in one ``encode_batch``: the same tokens as one by one, computed on every core, outside the GIL."""
+Tokenized = tuple[list[int], Callable[[], Any]]  # the ids, and the encoding that maps them to characters
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[Tokenized]:
+    """Ids per text, and a call that gives its encoding with character offsets (made then, where the tokens'
+    bytes stand in for the offsets). With a Rust tokenizer (the hot path) the texts go in one batch: the same tokens
+    as one by one, computed on every core, outside the GIL."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
-        return [(list(item["input_ids"]), _SlowEncoding(item["offset_mapping"])) for item in encoded]
+        return [(list(item["input_ids"]), _ready(_SlowEncoding(item["offset_mapping"]))) for item in encoded]
+    if token_bytes(tokenizer) is not None:
+        fast = backend.encode_batch_fast(texts, add_special_tokens=False)
+        return [(encoding.ids, partial(backend.encode, text, add_special_tokens=False))
+                for text, encoding in zip(texts, fast, strict=True)]
     if len(texts) == 1:
         encoding = backend.encode(texts[0], add_special_tokens=False)
-        return [(encoding.ids, encoding)]
-    return [(encoding.ids, encoding) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        return [(encoding.ids, _ready(encoding))]
+    return [(encoding.ids, _ready(encoding)) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 
-def _offsets_reader(encoding: Any, first: int, count: int) -> Callable[[], np.ndarray]:
-    return lambda: _offset_array(encoding.offsets[first:first + count])
+def _ready(encoding: Any) -> Callable[[], Any]:
+    return lambda: encoding
+
+
+def _offsets_reader(encoding_of: Callable[[], Any], first: int, count: int) -> Callable[[], np.ndarray]:
+    return lambda: _offset_array(encoding_of().offsets[first:first + count])
 
 
 @dataclass(frozen=True)
@@ -262,16 +306,18 @@ def encode_conversations(tokenizer: Any, conversations: list[Conversation],
     planned = [trained_char_spans(tokenizer, item.messages, item.tools, item.policy, item.train_from)
                for item in conversations]
     tokenized = _tokenize(tokenizer, [text for text, _spans in planned])
-    return [_encoded(text, ids, _labels(encoding, ids, spans), encoding, cutoff_len)
-            for (text, spans), (ids, encoding) in zip(planned, tokenized, strict=True)]
+    table = token_bytes(tokenizer)
+    return [_encoded(text, ids, _labels(text, ids, spans, encoding_of, table), encoding_of, cutoff_len)
+            for (text, spans), (ids, encoding_of) in zip(planned, tokenized, strict=True)]
 
 
-def _encoded(text: str, ids: list[int], labels: list[int], encoding: Any, cutoff_len: int | None) -> Encoded:
+def _encoded(text: str, ids: list[int], labels: list[int], encoding_of: Callable[[], Any],
+             cutoff_len: int | None) -> Encoded:
     full_length = len(ids)
     truncated = cutoff_len is not None and full_length > cutoff_len
     if truncated:
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-    return Encoded(ids, labels, text, truncated, full_length, _offsets_reader(encoding, 0, len(ids)))
+    return Encoded(ids, labels, text, truncated, full_length, _offsets_reader(encoding_of, 0, len(ids)))
 
 
 def encode_text(tokenizer: Any, text: str, cutoff_len: int) -> list[Encoded]:
@@ -283,16 +329,16 @@ def encode_texts(tokenizer: Any, texts: list[str], cutoff_len: int) -> list[list
     """``encode_text`` for many, tokenized together."""
     bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer.bos_token != tokenizer.eos_token else ""
     full = [f"{bos}{text}{tokenizer.eos_token or ''}" for text in texts]
-    return [_text_chunks(text, ids, encoding, cutoff_len)
-            for text, (ids, encoding) in zip(full, _tokenize(tokenizer, full), strict=True)]
+    return [_text_chunks(text, ids, encoding_of, cutoff_len)
+            for text, (ids, encoding_of) in zip(full, _tokenize(tokenizer, full), strict=True)]
 
 
-def _text_chunks(text: str, ids: list[int], encoding: Any, cutoff_len: int) -> list[Encoded]:
+def _text_chunks(text: str, ids: list[int], encoding_of: Callable[[], Any], cutoff_len: int) -> list[Encoded]:
     chunks = []
     for start in range(0, len(ids), cutoff_len):
         chunk = ids[start:start + cutoff_len]
         if len(chunk) > 1:
-            chunks.append(Encoded(chunk, list(chunk), text, offsets_of=_offsets_reader(encoding, start, len(chunk))))
+            chunks.append(Encoded(chunk, list(chunk), text, offsets_of=_offsets_reader(encoding_of, start, len(chunk))))
     return chunks
 
 

@@ -1,0 +1,78 @@
+"""Labels from the tokens' bytes: taken for real byte-level tokenizers, refused where the bytes cannot say."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from tokenizers import AddedToken, normalizers, pre_tokenizers
+
+from tunelab.data import masking
+from tunelab.data.masking import encode_conversation, encode_conversations
+from tunelab.data.registry import load_dataset_rows
+from tunelab.data.token_bytes import token_bytes
+
+
+@pytest.mark.parametrize("name", ["llama3", "minimind"])
+def test_real_rows_take_their_labels_from_token_bytes(load_tokenizer, llamafactory_dir, name: str) -> None:
+    """English and Chinese rows through the tokenizer's own template: no character offsets are computed, and the
+    labels equal those from offsets."""
+    from tunelab.data.masking import Conversation
+
+    tokenizer = load_tokenizer(name)
+    rows = [row for dataset in ("alpaca_en_demo", "alpaca_zh_demo")
+            for row in load_dataset_rows(dataset, str(llamafactory_dir), "sft", max_samples=20).rows]
+    conversations = [Conversation(row["messages"]) for row in rows]
+    with mock.patch.object(masking, "_offset_labels", side_effect=AssertionError("offsets were needed")):
+        fast = encode_conversations(tokenizer, conversations)
+    with mock.patch.object(masking, "token_bytes", return_value=None):
+        from_offsets = encode_conversations(tokenizer, conversations)
+    assert [item.labels for item in fast] == [item.labels for item in from_offsets]
+    assert [item.input_ids for item in fast] == [item.input_ids for item in from_offsets]
+    assert sum(item.num_trained for item in fast) > 1000
+    assert fast[0].offsets.tolist() == from_offsets[0].offsets.tolist()  # inspection still gets offsets
+
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like  the sea."}]
+
+
+@pytest.mark.parametrize("change", [
+    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)),
+    lambda backend: setattr(backend, "normalizer", normalizers.NFKC()),
+    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.Metaspace()),
+], ids=["leading-space", "normalizer", "metaspace"])
+def test_tokenizers_whose_tokens_are_not_the_text_bytes_use_offsets(load_tokenizer, change) -> None:
+    tokenizer = load_tokenizer("minimind")
+    assert token_bytes(tokenizer) is not None
+    change(tokenizer.backend_tokenizer)
+    assert token_bytes(tokenizer) is None
+    assert token_bytes(load_tokenizer("stories260K")) is None
+    assert encode_conversation(tokenizer, MESSAGES).num_trained > 0
+
+
+def test_a_token_that_swallows_spaces_falls_back_to_offsets(load_tokenizer) -> None:
+    """An added token with ``lstrip`` takes the spaces before it into no token: the bytes no longer add up, so
+    the labels come from the offsets, and equal them."""
+    tokenizer = load_tokenizer("minimind")
+    tokenizer.add_tokens([AddedToken("<|note|>", lstrip=True)])
+    messages = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": "Here    <|note|> it is."}]
+    with mock.patch.object(masking, "token_bytes", return_value=None):
+        expected = encode_conversation(tokenizer, messages)
+    table = token_bytes(tokenizer)
+    assert table is not None
+    assert masking._byte_labels(expected.text, expected.input_ids, [(0, len(expected.text))], table) is None
+    with mock.patch.object(masking, "_offset_labels", wraps=masking._offset_labels) as from_offsets:
+        encoded = encode_conversation(tokenizer, messages)
+    assert from_offsets.called
+    assert encoded.labels == expected.labels and encoded.num_trained > 0
+
+
+def test_a_table_follows_the_vocabulary(load_tokenizer) -> None:
+    """Tokens added after a table was made get their own: the table is made again for the new vocabulary."""
+    tokenizer = load_tokenizer("minimind")
+    before = token_bytes(tokenizer)
+    tokenizer.add_tokens(["<|brand new|>"])
+    after = token_bytes(tokenizer)
+    assert after is not None and after is not before
+    [new_id] = tokenizer.convert_tokens_to_ids(["<|brand new|>"])
+    assert after.bounds([new_id]) == [0, len("<|brand new|>")]
