@@ -95,7 +95,8 @@ class TokenizerSpec:
         folder = Path(args.tokenizer).resolve()
         if not (folder / "tokenizer_config.json").is_file():
             raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer_config.json in {folder}")
-        default_lf = "llama3" if "<|eot_id|>" in (folder / "tokenizer_config.json").read_text() else "qwen"
+        # chatml renders the closest text to a ChatML template's (qwen adds a default system prompt)
+        default_lf = "llama3" if "<|eot_id|>" in (folder / "tokenizer_config.json").read_text() else "chatml"
         return cls(str(folder), args.template, str(folder), args.lf_template or default_lf)
 
 
@@ -600,7 +601,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--template", help="tunelab's template (default: alpaca for stories260K, else the "
                                            "tokenizer's own)")
     parser.add_argument("--lf-template", help="LLaMA-Factory's template for the same data (default: alpaca for "
-                                              "stories260K; llama3 for a Llama-3 tokenizer; qwen otherwise)")
+                                              "stories260K; llama3 for a Llama-3 tokenizer; chatml otherwise)")
     add_worker_args(parser, STAGES)
     return parser.parse_args(argv)
 
