@@ -76,3 +76,18 @@ def test_a_table_follows_the_vocabulary(load_tokenizer) -> None:
     assert after is not None and after is not before
     [new_id] = tokenizer.convert_tokens_to_ids(["<|brand new|>"])
     assert after.bounds([new_id]) == [0, len("<|brand new|>")]
+
+
+def test_a_table_goes_with_its_tokenizer(load_tokenizer) -> None:
+    import gc
+    import weakref
+
+    from tunelab.data import token_bytes as module
+
+    tokenizer = load_tokenizer("minimind")
+    assert token_bytes(tokenizer) is not None
+    backend = weakref.ref(tokenizer.backend_tokenizer)
+    assert backend() in module._tables
+    del tokenizer
+    gc.collect()
+    assert backend() is None

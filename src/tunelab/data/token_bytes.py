@@ -8,6 +8,7 @@ Every text is checked: its tokens must add up to exactly its bytes, otherwise th
 
 from __future__ import annotations
 
+import weakref
 from itertools import accumulate
 from typing import Any
 
@@ -21,7 +22,7 @@ class TokenBytes:
     """Byte lengths of a tokenizer's tokens, looked up as ids are met (a vocabulary has up to 150k)."""
 
     def __init__(self, backend: Any):
-        self._backend = backend
+        self._backend = weakref.ref(backend)  # the table lives as long as its tokenizer, not longer
         self._added = {index: len(token.content.encode("utf-8"))
                        for index, token in backend.get_added_tokens_decoder().items()}
         self._lengths: list[int | None] = [None] * backend.get_vocab_size(with_added_tokens=True)
@@ -39,7 +40,7 @@ class TokenBytes:
         if index in self._added:
             size = self._added[index]
         else:
-            piece = self._backend.id_to_token(index)
+            piece = self._backend().id_to_token(index)
             size = len(piece) if piece and _ALPHABET.issuperset(piece) else _UNKNOWN
         self._lengths[index] = size
         return size
@@ -68,7 +69,7 @@ def _steps(sequence: Any) -> list[Any]:
             return steps
 
 
-_tables: dict[int, tuple[Any, tuple, TokenBytes | None]] = {}
+_tables: weakref.WeakKeyDictionary[Any, tuple[tuple, TokenBytes | None]] = weakref.WeakKeyDictionary()
 
 
 def token_bytes(tokenizer: Any) -> TokenBytes | None:
@@ -79,9 +80,7 @@ def token_bytes(tokenizer: Any) -> TokenBytes | None:
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return None
     state = (backend.get_vocab_size(with_added_tokens=True), str(backend.normalizer), str(backend.pre_tokenizer))
-    known = _tables.get(id(backend))
-    if known is None or known[0] is not backend or known[1] != state:
-        if len(_tables) >= 8:
-            _tables.clear()
-        known = _tables[id(backend)] = (backend, state, TokenBytes(backend) if byte_level(backend) else None)
-    return known[2]
+    known = _tables.get(backend)
+    if known is None or known[0] != state:
+        known = _tables[backend] = (state, TokenBytes(backend) if byte_level(backend) else None)
+    return known[1]
