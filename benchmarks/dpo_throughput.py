@@ -48,6 +48,7 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     llamafactory_peers,
     make_step_clock,
     matmul_peak_flops,
+    matmul_peak_name,
     median_of,
     ratio,
     side_by_side_parser,
@@ -213,7 +214,8 @@ def report(run: Comparison) -> str:
     peak, fraction = info.get("matmul_peak_flops"), run.results["tunelab"][-1].labelled_fraction
     if peak and fraction and "body_params" in model:
         mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction) / peak for side, row in rows.items()}
-        lines.append(f"MFU (useful FLOPs per second / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s; "
+        peak_name = matmul_peak_name(run.spec.device, run.spec.bf16)
+        lines.append(f"MFU (useful FLOPs per second / measured {peak_name} matmul peak {peak / 1e9:,.0f} GFLOP/s; "
                      f"{fraction:.0%} of tokens fed are answer tokens): "
                      + ", ".join(f"{side} {value:.1%}" for side, value in mfu.items()))
     return "\n".join(lines)
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     run = compare(__file__, args, args.stage.upper(), lambda **shared: Spec(
         **shared, cutoff_len=args.cutoff, lora_rank=args.lora_rank, beta=args.beta, stage=args.stage,
         lf_template=args.lf_template or lf_template_for(args.tokenizer)), peers)
-    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
+    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads, run.spec.device, run.spec.bf16)
     print(to_json({"machine": run.info, "model": run.model, "spec": run.spec, "results": run.results})
           if args.json else report(run))
     return 0

@@ -782,19 +782,32 @@ def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable)
 
 
-def matmul_peak_flops(threads: int | None, size: int = 1024, repeats: int = 10) -> float:
-    """The fp32 matmul rate of this process (FLOP/s), the denominator of MFU."""
+def matmul_peak_flops(threads: int | None, device: str = "cpu", bf16: bool = False, size: int | None = None,
+                      repeats: int = 10) -> float:
+    """The matmul rate of this process (FLOP/s) on the sides' device, in the precision of their matmuls (bf16 under
+    ``--bf16`` on a GPU; on a CPU fp32, as every CPU figure in docs/benchmarks.md was measured): MFU's denominator."""
     import time
 
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    on_gpu = device == "cuda"
+    dtype = torch.bfloat16 if bf16 and on_gpu else torch.float32
+    size = size or (8192 if on_gpu else 1024)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    wait = torch.cuda.synchronize if on_gpu else (lambda: None)
     torch.mm(a, b)
+    wait()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        wait()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def matmul_peak_name(device: str, bf16: bool) -> str:
+    """What ``matmul_peak_flops`` measured, for the MFU line."""
+    return "bf16" if bf16 and device == "cuda" else "fp32"

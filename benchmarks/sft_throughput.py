@@ -63,6 +63,7 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
     machine_lines,
     make_step_clock,
     matmul_peak_flops,
+    matmul_peak_name,
     median_of,
     paired_step_ratio,
     ratio,
@@ -359,7 +360,8 @@ def format_report(run: Comparison, repeats: int) -> str:
     if peak and fraction and "body_params" in model:
         mfu = {side: step_flops(model, s.window_tokens / max(s.window_steps, 1), fraction, spec.full)
                / s.median_step_seconds / peak for side, s in (("tunelab", tl), ("trl", tr))}
-        lines.append(f"MFU (useful FLOPs / step time / measured fp32 matmul peak {peak / 1e9:,.0f} GFLOP/s; "
+        lines.append(f"MFU (useful FLOPs / step time / measured {matmul_peak_name(spec.device, spec.bf16)} matmul peak "
+                     f"{peak / 1e9:,.0f} GFLOP/s; "
                      f"{fraction:.0%} of tokens carry loss): tunelab {mfu['tunelab']:.1%}, TRL {mfu['trl']:.1%}")
     if "llamafactory" in results:
         lf = summarize_side(results["llamafactory"], spec.warmup)
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_target=args.lora_target,
         logging_steps=min(args.logging_steps, args.steps), trl_data=args.trl_data, lf_template=lf_template),
         peers)
-    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads)
+    run.info["matmul_peak_flops"] = matmul_peak_flops(args.threads, run.spec.device, run.spec.bf16)
     print(to_json(json_report(run)) if args.json else format_report(run, args.repeats))
     return 0
 
