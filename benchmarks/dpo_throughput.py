@@ -1,10 +1,11 @@
-"""DPO and KTO throughput: tunelab's ``dpo`` (or ``kto``) stage against a plain TRL ``DPOTrainer`` (``KTOTrainer``),
-same model, examples and settings.
+"""DPO, KTO and reward-model throughput: tunelab's ``dpo`` (``kto``, ``rm``) stage against a plain TRL ``DPOTrainer``
+(``KTOTrainer``, ``RewardTrainer``), same model, examples and settings.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/dpo_throughput.py                 # random small Qwen2 + real tokenizer
     .venv/bin/python benchmarks/dpo_throughput.py --stage kto     # kto_en_demo: one answer per row, labelled good/bad
+    .venv/bin/python benchmarks/dpo_throughput.py --stage rm      # the same pairs, a score head (Bradley-Terry)
     .venv/bin/python benchmarks/dpo_throughput.py --device cuda --model /path/to/model --steps 50 --bf16
 
 What is compared, and why it is fair (how both sides are run, timed and measured is ``harness.py``'s):
@@ -61,7 +62,8 @@ from harness import (  # noqa: E402  (the shared harness, a sibling module)
 )
 
 DEFAULT_DATA = {"dpo": FIXTURES / "data" / "llamafactory" / "dpo_en_demo.json",
-                "kto": FIXTURES / "data" / "llamafactory" / "kto_en_demo.json"}
+                "kto": FIXTURES / "data" / "llamafactory" / "kto_en_demo.json",
+                "rm": FIXTURES / "data" / "llamafactory" / "dpo_en_demo.json"}
 DEFAULT_TOKENIZER = FIXTURES / "tokenizers" / "minimind"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -79,15 +81,19 @@ def run_tunelab(spec: Spec, started: float, run_dir: Path) -> SideResult:
     from tunelab.config import TrainConfig
     from tunelab.stages.dpo import run_dpo
     from tunelab.stages.kto import run_kto
+    from tunelab.stages.rm import run_rm
 
     cfg = TrainConfig(**spec.training_args(run_dir), stage=spec.stage, model_name_or_path=spec.model, dataset=spec.data,
                       dataset_dir=str(Path(spec.data).parent), cutoff_len=spec.cutoff_len, max_samples=spec.rows,
                       overwrite_output_dir=True, logging_steps=1, lora_rank=spec.lora_rank, lora_target="all",
                       report_to="none", plot_loss=False, pref_beta=spec.beta)
     clock = make_step_clock(started)
-    (run_kto if spec.stage == "kto" else run_dpo)(cfg, callbacks=[clock])
+    {"dpo": run_dpo, "kto": run_kto, "rm": run_rm}[spec.stage](cfg, callbacks=[clock])
     result = summarize("tunelab", clock, spec.warmup, "answer content + end marker (tunelab masks)")
-    result.labelled_fraction = _answer_fraction(cfg) if spec.stage == "dpo" else None
+    if spec.stage == "dpo":
+        result.labelled_fraction = _answer_fraction(cfg)
+    elif spec.stage == "rm":  # every token fed goes through the body (MFU: dpo_step_flops)
+        result.labelled_fraction = 1.0
     return result
 
 
@@ -104,10 +110,13 @@ def _answer_fraction(cfg: object) -> float:
     return answers / fed
 
 
-def dpo_step_flops(model: dict, tokens: float, answer_fraction: float) -> float:
+def dpo_step_flops(model: dict, tokens: float, answer_fraction: float, stage: str = "dpo") -> float:
     """Useful FLOPs of one LoRA DPO step over ``tokens`` fed positions: the policy's forward and the backward to
     its activations (2 + 2 per body parameter and token) and the reference forward (2), plus the output layer at
-    the answer positions only (forward, backward to the hidden states, reference forward: 3 x 2hV)."""
+    the answer positions only (forward, backward to the hidden states, reference forward: 3 x 2hV). A reward model
+    has no reference and no output layer (its one-output score head is negligible): 4 per body parameter."""
+    if stage == "rm":
+        return 4 * model["body_params"] * tokens
     head = 6 * model["hidden_size"] * model["vocab_size"]
     return 6 * model["body_params"] * tokens + head * answer_fraction * tokens
 
@@ -131,9 +140,18 @@ def _labelled_answers(path: str, rows: int) -> list[dict]:
 def run_trl(spec: Spec, started: float, run_dir: Path) -> SideResult:
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model)
+    if spec.stage == "rm":  # the same pairs; TRL loads the model with a one-output score head
+        # TRL's reward trainer drops pairs longer than max_length where tunelab cuts them: run with a --cutoff
+        # that keeps every pair whole, and TRL without a limit, so both train on the same pairs
+        args = RewardConfig(**spec.trl_args(run_dir), logging_steps=1, max_length=None, report_to="none")
+        clock = make_step_clock(started)
+        RewardTrainer(model=spec.model, args=args, train_dataset=Dataset.from_list(_pairs(spec.data, spec.rows)),
+                      processing_class=tokenizer, peft_config=trl_lora(spec.lora_rank, task_type="SEQ_CLS"),
+                      callbacks=[clock]).train()
+        return summarize("trl", clock, spec.warmup, "prompt + answer (TRL)")
     kto = spec.stage == "kto"
     # trl_args sets gradient checkpointing as on tunelab's side (both configs turn it on by default)
     args = (KTOConfig if kto else DPOConfig)(**spec.trl_args(run_dir), logging_steps=1, beta=spec.beta,
@@ -184,7 +202,7 @@ def run_llamafactory(spec: Spec, started: float, run_dir: Path) -> SideResult:
 def report(run: Comparison) -> str:
     info, model, spec = run.info, run.model, run.spec
 
-    unit = "pairs/s" if spec.stage == "dpo" else "examples/s"
+    unit = "examples/s" if spec.stage == "kto" else "pairs/s"
 
     def examples_per_second(r: SideResult) -> float:
         return (r.steps - window_start(spec.warmup, r.steps)) * spec.batch_size * spec.grad_accum / r.window_seconds
@@ -198,7 +216,7 @@ def report(run: Comparison) -> str:
     for name, other in (("vs TRL", p), ("vs LF", rows.get("llamafactory"))):
         if other is not None:
             body.append([name, *(fmt_ratio(ratio(t[key], other[key])) for key in (unit, "tokens/s", "peak MiB"))])
-    data = f"{spec.rows} {Path(spec.data).stem} {'pairs' if spec.stage == 'dpo' else 'labelled answers'}"
+    data = f"{spec.rows} {Path(spec.data).stem} {'labelled answers' if spec.stage == 'kto' else 'pairs'}"
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
     lines = [f"{spec.stage.upper()} throughput, {info['date']}: {info['cpu']}{gpu}",
              f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}",
@@ -213,11 +231,12 @@ def report(run: Comparison) -> str:
         f"; LLaMA-Factory 0.9.5 tokenizes with its own template {spec.lf_template}" if "llamafactory" in rows else ""))
     peak, fraction = info.get("matmul_peak_flops"), run.results["tunelab"][-1].labelled_fraction
     if peak and fraction and "body_params" in model:
-        mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction) / peak for side, row in rows.items()}
+        mfu = {side: dpo_step_flops(model, row["tokens/s"], fraction, spec.stage) / peak for side, row in rows.items()}
         peak_name = matmul_peak_name(run.spec.device, run.spec.bf16)
+        counted = "every token fed, no output layer" if spec.stage == "rm" else \
+            f"{fraction:.0%} of tokens fed are answer tokens"
         lines.append(f"MFU (useful FLOPs per second / measured {peak_name} matmul peak {peak / 1e9:,.0f} GFLOP/s; "
-                     f"{fraction:.0%} of tokens fed are answer tokens): "
-                     + ", ".join(f"{side} {value:.1%}" for side, value in mfu.items()))
+                     f"{counted}): " + ", ".join(f"{side} {value:.1%}" for side, value in mfu.items()))
     return "\n".join(lines)
 
 
@@ -225,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = side_by_side_parser(__doc__, data=DEFAULT_DATA["dpo"], tokenizer=DEFAULT_TOKENIZER, rows=64, steps=12,
                                  batch_size=2, lr=5e-6, peers=("llamafactory",))
     parser.add_argument("--stage", choices=tuple(DEFAULT_DATA), default="dpo",
-                        help="dpo (pairs) or kto (labelled answers; --data defaults to kto_en_demo)")
+                        help="dpo (pairs), kto (labelled answers; --data defaults to kto_en_demo) or rm (pairs)")
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora-rank", type=int, default=8)

@@ -416,13 +416,14 @@ class SideSpec:
                 "use_cpu": self.device == "cpu"}
 
 
-def trl_lora(rank: int, alpha: int | None = None, target: str = "all") -> Any:
-    """tunelab's LoRA (alpha 2 x rank, dropout 0; ``all``: every linear layer) as TRL's ``peft_config``."""
+def trl_lora(rank: int, alpha: int | None = None, target: str = "all", task_type: str = "CAUSAL_LM") -> Any:
+    """tunelab's LoRA (alpha 2 x rank, dropout 0; ``all``: every linear layer) as TRL's ``peft_config``
+    (``SEQ_CLS`` for a reward model: its score head trains too)."""
     from peft import LoraConfig
 
     targets = "all-linear" if target == "all" else [t.strip() for t in target.split(",")]
     return LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=targets,
-                      task_type="CAUSAL_LM")
+                      task_type=task_type)
 
 
 def build_random_model(tokenizer_path: Path, out_dir: Path, hidden: int, layers: int, seed: int,

@@ -147,6 +147,9 @@ def test_reward_model_learns_and_reloads_as_sequence_classifier(tmp_path):
     before = accuracy(RewardScorer("stories260K", device="cpu"))  # an untrained score head
     out = tmp_path / "rm"
     result = _train(_cfg("rm", out, "max_steps=40", "logging_steps=5"))
+    from tunelab.training.token_loss import causal_lm
+
+    assert "forward" in vars(causal_lm(result.model))  # trained padding-free (training/padding_free.py)
     scorer = RewardScorer(adapter=str(out), device="cpu")
     after = accuracy(scorer)
     assert before <= 0.65 and after >= 0.7

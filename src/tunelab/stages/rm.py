@@ -49,4 +49,10 @@ def run_rm(cfg: TrainConfig, callbacks: list[Any] | None = None, command: str | 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    from tunelab.training.token_loss import causal_lm, supports_padding_free
+
+    if supports_padding_free(model, cfg, sequences_per_sample=2) and hasattr(causal_lm(model), "score"):
+        from tunelab.training.padding_free import pack_reward_forward
+
+        pack_reward_forward(trainer)  # chosen and rejected sequences as one row, without their padding
     return train_and_save(trainer, cfg, run, tokenizer, report, command)
