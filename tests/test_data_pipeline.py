@@ -292,7 +292,6 @@ def test_a_row_that_cannot_be_masked_is_named_from_its_batch(monkeypatch):
         tokenize_rows(rows, tokenizer, DataSettings(cutoff_len=256), "sft", DataReport(), "train")
 
 
-
 def test_tokenizing_leaves_older_objects_to_the_collector_afterwards(minimind_tokenizer):
     """While samples are made, the cycle collector walks only objects made since (a full collection of the process
     cost a tenth of tokenizing); the objects from before are handed back to it when the samples are done, also when
