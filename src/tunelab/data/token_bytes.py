@@ -12,7 +12,7 @@ import weakref
 from itertools import accumulate
 from typing import Any
 
-from tokenizers import pre_tokenizers
+from tokenizers import models, pre_tokenizers
 
 _ALPHABET = frozenset(pre_tokenizers.ByteLevel.alphabet())  # one character per byte value
 _UNKNOWN = -1  # a token whose bytes are not known (not a byte-level piece): its text needs offsets
@@ -49,7 +49,7 @@ class TokenBytes:
 def byte_level(backend: Any) -> bool:
     """Whether the tokenizer cuts the text's bytes into tokens as they are: a byte-level pre-tokenizer that adds no
     leading space, after nothing that changes the text (no normalizer)."""
-    if backend.normalizer is not None or type(backend.model).__name__ != "BPE":
+    if backend.normalizer is not None or not isinstance(backend.model, models.BPE):
         return False
     pre = backend.pre_tokenizer
     steps = _steps(pre) if isinstance(pre, pre_tokenizers.Sequence) else [pre]
