@@ -10,16 +10,19 @@ from tokenizers import AddedToken, normalizers, pre_tokenizers
 from tunelab.data import masking
 from tunelab.data.masking import encode_conversation, encode_conversations
 from tunelab.data.registry import load_dataset_rows
+from tunelab.data.templates import apply_template
 from tunelab.data.token_bytes import token_bytes
 
 
-@pytest.mark.parametrize("name", ["llama3", "minimind"])
+@pytest.mark.parametrize("name", ["llama3", "minimind", "stories260K"])
 def test_real_rows_take_their_labels_from_token_bytes(load_tokenizer, llamafactory_dir, name: str) -> None:
-    """English and Chinese rows through the tokenizer's own template: no character offsets are computed, and the
-    labels equal those from offsets."""
+    """English and Chinese rows through the tokenizer's own template (stories260K, a Metaspace tokenizer with byte
+    fallback, has none: alpaca's): no character offsets are computed, and the labels equal those from offsets."""
     from tunelab.data.masking import Conversation
 
     tokenizer = load_tokenizer(name)
+    if name == "stories260K":
+        apply_template(tokenizer, "alpaca")
     rows = [row for dataset in ("alpaca_en_demo", "alpaca_zh_demo")
             for row in load_dataset_rows(dataset, str(llamafactory_dir), "sft", max_samples=20).rows]
     conversations = [Conversation(row["messages"]) for row in rows]
@@ -39,15 +42,53 @@ MESSAGES = [{"role": "user", "content": "Name a colour."}, {"role": "assistant",
 @pytest.mark.parametrize("change", [
     lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)),
     lambda backend: setattr(backend, "normalizer", normalizers.NFKC()),
-    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.Metaspace()),
-], ids=["leading-space", "normalizer", "metaspace"])
+    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.Whitespace()),
+], ids=["leading-space", "normalizer", "spaces-dropped"])
 def test_tokenizers_whose_tokens_are_not_the_text_bytes_use_offsets(load_tokenizer, change) -> None:
     tokenizer = load_tokenizer("minimind")
     assert token_bytes(tokenizer) is not None
     change(tokenizer.backend_tokenizer)
     assert token_bytes(tokenizer) is None
-    assert token_bytes(load_tokenizer("stories260K")) is None
     assert encode_conversation(tokenizer, MESSAGES).num_trained > 0
+
+
+@pytest.mark.parametrize("change", [
+    lambda backend: setattr(backend, "normalizer", normalizers.Sequence([normalizers.Prepend("▁"),
+                                                                         normalizers.Replace(" ", "▁")])),
+    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                                               pre_tokenizers.Digits()])),
+], ids=["normalizer", "sequence"])
+def test_metaspace_is_taken_only_alone_before_the_model(load_tokenizer, change) -> None:
+    tokenizer = load_tokenizer("stories260K")
+    assert token_bytes(tokenizer) is not None
+    change(tokenizer.backend_tokenizer)
+    assert token_bytes(tokenizer) is None
+
+
+# Texts where the "▁" put before the text stands alone, follows a space, a special token or a Chinese character, or
+# is put before every piece of text (prepend scheme "always"), also after a text that starts with a space.
+METASPACE_TEXTS = ["Hello world", "\nHi there", " Hello  you", " Hi</s>there", "<s>Hello</s> world", "Hello</s>world",
+                   "中文 x ok", "a\n\nb  c\td", "x", "Tom's 3.5 km/h, \"fast\"!"]
+
+
+@pytest.mark.parametrize("scheme", ["first", "always", "never"])
+def test_metaspace_labels_equal_the_offsets_for_every_span(load_tokenizer, scheme: str) -> None:
+    """Every span of every text: labels from the tokens' bytes, where they decide, equal those from offsets."""
+    from tunelab.data.masking import _byte_labels, _offset_labels, _tokenize
+
+    tokenizer = load_tokenizer("stories260K")
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme)
+    table = token_bytes(tokenizer)
+    decided = 0
+    for text in METASPACE_TEXTS:
+        [(ids, encoding_of)] = _tokenize(tokenizer, [text])
+        for start in range(len(text)):
+            for end in range(start + 1, len(text) + 1):
+                from_bytes = _byte_labels(text, ids, [(start, end)], table)
+                if from_bytes is not None:
+                    decided += 1
+                    assert from_bytes == _offset_labels(encoding_of(), ids, [(start, end)]), (text, start, end)
+    assert decided > 150
 
 
 def test_a_token_that_swallows_spaces_falls_back_to_offsets(load_tokenizer) -> None:
@@ -75,7 +116,7 @@ def test_a_table_follows_the_vocabulary(load_tokenizer) -> None:
     after = token_bytes(tokenizer)
     assert after is not None and after is not before
     [new_id] = tokenizer.convert_tokens_to_ids(["<|brand new|>"])
-    assert after.bounds([new_id]) == [0, len("<|brand new|>")]
+    assert after.bounds([new_id], "<|brand new|>") == [0, len("<|brand new|>")]
 
 
 def test_a_table_goes_with_its_tokenizer(load_tokenizer) -> None:

@@ -4,7 +4,7 @@ Works for any chat template, with or without ``{% generation %}`` markers: each 
 located in the rendered text by rendering the conversation up to it (with and without the
 generation prompt; a final reply that occurs once in the text needs neither), the trained characters
 are the turn's content plus the template's end marker (e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``),
-and tokens are mapped to characters through their bytes (byte-level tokenizers, ``token_bytes.py``) or the
+and tokens are mapped to characters through their bytes (byte-level and Metaspace BPE, ``token_bytes.py``) or the
 tokenizer's offsets. Tokenization is therefore identical to what the model sees at inference.
 
 Policies: ``assistant`` (every assistant turn), ``last`` (last assistant turn only), ``all``.
@@ -210,10 +210,10 @@ def _byte_labels(text: str, ids: list[int], spans: list[tuple[int, int]], table:
     """``_offset_labels`` from the tokens' byte lengths; None where they do not tile the text's bytes, or where a
     span starts or ends on whitespace (a byte-level tokenizer's offsets leave a token's edge spaces out, so only the
     offsets tell whether such a token overlaps). Trained spans start at a reply's text and end at its end marker."""
-    bounds = table.bounds(ids)
-    plain = text.isascii()
-    if bounds is None or bounds[-1] != (len(text) if plain else len(text.encode("utf-8"))):
+    bounds = table.bounds(ids, text)
+    if bounds is None:
         return None
+    plain = text.isascii()
     labels = [IGNORE_INDEX] * len(ids)
     for start, end in spans:
         if start >= end:
@@ -222,7 +222,8 @@ def _byte_labels(text: str, ids: list[int], spans: list[tuple[int, int]], table:
             return None
         if not plain:
             start, end = len(text[:start].encode("utf-8")), len(text[:end].encode("utf-8"))
-        first, last = bisect_right(bounds, start) - 1, bisect_left(bounds, end)
+        # from the text's start, a first token without bytes (a Metaspace "▁" alone) overlaps too
+        first, last = bisect_right(bounds, start) - 1 if start else 0, bisect_left(bounds, end)
         labels[first:last] = ids[first:last]
     return labels
 
