@@ -218,11 +218,12 @@ def report(run: Comparison) -> str:
             body.append([name, *(fmt_ratio(ratio(t[key], other[key])) for key in (unit, "tokens/s", "peak MiB"))])
     data = f"{spec.rows} {Path(spec.data).stem} {'labelled answers' if spec.stage == 'kto' else 'pairs'}"
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
+    beta = "" if spec.stage == "rm" else f", beta {spec.beta}"  # a reward model's loss has none
     lines = [f"{spec.stage.upper()} throughput, {info['date']}: {info['cpu']}{gpu}",
              f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, peft {info['peft']}",
              f"model: {model['name']} ({model['params']:,} parameters); {data}, LoRA r"
              f"{spec.lora_rank}, batch {spec.batch_size} x {spec.grad_accum}, {spec.steps} steps (first {spec.warmup} "
-             f"left out), cutoff {spec.cutoff_len}, beta {spec.beta}, gradient checkpointing "
+             f"left out), cutoff {spec.cutoff_len}{beta}, gradient checkpointing "
              f"{'on' if spec.gradient_checkpointing else 'off'} (both), {len(run.results['trl'])} runs per side "
              "(medians)", "",
              *table(["", unit, "tokens/s", "peak MiB", "final loss", "trainable"], body,
