@@ -210,6 +210,58 @@ def test_per_sample_attention_is_not_used_where_it_would_change_attention():
     assert use_per_sample_attention(model) and model.config._attn_implementation == NAME
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_per_sample_attention_keeps_no_copy_of_its_joined_output(method, arch, monkeypatch):
+    """The output projection keeps the samples' outputs, which sdpa keeps anyway, not the copy that joins them: that
+    copy's storage is freed when the forward ends. The loss and gradients are those without this (the same kernels),
+    exactly. As in training, per-sample attention comes after PEFT."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from tunelab.training import packed_attention
+    from tunelab.training.token_loss import causal_lm
+
+    batch = _flat(_alpaca_samples(4))
+    wrap = packed_attention._keep_pieces_in_output_projections
+    results = []
+    for lean in (False, True):
+        monkeypatch.setattr(packed_attention, "_keep_pieces_in_output_projections", wrap if lean else lambda _: None)
+        model = _model(arch)
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(0)
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        assert packed_attention.use_per_sample_attention(causal_lm(model))
+        joined: list[StorageWeakRef] = []
+        for name, module in model.named_modules():
+            if name.endswith("o_proj"):
+                module.register_forward_pre_hook(
+                    lambda _module, args, kept=joined: kept.append(StorageWeakRef(args[0].untyped_storage())))
+        loss = _ours(model, batch)
+        assert [output.expired() for output in joined] == [lean] * model.config.num_hidden_layers
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (stock_loss, stock_grads), (lean_loss, lean_grads) = results
+    assert lean_loss == stock_loss and stock_grads.keys() == lean_grads.keys()
+    assert all(torch.equal(lean_grads[name], grad) for name, grad in stock_grads.items())
+
+
+def test_output_projections_keeping_pieces_survive_a_deep_copy_and_leave_the_state_dict_alone():
+    import copy
+
+    from tunelab.training.packed_attention import use_per_sample_attention
+
+    stock, model = _model(), _model()
+    assert use_per_sample_attention(model)
+    assert model.state_dict().keys() == stock.state_dict().keys()
+    twin = copy.deepcopy(model)
+    projection = twin.model.layers[0].self_attn.o_proj
+    assert projection.forward.__self__ is projection and projection._tunelab_inner_forward.__self__ is projection
+    batch = _flat(_alpaca_samples(2))
+    assert _close(_ours(twin, batch), _ours(stock, batch))
+
+
 def test_trl_fused_head_scores_only_labelled_positions_with_the_same_results(monkeypatch):
     """compact_trl_fused_head: TRL's per-token log-probabilities (what DPO, KTO, GRPO and RLOO train on) and their
     gradients are unchanged, while the output layer sees only the labelled positions."""

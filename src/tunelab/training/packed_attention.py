@@ -8,13 +8,20 @@ sdpa attention as a plain causal sequence, the fast path of every sdpa kernel. T
 (``tests/test_token_loss.py`` checks per-sample loss and gradients).
 
 Batches with padding (evaluation, generation) keep transformers' sdpa mask and attention unchanged.
+
+Joining the samples' outputs makes a copy, which the output projection then keeps for its backward (its LoRA A, or
+its weight): a second copy of what sdpa keeps anyway, one hidden-wide tensor per token and layer. The output
+projection keeps the samples' outputs instead (a saved-tensor hook), and the backward joins them again.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Any, NamedTuple
 
 import torch
+
+from tunelab.training.lean_mlp import others_decide_saving, ours
 
 NAME = "sdpa_per_sample"
 
@@ -46,7 +53,70 @@ def per_sample_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
                                       None, **kwargs)[0] for start, end in zip(bounds, bounds[1:], strict=False)]
-    return torch.cat(outputs, dim=1), None
+    joined = torch.cat(outputs, dim=1)
+    _remember_pieces(joined, outputs)
+    return joined, None
+
+
+class _Joined(NamedTuple):
+    """The last joined output, for the output projection that takes it next."""
+
+    address: int
+    numel: int
+    dtype: torch.dtype
+    pieces: list[torch.Tensor]  # the samples' outputs, which sdpa keeps for its backward
+
+
+_joined: _Joined | None = None
+
+
+def _remember_pieces(joined: torch.Tensor, pieces: list[torch.Tensor]) -> None:
+    global _joined
+    _joined = None
+    if joined.requires_grad:
+        _joined = _Joined(joined.data_ptr(), joined.numel(), joined.dtype, [piece.detach() for piece in pieces])
+
+
+def _pieces_packer(joined: _Joined) -> Any:
+    """Pack hook: the joined output (or a contiguous view of all of it) is kept as the samples' outputs. Holds no
+    reference to the joined output, or the hook itself would keep it alive."""
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if (tensor.data_ptr() == joined.address and tensor.numel() == joined.numel and tensor.dtype == joined.dtype
+                and tensor.is_contiguous()):
+            return joined.pieces, tensor.shape
+        return tensor.detach()
+
+    return ours(pack)
+
+
+def _join_pieces(packed: Any) -> torch.Tensor:
+    """Unpack hook: the joined output again from the samples' outputs."""
+    if isinstance(packed, torch.Tensor):
+        return packed
+    pieces, shape = packed
+    return torch.cat(pieces, dim=1).view(shape)
+
+
+def _output_projection_forward(self: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """The output projection's own forward; given the joined output, it keeps the samples' outputs instead."""
+    global _joined
+    joined, _joined = _joined, None  # held no longer than this call
+    if (joined is None or not isinstance(hidden_states, torch.Tensor) or hidden_states.data_ptr() != joined.address
+            or others_decide_saving()):
+        return self._tunelab_inner_forward(hidden_states, *args, **kwargs)
+    with torch.autograd.graph.saved_tensors_hooks(_pieces_packer(joined), _join_pieces):
+        return self._tunelab_inner_forward(hidden_states, *args, **kwargs)
+
+
+def _keep_pieces_in_output_projections(model: torch.nn.Module) -> None:
+    """Wrap each attention's ``o_proj`` (after PEFT, whose LoRA layer replaces it). Attributes are set past
+    ``nn.Module.__setattr__``, as in ``lean_norms``: nothing is registered, and a deep copy rebinds them."""
+    for module in list(model.modules()):
+        projection = getattr(module, "o_proj", None)
+        if isinstance(projection, torch.nn.Module) and "_tunelab_inner_forward" not in vars(projection):
+            object.__setattr__(projection, "_tunelab_inner_forward", projection.forward)
+            projection.forward = types.MethodType(_output_projection_forward, projection)
 
 
 def _mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
@@ -65,7 +135,8 @@ def _full_attention_only(config: Any) -> bool:
 
 
 def use_per_sample_attention(model: Any) -> bool:
-    """Switch a model on transformers' sdpa (without sliding windows) to ``per_sample_sdpa``; whether it was."""
+    """Switch a model on transformers' sdpa (without sliding windows) to ``per_sample_sdpa``, its output projections
+    keeping the samples' outputs; whether it was."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -75,4 +146,5 @@ def use_per_sample_attention(model: Any) -> bool:
     AttentionInterface.register(NAME, per_sample_sdpa)
     AttentionMaskInterface.register(NAME, _mask)
     model.set_attn_implementation(NAME)
+    _keep_pieces_in_output_projections(model)
     return True
