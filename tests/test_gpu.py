@@ -29,17 +29,22 @@ def _loss_and_gradients(lean: bool, method: str, bf16: bool, samples: list[dict]
     """The stock model's own loss on a padded batch, or tunelab's lean layers and labelled loss on the padding-free
     row, as training runs them."""
     from tunelab.training.lean_mlp import use_lean_mlps
-    from tunelab.training.lean_norms import use_lean_norms
+    from tunelab.training.lean_norms import use_lean_norm_weights, use_lean_norms
+    from tunelab.training.packed_attention import use_per_sample_attention
+    from tunelab.training.token_loss import causal_lm
 
     model = _model("qwen2")
     if lean:
         use_lean_mlps(model)
         use_lean_norms(model)
+        use_lean_norm_weights(model)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(0)
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    if lean:
+        assert use_per_sample_attention(causal_lm(model))
     model.to(DEVICE).train()
     batch = _on_device(_flat(samples) if lean else _padded(samples))
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):

@@ -511,7 +511,7 @@ def test_lean_layers_under_gradient_checkpointing_give_the_same_gradients(reentr
     """Checkpointing decides what is kept through its own saved-tensor hooks (or a no-grad first forward); the lean
     MLP's and norms' recomputations step aside there, and the gradients stay transformers' own."""
     from tunelab.training.lean_mlp import use_lean_mlps
-    from tunelab.training.lean_norms import use_lean_norms
+    from tunelab.training.lean_norms import use_lean_norm_weights, use_lean_norms
 
     batch = _flat(_alpaca_samples(4))
     grads = []
@@ -520,6 +520,7 @@ def test_lean_layers_under_gradient_checkpointing_give_the_same_gradients(reentr
         if lean:
             use_lean_mlps(model)
             use_lean_norms(model)
+            use_lean_norm_weights(model)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model.train()
         _ours(model, batch).backward()
@@ -577,6 +578,53 @@ def test_lean_norms_give_the_same_loss_and_gradients_and_keep_no_norm_output(met
         # so its output is kept as before; the stock layers keep every one
         freed = [lean and not (method == "lora" and index == 0) for index in range(len(outputs))]
         assert [output.expired() for output in outputs] == freed
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    _assert_same_loss_and_gradients(*results)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_norm_weights_keep_no_normalised_input_and_the_same_gradients(method, arch, monkeypatch):
+    """Where the norms' weights train, each standard RMSNorm keeps its input, not its normalised input, for the
+    weight's gradient: the normalised inputs' storages are freed when the forward ends, and the loss and gradients
+    are the stock model's. With LoRA (frozen norms) nothing changes."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from tunelab.training import lean_norms
+    from tunelab.training.lean_mlp import ours
+
+    batch = _flat(_alpaca_samples(4))
+    replaced: list[StorageWeakRef] = []
+    real_packer = lean_norms._normalised_packer
+
+    def spying(norm_input, eps):
+        pack = real_packer(norm_input, eps)
+
+        def spy(tensor):
+            packed = pack(tensor)
+            if not isinstance(packed, torch.Tensor):
+                replaced.append(StorageWeakRef(tensor.untyped_storage()))
+            return packed
+
+        return ours(spy)
+
+    monkeypatch.setattr(lean_norms, "_normalised_packer", spying)
+    results = []
+    for lean in (False, True):
+        model = _model(arch)
+        norms = 2 * model.config.num_hidden_layers + 1  # two per layer and the final one
+        if lean:
+            assert lean_norms.use_lean_norm_weights(model) == norms
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(0)
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        replaced.clear()
+        loss = _ours(model, batch)
+        assert len(replaced) == (norms if lean and method == "full" else 0)
+        assert all(storage.expired() for storage in replaced)
         loss.backward()
         results.append((loss.item(), _grads(model)))
     _assert_same_loss_and_gradients(*results)

@@ -10,10 +10,18 @@ norm again: a few element-wise passes over one hidden-wide tensor, no matrix pro
 
 Only a norm input that the norm itself keeps is held (float32: the usual RMSNorm keeps its float32 input). Under
 gradient checkpointing, whose own hooks decide what is kept, this steps aside (``lean_mlp.others_decide_saving``).
+
+Where the norms' weights train (full fine-tuning), the standard RMSNorm also keeps its normalised input
+``x * rsqrt(mean(x**2) + eps)`` for the weight's gradient: one more hidden-wide tensor per norm and token. It keeps
+``x`` anyway, so a saved-tensor hook active during the norm stores that tensor as ``x``, and the backward normalises
+again with the same operations (``use_lean_norm_weights``).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import textwrap
 import types
 from typing import Any
 
@@ -113,5 +121,84 @@ def use_lean_norms(model: nn.Module) -> int:
             object.__setattr__(fed, "_tunelab_inner_forward", fed.forward)
             object.__setattr__(fed, "_tunelab_fed_by", norm)
             fed.forward = types.MethodType(_feed_forward, fed)
+            changed += 1
+    return changed
+
+
+# The body (statements joined by a space) of the RMSNorm forward of Llama, Qwen, Mistral and their kin.
+_STANDARD_RMS_NORM = (
+    "input_dtype = hidden_states.dtype hidden_states = hidden_states.to(torch.float32) "
+    "variance = hidden_states.pow(2).mean(-1, keepdim=True) "
+    "hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon) "
+    "return self.weight * hidden_states.to(input_dtype)")
+
+
+@functools.cache
+def _standard_rms_norm(cls: type) -> bool:
+    """Whether ``cls.forward`` is exactly the standard RMSNorm (read from its source)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls.forward))
+    except (OSError, TypeError):
+        return False
+    lines = [line.strip() for line in source.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
+    return " ".join(lines) == _STANDARD_RMS_NORM
+
+
+def _normalise(norm_input: torch.Tensor, eps: float) -> torch.Tensor:
+    """The standard RMSNorm's normalised input, by the same operations as its forward (float32 input)."""
+    return norm_input * torch.rsqrt(norm_input.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _normalised_packer(norm_input: torch.Tensor, eps: float) -> Any:
+    """Pack hook inside a standard RMSNorm with a float32 input: the one tensor it keeps of its input's shape other
+    than the input itself is the normalised input, kept as the input."""
+    address, shape = norm_input.data_ptr(), norm_input.shape
+    norm_input = norm_input.detach()
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if (tensor.shape == shape and tensor.dtype == torch.float32 and tensor.data_ptr() != address
+                and not isinstance(tensor, nn.Parameter)):
+            return norm_input, eps
+        return tensor.detach()
+
+    return ours(pack)
+
+
+def _renormalise(packed: Any) -> torch.Tensor:
+    """Unpack hook: the normalised input again."""
+    if isinstance(packed, torch.Tensor):
+        return packed
+    return _normalise(*packed)
+
+
+def _enter_norm(norm: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: while a training norm runs, its normalised input is kept as its input."""
+    hidden_states = args[0] if args else None
+    if (not torch.is_grad_enabled() or not norm.weight.requires_grad or not isinstance(hidden_states, torch.Tensor)
+            or hidden_states.dtype != torch.float32 or others_decide_saving()):
+        return
+    saving = torch.autograd.graph.saved_tensors_hooks(
+        _normalised_packer(hidden_states, norm.variance_epsilon), _renormalise)
+    saving.__enter__()
+    object.__setattr__(norm, "_tunelab_saving", saving)
+
+
+def _leave_norm(norm: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    """Forward hook (also when the forward fails): the saving rule ends with the norm."""
+    saving = norm.__dict__.pop("_tunelab_saving", None)
+    if saving is not None:
+        saving.__exit__(None, None, None)
+
+
+def use_lean_norm_weights(model: nn.Module) -> int:
+    """Let every standard RMSNorm of ``model`` keep its input for its weight's gradient, not its normalised input
+    (for full fine-tuning; a frozen weight needs neither); returns how many norms. Hooks, not a new ``forward``: a
+    ``train()`` re-kernelizes norms, which resets their ``forward``."""
+    changed = 0
+    for module in model.modules():
+        if _standard_rms_norm(type(module)) and "_tunelab_weight_lean" not in vars(module):
+            module.register_forward_pre_hook(_enter_norm)
+            module.register_forward_hook(_leave_norm, always_call=True)
+            object.__setattr__(module, "_tunelab_weight_lean", True)
             changed += 1
     return changed

@@ -129,10 +129,11 @@ def load_trainable_model(cfg: TrainConfig, tokenizer: Any, run: RunDir, head: st
                        revision=cfg.model_revision, cache_dir=cfg.cache_dir, head=head,
                        quantization=quantization_config(cfg))
     from tunelab.training.lean_mlp import use_lean_mlps
-    from tunelab.training.lean_norms import use_lean_norms
+    from tunelab.training.lean_norms import use_lean_norm_weights, use_lean_norms
 
     use_lean_mlps(model)  # the same gradients, two intermediate-wide tensors per token and layer less kept
     use_lean_norms(model)  # and two hidden-wide ones
+    use_lean_norm_weights(model)  # and, where the norms train, one per norm
     return attach_method(model, cfg) if attach else model
 
 
