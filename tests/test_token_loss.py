@@ -634,11 +634,12 @@ def test_lean_norm_weights_keep_no_normalised_input_and_the_same_gradients(metho
 def test_lean_norms_keep_the_gradients_of_other_decoder_layers(arch, tmp_path):
     """Other layouts: norms inside the attention (Qwen3), a pre-feed-forward norm (Gemma 3), a fused gate/up (Phi-3),
     experts (Mixtral), norms after the attention and the MLP (OLMo 2, where no MLP input is a norm's output and
-    nothing is recomputed). The loss and gradients stay the stock model's."""
+    nothing is recomputed). The loss and gradients (full fine-tuning: the norms' weights train too) stay the stock
+    model's."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tunelab.training.lean_mlp import use_lean_mlps
-    from tunelab.training.lean_norms import use_lean_norms
+    from tunelab.training.lean_norms import use_lean_norm_weights, use_lean_norms
 
     config = AutoConfig.for_model(arch, vocab_size=6400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0)
@@ -651,6 +652,7 @@ def test_lean_norms_keep_the_gradients_of_other_decoder_layers(arch, tmp_path):
         use_lean_mlps(model)
         if lean:
             assert use_lean_norms(model) > 0
+            use_lean_norm_weights(model)  # Qwen3's too; Gemma 3's and OLMo 2's norms are not the standard one
         model.train()
         loss = _ours(model, batch)
         loss.backward()
