@@ -91,6 +91,23 @@ def test_metaspace_labels_equal_the_offsets_for_every_span(load_tokenizer, schem
     assert decided > 150
 
 
+def test_an_unknown_token_falls_back_to_offsets(load_tokenizer) -> None:
+    """Without byte fallback, characters outside the vocabulary become the unknown token, which stands for text of
+    any length (here "ж中", five bytes like "<unk>"): the text takes the offsets, and the labels equal them."""
+    from tunelab.data.masking import _labels, _offset_labels, _tokenize
+
+    tokenizer = load_tokenizer("stories260K")
+    tokenizer.backend_tokenizer.model.byte_fallback = False
+    tokenizer.backend_tokenizer.model.unk_token = "<unk>"
+    text = "Fine: ж中 is five bytes."
+    [(ids, encoding_of)] = _tokenize(tokenizer, [text])
+    assert tokenizer.unk_token_id in ids
+    table = token_bytes(tokenizer)
+    assert table.bounds(ids, text) is None
+    spans = [(text.index("ж"), len(text))]
+    assert _labels(text, ids, spans, encoding_of, table) == _offset_labels(encoding_of(), ids, spans)
+
+
 def test_a_token_that_swallows_spaces_falls_back_to_offsets(load_tokenizer) -> None:
     """An added token with ``lstrip`` takes the spaces before it into no token: the bytes no longer add up, so
     the labels come from the offsets, and equal them."""

@@ -131,12 +131,13 @@ _tables: weakref.WeakKeyDictionary[Any, tuple[tuple, TokenBytes | None]] = weakr
 def token_bytes(tokenizer: Any) -> TokenBytes | None:
     """The byte lengths of a transformers tokenizer's tokens, or None where its tokens are not pieces of the text
     (then labels come from character offsets). One table per Rust tokenizer, made again when its vocabulary size,
-    kind of model, normalizer or pre-tokenizer changes."""
+    model, normalizer or pre-tokenizer changes."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return None
+    model = backend.model  # its kind and the settings that decide a piece's bytes; str(model) writes out the vocabulary
     state = (backend.get_vocab_size(with_added_tokens=True), str(backend.normalizer), str(backend.pre_tokenizer),
-             type(backend.model))  # not str(model): that writes out the vocabulary
+             type(model), getattr(model, "unk_token", None), getattr(model, "byte_fallback", None))
     known = _tables.get(backend)
     if known is None or known[0] != state:
         known = _tables[backend] = (state, _table(backend))
