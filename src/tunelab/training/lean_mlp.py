@@ -93,15 +93,21 @@ def _lean_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(product)
 
 
-@functools.cache
-def _standard_swiglu(cls: type) -> bool:
-    """Whether ``cls.forward`` computes ``down(act(gate(x)) * up(x))`` and nothing else (read from its source)."""
+def forward_lines(cls: type) -> list[str]:
+    """``cls.forward``'s source lines, stripped, without blank lines and comments; [] where there is no source. How
+    a lean layer recognises the exact computation it replaces."""
     try:
         source = textwrap.dedent(inspect.getsource(cls.forward))
     except (OSError, TypeError):
-        return False
-    lines = [line.strip() for line in source.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
-    return source.startswith("def forward(self, x)") and " ".join(lines) in _STANDARD_BODIES
+        return []
+    return [line.strip() for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@functools.cache
+def _standard_swiglu(cls: type) -> bool:
+    """Whether ``cls.forward`` computes ``down(act(gate(x)) * up(x))`` and nothing else (read from its source)."""
+    lines = forward_lines(cls)
+    return bool(lines) and lines[0].startswith("def forward(self, x)") and " ".join(lines[1:]) in _STANDARD_BODIES
 
 
 def _is_silu(module: Any) -> bool:

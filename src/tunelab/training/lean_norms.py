@@ -20,15 +20,13 @@ again with the same operations (``use_lean_norm_weights``).
 from __future__ import annotations
 
 import functools
-import inspect
-import textwrap
 import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from tunelab.training.lean_mlp import others_decide_saving, ours
+from tunelab.training.lean_mlp import forward_lines, others_decide_saving, ours
 
 # (norm, the module its output feeds), as the decoder layers of the Llama family name them
 _NORM_FEEDS = (("input_layernorm", "self_attn"), ("post_attention_layernorm", "mlp"))
@@ -136,12 +134,7 @@ _STANDARD_RMS_NORM = (
 @functools.cache
 def _standard_rms_norm(cls: type) -> bool:
     """Whether ``cls.forward`` is exactly the standard RMSNorm (read from its source)."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls.forward))
-    except (OSError, TypeError):
-        return False
-    lines = [line.strip() for line in source.splitlines()[1:] if line.strip() and not line.strip().startswith("#")]
-    return " ".join(lines) == _STANDARD_RMS_NORM
+    return " ".join(forward_lines(cls)[1:]) == _STANDARD_RMS_NORM
 
 
 def _normalise(norm_input: torch.Tensor, eps: float) -> torch.Tensor:
