@@ -71,6 +71,7 @@ _joined: _Joined | None = None
 
 
 def _remember_pieces(joined: torch.Tensor, pieces: list[torch.Tensor]) -> None:
+    """Hand the samples' outputs to the output projection that takes ``joined`` next (where there is a backward)."""
     global _joined
     _joined = None
     if joined.requires_grad:
