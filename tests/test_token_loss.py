@@ -213,9 +213,9 @@ def test_per_sample_attention_is_not_used_where_it_would_change_attention():
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_per_sample_attention_keeps_no_copy_of_its_joined_output(method, arch, monkeypatch):
-    """The output projection keeps the samples' outputs, which sdpa keeps anyway, not the copy that joins them: that
-    copy's storage is freed when the forward ends. The loss and gradients are those without this (the same kernels),
-    exactly. As in training, per-sample attention comes after PEFT."""
+    """The output projection keeps the samples' outputs, which sdpa's flash kernel keeps anyway, not the copy that
+    joins them: that copy's storage is freed when the forward ends. The loss and gradients are those without this
+    (the same kernels), exactly. As in training, per-sample attention comes after PEFT."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
     from tunelab.training import packed_attention
@@ -245,6 +245,27 @@ def test_per_sample_attention_keeps_no_copy_of_its_joined_output(method, arch, m
     (stock_loss, stock_grads), (lean_loss, lean_grads) = results
     assert lean_loss == stock_loss and stock_grads.keys() == lean_grads.keys()
     assert all(torch.equal(lean_grads[name], grad) for name, grad in stock_grads.items())
+
+
+def test_output_projection_keeps_the_joined_output_where_the_pieces_are_copies():
+    """sdpa's math kernel writes ``[batch, heads, tokens, dim]``, so each sample's output is a transposed copy that
+    sdpa does not keep: keeping the pieces would save nothing, and the output projection keeps the joined output."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from tunelab.training.packed_attention import use_per_sample_attention
+
+    model = _model()
+    assert use_per_sample_attention(model)
+    joined: list[StorageWeakRef] = []
+    for name, module in model.named_modules():
+        if name.endswith("o_proj"):
+            module.register_forward_pre_hook(
+                lambda _module, args, kept=joined: kept.append(StorageWeakRef(args[0].untyped_storage())))
+    with sdpa_kernel(SDPBackend.MATH):
+        loss = _ours(model, _flat(_alpaca_samples(3)))
+    assert len(joined) == model.config.num_hidden_layers and not any(output.expired() for output in joined)
+    loss.backward()
 
 
 def test_output_projections_keeping_pieces_survive_a_deep_copy_and_leave_the_state_dict_alone():

@@ -10,7 +10,8 @@ sdpa attention as a plain causal sequence, the fast path of every sdpa kernel. T
 Batches with padding (evaluation, generation) keep transformers' sdpa mask and attention unchanged.
 
 Joining the samples' outputs makes a copy, which the output projection then keeps for its backward (its LoRA A, or
-its weight): a second copy of what sdpa keeps anyway, one hidden-wide tensor per token and layer. The output
+its weight). Where sdpa's kernel writes its output as ``[batch, tokens, heads, dim]`` (flash and memory-efficient
+kernels) and keeps it, that is a second copy: one hidden-wide tensor per token and layer. There the output
 projection keeps the samples' outputs instead (a saved-tensor hook), and the backward joins them again.
 """
 
@@ -46,6 +47,8 @@ def per_sample_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     """transformers' sdpa attention, run per sample of a padding-free row (query and key of one length, no mask)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    global _joined
+    _joined = None  # whatever an earlier call left (a forward that failed) is never this layer's
     bounds = None
     if attention_mask is None and query.shape[2] == key.shape[2]:
         bounds = _sample_bounds(kwargs.get("position_ids"), query.shape[2])
@@ -54,12 +57,13 @@ def per_sample_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
                                       None, **kwargs)[0] for start, end in zip(bounds, bounds[1:], strict=False)]
     joined = torch.cat(outputs, dim=1)
-    _remember_pieces(joined, outputs)
+    if _keeps_pieces(module, joined, outputs):
+        _joined = _Joined(joined.data_ptr(), joined.numel(), joined.dtype, [piece.detach() for piece in outputs])
     return joined, None
 
 
 class _Joined(NamedTuple):
-    """The last joined output, for the output projection that takes it next."""
+    """The joined output of the attention running now, for its output projection."""
 
     address: int
     numel: int
@@ -70,12 +74,14 @@ class _Joined(NamedTuple):
 _joined: _Joined | None = None
 
 
-def _remember_pieces(joined: torch.Tensor, pieces: list[torch.Tensor]) -> None:
-    """Hand the samples' outputs to the output projection that takes ``joined`` next (where there is a backward)."""
-    global _joined
-    _joined = None
-    if joined.requires_grad:
-        _joined = _Joined(joined.data_ptr(), joined.numel(), joined.dtype, [piece.detach() for piece in pieces])
+def _keeps_pieces(module: torch.nn.Module, joined: torch.Tensor, pieces: list[torch.Tensor]) -> bool:
+    """Whether the output projection should keep the samples' outputs instead of ``joined``: there is a backward,
+    the projection takes them (``o_proj``, wrapped), and each piece is a view of what sdpa returned, which its
+    kernel keeps (flash and memory-efficient kernels write ``[batch, tokens, heads, dim]``). Where a piece is a
+    copy (the math kernel's layout), keeping the pieces would save nothing."""
+    projection = getattr(module, "o_proj", None)
+    return (joined.requires_grad and isinstance(projection, torch.nn.Module)
+            and "_tunelab_inner_forward" in vars(projection) and all(piece._base is not None for piece in pieces))
 
 
 def _pieces_packer(joined: _Joined) -> Any:
