@@ -53,22 +53,29 @@ def test_tokenizers_whose_tokens_are_not_the_text_bytes_use_offsets(load_tokeniz
 
 
 @pytest.mark.parametrize("change", [
-    lambda backend: setattr(backend, "normalizer", normalizers.Sequence([normalizers.Prepend("▁"),
-                                                                         normalizers.Replace(" ", "▁")])),
-    lambda backend: setattr(backend, "pre_tokenizer", pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
-                                                                               pre_tokenizers.Digits()])),
-], ids=["normalizer", "sequence"])
-def test_metaspace_is_taken_only_alone_before_the_model(load_tokenizer, change) -> None:
+    lambda tokenizer: setattr(tokenizer.backend_tokenizer, "normalizer", normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])),
+    lambda tokenizer: setattr(tokenizer.backend_tokenizer, "pre_tokenizer", pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits()])),
+    lambda tokenizer: tokenizer.add_tokens([AddedToken("<|note|>", lstrip=True)]),
+    lambda tokenizer: tokenizer.add_tokens([AddedToken("<|note|>", rstrip=True)]),
+    lambda tokenizer: setattr(tokenizer.backend_tokenizer.model, "byte_fallback", False),
+], ids=["normalizer", "sequence", "lstrip", "rstrip", "drops-characters"])
+def test_metaspace_is_taken_only_where_each_token_is_its_text(load_tokenizer, change) -> None:
+    """A Metaspace table is refused where tokens can be shorter than their text, which the "▁" put before the text
+    would hide from the byte count: spaces taken by an added token, characters dropped (no byte fallback and no
+    unknown token); and where the pre-tokenizer is not alone before the model."""
     tokenizer = load_tokenizer("stories260K")
     assert token_bytes(tokenizer) is not None
-    change(tokenizer.backend_tokenizer)
+    change(tokenizer)
     assert token_bytes(tokenizer) is None
 
 
 # Texts where the "▁" put before the text stands alone, follows a space, a special token or a Chinese character, or
-# is put before every piece of text (prepend scheme "always"), also after a text that starts with a space.
+# is put before every piece of text (prepend scheme "always"), also after a text that starts with a space; and texts
+# with "▁" written in them, whose three bytes a count of one each would balance against two marks put before.
 METASPACE_TEXTS = ["Hello world", "\nHi there", " Hello  you", " Hi</s>there", "<s>Hello</s> world", "Hello</s>world",
-                   "中文 x ok", "a\n\nb  c\td", "x", "Tom's 3.5 km/h, \"fast\"!"]
+                   "中文 x ok", "a\n\nb  c\td", "x", "Tom's 3.5 km/h, \"fast\"!", "x▁y</s>z", "a ▁ b</s>c d</s>e"]
 
 
 @pytest.mark.parametrize("scheme", ["first", "always", "never"])

@@ -38,7 +38,8 @@ class TokenBytes:
         self._added = {index: len(token.content.encode("utf-8"))
                        for index, token in backend.get_added_tokens_decoder().items()}
         self._lengths: list[int | None] = [None] * backend.get_vocab_size(with_added_tokens=True)
-        unknown = backend.model.unk_token and backend.token_to_id(backend.model.unk_token)
+        unknown_token = backend.model.unk_token
+        unknown = backend.token_to_id(unknown_token) if unknown_token else None
         if unknown is not None and unknown < len(self._lengths):  # it stands for text of any length
             self._lengths[unknown] = _UNKNOWN
 
@@ -50,8 +51,8 @@ class TokenBytes:
             sizes = [lengths[index] or self._learn(index) for index in ids]
         except IndexError:  # an id beyond the vocabulary this table was made for
             return None
-        if _UNKNOWN in sizes:
-            return None
+        if _UNKNOWN in sizes or (self._space_mark is not None and self._space_mark in text):
+            return None  # a mark written in the text is its own bytes, not a space's
         ends = list(accumulate(sizes, initial=0))
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
         if ends[-1] == size:
@@ -101,9 +102,17 @@ def byte_level(backend: Any) -> bool:
 
 def metaspace_mark(backend: Any) -> str | None:
     """The character a Metaspace pre-tokenizer writes for a space, where it is the only step before a plain BPE
-    model (no normalizer); None otherwise."""
-    pre = backend.pre_tokenizer
+    model (no normalizer); None otherwise.
+
+    The "▁" put before the text makes its tokens one byte longer than it, so a token one byte shorter than its text
+    would go unseen: refused are added tokens that take the spaces beside them (``lstrip``, ``rstrip``), and a
+    model that drops characters outside its vocabulary (neither byte fallback nor an unknown token)."""
+    pre, model = backend.pre_tokenizer, backend.model
     if not _plain_bpe(backend) or not isinstance(pre, pre_tokenizers.Metaspace):
+        return None
+    if any(token.lstrip or token.rstrip for token in backend.get_added_tokens_decoder().values()):
+        return None
+    if not getattr(model, "byte_fallback", False) and not model.unk_token:
         return None
     return pre.replacement if len(pre.replacement) == 1 and pre.replacement != " " else None
 
